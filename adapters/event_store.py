@@ -1,0 +1,321 @@
+"""The event store: Message aggregates persisted with eventsourcing on SQLite or PostgreSQL.
+
+The write path takes *changes* (how to load an aggregate, what to do to it), never bare objects:
+eventsourcing's ``save()`` drains pending events before writing, so a failed save retried on the
+same objects writes nothing (library-notes G1). Every retry here rebuilds from the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import DomainEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    Notification,
+    PersistenceError,
+    Transcoder,
+    Transcoding,
+)
+from sqlalchemy.engine import make_url
+
+from domain.errors import DomainError
+from domain.message import Message
+
+CORE = "core"
+SQLALCHEMY = "sqlalchemy"
+
+
+class StoreError(Exception):
+    """The event store failed; the message says why in one line."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached or did not answer in time (worth retrying)."""
+
+
+class MessageNotFoundError(StoreError):
+    """No message has that id."""
+
+
+class ConflictError(StoreError):
+    """Another writer appended to the same aggregate first (optimistic concurrency)."""
+
+
+class Messages(Application):
+    """The eventsourcing application holding every Message aggregate."""
+
+    name = "messages"
+
+    def register_transcodings(self, transcoder: Transcoder) -> None:
+        super().register_transcodings(transcoder)
+        for transcoding in EXTRA_TRANSCODINGS:
+            transcoder.register(transcoding)
+
+
+#: Extra transcodings (tests register freezegun's FakeDatetime here).
+EXTRA_TRANSCODINGS: list[Transcoding] = []
+
+
+@dataclass
+class Change:
+    """One replayable change of one aggregate: ``load`` builds it afresh, ``apply`` changes it.
+
+    ``cached`` is the caller's up-to-date object, used on the first try only; any failed save
+    drops it, so a retry always reloads and re-decides.
+    """
+
+    load: Callable[[], Message]
+    apply: Callable[[Message], None] = field(default=lambda _m: None)
+    cached: Message | None = None
+
+
+@dataclass
+class Outcome:
+    """What happened to one change: saved (with the new state), conflict, or refused by the domain."""
+
+    message: Message | None = None
+    conflict: bool = False
+    refused: DomainError | None = None
+
+    @property
+    def saved(self) -> bool:
+        return self.message is not None
+
+
+def store_env(url: str, *, recorder: str = CORE, schema: str = "") -> dict[str, str]:
+    """Translate a SQLAlchemy URL into eventsourcing's persistence settings."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    env = {"ORIGINATOR_ID_TYPE": "uuid"}
+    if recorder == SQLALCHEMY:
+        env.update(PERSISTENCE_MODULE="eventsourcing_sqlalchemy", SQLALCHEMY_URL=url)
+        if schema:
+            env["SQLALCHEMY_SCHEMA"] = schema
+        return env
+    if backend == "sqlite":
+        db = parsed.database or ""
+        if db in ("", ":memory:"):
+            db = f"file:smeg-{id(env)}?mode=memory&cache=shared"
+        env.update(PERSISTENCE_MODULE="eventsourcing.sqlite", SQLITE_DBNAME=db)
+        env["SQLITE_LOCK_TIMEOUT"] = "10"
+        return env
+    if backend == "postgresql":
+        env.update(
+            PERSISTENCE_MODULE="eventsourcing.postgres",
+            POSTGRES_DBNAME=parsed.database or "postgres",
+            POSTGRES_HOST=parsed.host or "127.0.0.1",
+            POSTGRES_PORT=str(parsed.port or 5432),
+            POSTGRES_USER=parsed.username or "postgres",
+            POSTGRES_PASSWORD=parsed.password or "",
+            POSTGRES_CONNECT_TIMEOUT="5",
+            POSTGRES_LOCK_TIMEOUT="10",
+            POSTGRES_POOL_SIZE="4",
+            POSTGRES_MAX_OVERFLOW="8",
+            POSTGRES_PRE_PING="y",
+        )
+        if schema:
+            env["POSTGRES_SCHEMA"] = schema
+        return env
+    raise StoreError(f"unsupported database URL scheme: {parsed.drivername}")
+
+
+class MessageStore:
+    """Loads and saves Message aggregates; reads the ordered event log.
+
+    Args:
+        url: SQLAlchemy URL (``sqlite:///smeg.db`` or ``postgresql+psycopg://…``).
+        recorder: ``core`` (eventsourcing's own recorders, the default) or ``sqlalchemy``.
+        schema: PostgreSQL schema for the tables (default ``public``).
+    """
+
+    def __init__(self, url: str, *, recorder: str = CORE, schema: str = "") -> None:
+        self.url = url
+        try:
+            self.app = Messages(env=store_env(url, recorder=recorder, schema=schema))
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+
+    def close(self) -> None:
+        self.app.close()
+
+    def ping(self) -> None:
+        """One round trip to the database; raise StoreUnavailableError if it fails."""
+        try:
+            self.app.recorder.max_notification_id()
+        except Exception as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+
+    def get(self, aggregate_id: UUID) -> Message:
+        """The aggregate as of its latest event."""
+        try:
+            message = self.app.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            raise MessageNotFoundError(f"no message {aggregate_id}") from None
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+        assert isinstance(message, Message)
+        return message
+
+    def get_by_message_id(self, message_id: str) -> Message:
+        """The aggregate of a client ``message_id``."""
+        try:
+            return self.get(Message.create_id(message_id))
+        except MessageNotFoundError:
+            raise MessageNotFoundError(f"no message with id {message_id!r}") from None
+
+    def history(self, aggregate_id: UUID) -> list[DomainEvent]:
+        """Every event of one message, oldest first."""
+        try:
+            records = self.app.recorder.select_events(aggregate_id)
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+        return [self.app.mapper.to_domain_event(r) for r in records]
+
+    def history_head(self, aggregate_id: UUID) -> Message.Received:
+        """The Received event of one message (cheap: one row)."""
+        try:
+            records = self.app.recorder.select_events(aggregate_id, lte=1)
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+        if not records:
+            raise MessageNotFoundError(f"no message {aggregate_id}")
+        event = self.app.mapper.to_domain_event(records[0])
+        assert isinstance(event, Message.Received)
+        return event
+
+    def commit(self, changes: Sequence[Change]) -> list[Outcome]:
+        """Apply and save every change in one transaction; fall back to one by one on conflict.
+
+        Returns one outcome per change, in order. Raises StoreUnavailableError when the
+        database fails; the changes stay replayable, so the caller may simply call again.
+        """
+        try:
+            outcomes, aggregates = self._prepare(changes, use_cache=True)
+            if aggregates:
+                self.app.save(*aggregates)
+            return outcomes
+        except IntegrityError:
+            return [self._commit_one(change) for change in changes]
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+        finally:
+            for change in changes:
+                change.cached = None
+
+    def update(self, aggregate_id: UUID, apply: Callable[[Message], None]) -> Outcome:
+        """Load, apply and save one aggregate, reloading once if another writer got there first."""
+        change = Change(load=lambda: self.get(aggregate_id), apply=apply)
+        outcome = self.commit([change])[0]
+        if outcome.conflict:
+            outcome = self.commit([change])[0]
+        return outcome
+
+    def _prepare(
+        self, changes: Sequence[Change], *, use_cache: bool
+    ) -> tuple[list[Outcome], list[Message]]:
+        outcomes: list[Outcome] = []
+        aggregates: list[Message] = []
+        for change in changes:
+            message = change.cached if use_cache and change.cached else change.load()
+            try:
+                change.apply(message)
+            except DomainError as exc:
+                outcomes.append(Outcome(refused=exc))
+                continue
+            outcomes.append(Outcome(message=message))
+            aggregates.append(message)
+        return outcomes, aggregates
+
+    def _commit_one(self, change: Change) -> Outcome:
+        try:
+            outcomes, aggregates = self._prepare([change], use_cache=False)
+            if aggregates:
+                self.app.save(*aggregates)
+            return outcomes[0]
+        except IntegrityError:
+            return Outcome(conflict=True)
+        except MessageNotFoundError:
+            return Outcome(conflict=True)
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+
+    def max_position(self) -> int:
+        """Position of the newest event in the log (0 when empty)."""
+        try:
+            return self.app.recorder.max_notification_id() or 0
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+
+    def read_log(self, after: int, limit: int) -> list[Notification]:
+        """Up to ``limit`` log entries after position ``after``, in store order."""
+        try:
+            return list(
+                self.app.recorder.select_notifications(
+                    start=after, limit=limit, inclusive_of_start=False
+                )
+            )
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+
+    def decode(self, notification: Notification) -> DomainEvent:
+        return self.app.mapper.to_domain_event(notification)
+
+    def iter_log(self, *, after: int = 0, page: int = 1000) -> Iterator[tuple[int, DomainEvent]]:
+        """Every event after ``after`` in store order, page by page (constant memory)."""
+        while True:
+            batch = self.read_log(after, page)
+            if not batch:
+                return
+            for notification in batch:
+                yield notification.id, self.decode(notification)
+            after = batch[-1].id
+
+
+def retry_until(
+    operation: Callable[[], Any],
+    *,
+    grace: float,
+    on_retry: Callable[[StoreUnavailableError, float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Any:
+    """Call ``operation`` until it stops raising StoreUnavailableError or ``grace`` seconds pass.
+
+    Waits 0.1 s, 0.2 s, … up to 5 s between tries; re-raises the last error once the grace is spent.
+    """
+    deadline = clock() + grace
+    delay = 0.1
+    while True:
+        try:
+            return operation()
+        except StoreUnavailableError as exc:
+            if clock() + delay > deadline:
+                raise
+            if on_retry:
+                on_retry(exc, delay)
+            sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def event_type(event: DomainEvent) -> str:
+    """The event's domain name (``Received``, ``Attempted`` …)."""
+    return type(event).__name__
+
+
+def event_time(event: DomainEvent) -> datetime:
+    return event.timestamp
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -1,0 +1,35 @@
+"""Domain exceptions: every rule the Message aggregate refuses has a type of its own."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every rule the domain refuses."""
+
+
+class InvalidTransitionError(DomainError):
+    """The event does not follow from the message's current state."""
+
+
+class MessageAlreadyFinalError(InvalidTransitionError):
+    """Nothing may follow Delivered, and only RetryRequested may follow Failed."""
+
+
+class AttemptOutcomePendingError(InvalidTransitionError):
+    """An attempt was started while the previous one has no recorded outcome."""
+
+
+class NoAttemptInFlightError(InvalidTransitionError):
+    """An outcome was recorded but no attempt is waiting for one."""
+
+
+class RetryNotDueError(InvalidTransitionError):
+    """An attempt was started before the message's ``retry_at``."""
+
+
+class NotFailedError(InvalidTransitionError):
+    """A retry was requested for a message that has not Failed."""
+
+
+class InvalidRequestError(DomainError):
+    """A send request breaks the rules of the edge (field, size, format)."""

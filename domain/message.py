@@ -1,0 +1,307 @@
+"""The Message aggregate: one send request's whole lifecycle as events.
+
+Every rule about what may follow what lives here, so that the history of any message read back
+from the store is always one the rules allow.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from domain.backoff import BackoffPolicy
+from domain.errors import (
+    AttemptOutcomePendingError,
+    MessageAlreadyFinalError,
+    NoAttemptInFlightError,
+    NotFailedError,
+    RetryNotDueError,
+)
+
+#: Fixed namespace of message ids: the same client ``message_id`` always maps to the same aggregate.
+MESSAGE_NAMESPACE = UUID("5f0c2b4e-8d1a-4c3e-9b6f-0a7d2e9c4b11")
+
+RECEIVED = "received"
+IN_FLIGHT = "in_flight"
+BACKED_OFF = "backed_off"
+DELIVERED = "delivered"
+FAILED = "failed"
+
+INTERRUPTED = "interrupted"
+
+
+class Message(Aggregate):
+    """A message smeg was asked to deliver, and everything that happened to it since."""
+
+    class Event(Aggregate.Event):
+        """Base of every Message event: each carries the request's correlation id."""
+
+        correlation_id: str
+
+    class Received(Event, Aggregate.Created):
+        """smeg accepted a send request and made it durable."""
+
+        message_id: str
+        channel: str
+        to: str
+        sender: str | None
+        body: str
+        metadata: dict[str, str]
+        provider: str | None
+
+    class Attempted(Event):
+        """A delivery attempt through a provider began."""
+
+        attempt: int
+        provider: str
+
+        def apply(self, aggregate: Message) -> None:
+            aggregate.status = IN_FLIGHT
+            aggregate.attempts = self.attempt
+            aggregate.cycle_attempts += 1
+            aggregate.last_provider = self.provider
+            aggregate.retry_at = None
+            aggregate.attempted_at = self.timestamp
+
+    class BackedOff(Event):
+        """An attempt failed transiently; the next one is due at ``retry_at``."""
+
+        attempt: int
+        reason: str
+        error: str
+        status_code: int | None
+        latency_ms: float | None
+        retry_at: datetime
+        delay_seconds: float
+        policy: dict[str, Any]
+
+        def apply(self, aggregate: Message) -> None:
+            aggregate.status = BACKED_OFF
+            aggregate.retry_at = self.retry_at
+            aggregate.last_error = self.reason
+
+    class Delivered(Event):
+        """The provider accepted the message."""
+
+        attempt: int
+        provider: str
+        provider_message_id: str
+        latency_ms: float | None
+
+        def apply(self, aggregate: Message) -> None:
+            aggregate.status = DELIVERED
+            aggregate.provider_message_id = self.provider_message_id
+
+    class Failed(Event):
+        """Delivery stopped: a permanent provider error, or the cycle's attempts ran out."""
+
+        attempt: int
+        reason: str
+        error: str
+        status_code: int | None
+        permanent: bool
+
+        def apply(self, aggregate: Message) -> None:
+            aggregate.status = FAILED
+            aggregate.last_error = self.reason
+            aggregate.permanent = self.permanent
+
+    class RetryRequested(Event):
+        """An operator or the redrive started a fresh cycle of attempts on a Failed message."""
+
+        requested_by: str
+
+        def apply(self, aggregate: Message) -> None:
+            aggregate.status = RECEIVED
+            aggregate.cycle_attempts = 0
+            aggregate.retry_at = None
+            aggregate.permanent = False
+
+    def __init__(
+        self,
+        *,
+        message_id: str,
+        channel: str,
+        to: str,
+        sender: str | None,
+        body: str,
+        metadata: dict[str, str],
+        provider: str | None,
+        correlation_id: str,
+    ) -> None:
+        self.message_id = message_id
+        self.channel = channel
+        self.to = to
+        self.sender = sender
+        self.body = body
+        self.metadata = metadata
+        self.provider = provider
+        self.correlation_id = correlation_id
+        self.status = RECEIVED
+        self.attempts = 0
+        self.cycle_attempts = 0
+        self.retry_at: datetime | None = None
+        self.attempted_at: datetime | None = None
+        self.last_provider: str | None = None
+        self.last_error: str | None = None
+        self.permanent = False
+        self.provider_message_id: str | None = None
+
+    @staticmethod
+    def create_id(message_id: str) -> UUID:  # type: ignore[override]
+        """The aggregate id of a client ``message_id`` (the idempotency key)."""
+        return uuid5(MESSAGE_NAMESPACE, message_id)
+
+    @classmethod
+    def receive(
+        cls,
+        *,
+        message_id: str,
+        channel: str,
+        to: str,
+        body: str,
+        correlation_id: str,
+        now: datetime,
+        sender: str | None = None,
+        metadata: dict[str, str] | None = None,
+        provider: str | None = None,
+    ) -> Message:
+        """Record a new send request."""
+        return cls._create(
+            cls.Received,
+            id=cls.create_id(message_id),
+            timestamp=now,
+            message_id=message_id,
+            channel=channel,
+            to=to,
+            sender=sender,
+            body=body,
+            metadata=dict(metadata or {}),
+            provider=provider,
+            correlation_id=correlation_id,
+        )
+
+    @property
+    def is_final(self) -> bool:
+        """Delivered, or Failed and not yet retried."""
+        return self.status in (DELIVERED, FAILED)
+
+    def start_attempt(self, provider: str, *, now: datetime) -> None:
+        """Record that an attempt begins now; refused while one is in flight or before ``retry_at``."""
+        self._check_not_final()
+        if self.status == IN_FLIGHT:
+            raise AttemptOutcomePendingError(f"attempt {self.attempts} has no outcome yet")
+        if self.retry_at is not None and now < self.retry_at:
+            raise RetryNotDueError(f"retry is due at {self.retry_at.isoformat()}")
+        self._trigger(self.Attempted, now, attempt=self.attempts + 1, provider=provider)
+
+    def record_delivery(
+        self, provider_message_id: str, *, now: datetime, latency_ms: float | None = None
+    ) -> None:
+        """The provider accepted the message in flight."""
+        self._check_in_flight()
+        self._trigger(
+            self.Delivered,
+            now,
+            attempt=self.attempts,
+            provider=self.last_provider or "",
+            provider_message_id=provider_message_id,
+            latency_ms=latency_ms,
+        )
+
+    def record_permanent_failure(
+        self, reason: str, *, error: str, now: datetime, status_code: int | None = None
+    ) -> None:
+        """The provider refused for good: fail now, without further attempts."""
+        self._check_in_flight()
+        self._fail(reason, error, status_code, now, permanent=True)
+
+    def record_transient_failure(
+        self,
+        reason: str,
+        *,
+        error: str,
+        policy: BackoffPolicy,
+        now: datetime,
+        status_code: int | None = None,
+        latency_ms: float | None = None,
+        retry_after: float | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Back off by the policy, or fail as exhausted when the cycle's attempts are spent."""
+        self._check_in_flight()
+        if policy.exhausted(self.cycle_attempts):
+            self._fail(reason, error, status_code, now, permanent=False)
+            return
+        delay = policy.delay(self.cycle_attempts, retry_after=retry_after, rng=rng)
+        self._back_off(reason, error, status_code, latency_ms, delay, policy, now)
+
+    def record_interruption(self, *, policy: BackoffPolicy, now: datetime) -> None:
+        """Close an attempt whose outcome was lost with its process, so the history says so.
+
+        The next attempt is due at once (the provider has the same idempotency key); the lost
+        attempt still counts toward the cycle's limit.
+        """
+        self._check_in_flight()
+        if policy.exhausted(self.cycle_attempts):
+            self._fail(INTERRUPTED, "Interrupted", None, now, permanent=False)
+            return
+        self._back_off(INTERRUPTED, "Interrupted", None, None, 0.0, policy, now)
+
+    def request_retry(self, requested_by: str, *, now: datetime) -> None:
+        """Start a fresh cycle on a Failed message; its first attempt is due at once."""
+        if self.status != FAILED:
+            raise NotFailedError(f"message is {self.status}, not failed")
+        self._trigger(self.RetryRequested, now, requested_by=requested_by)
+
+    def _back_off(
+        self,
+        reason: str,
+        error: str,
+        status_code: int | None,
+        latency_ms: float | None,
+        delay: float,
+        policy: BackoffPolicy,
+        now: datetime,
+    ) -> None:
+        self._trigger(
+            self.BackedOff,
+            now,
+            attempt=self.attempts,
+            reason=reason,
+            error=error,
+            status_code=status_code,
+            latency_ms=latency_ms,
+            retry_at=now + timedelta(seconds=delay),
+            delay_seconds=delay,
+            policy=policy.as_dict(),
+        )
+
+    def _fail(
+        self, reason: str, error: str, status_code: int | None, now: datetime, *, permanent: bool
+    ) -> None:
+        self._trigger(
+            self.Failed,
+            now,
+            attempt=self.attempts,
+            reason=reason,
+            error=error,
+            status_code=status_code,
+            permanent=permanent,
+        )
+
+    def _trigger(self, event_class: type[Message.Event], now: datetime, **fields: Any) -> None:
+        self.trigger_event(event_class, timestamp=now, correlation_id=self.correlation_id, **fields)
+
+    def _check_not_final(self) -> None:
+        if self.is_final:
+            raise MessageAlreadyFinalError(f"message is already {self.status}")
+
+    def _check_in_flight(self) -> None:
+        self._check_not_final()
+        if self.status != IN_FLIGHT:
+            raise NoAttemptInFlightError(f"message is {self.status}, no attempt in flight")

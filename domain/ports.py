@@ -1,0 +1,73 @@
+"""Ports: the small interfaces the actors need from the outside world, and the errors that cross them.
+
+Adapters implement these; actors depend only on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """What a provider needs to deliver one message (the idempotency key is ``message_id``)."""
+
+    message_id: str
+    channel: str
+    to: str
+    sender: str | None
+    body: str
+    correlation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderReceipt:
+    """A provider accepted the message."""
+
+    provider_message_id: str
+
+
+class DeliveryError(Exception):
+    """A provider did not accept the message."""
+
+    def __init__(self, reason: str, *, status_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth retrying later (timeouts, 5xx, 429 …); ``retry_after`` is the provider's hint in seconds."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Retrying cannot help (invalid number, rejected content, bad credentials …)."""
+
+
+class ProviderUnhealthyError(Exception):
+    """A provider's health probe failed; the message says why."""
+
+
+class Provider(Protocol):
+    """Delivers one message through a third party."""
+
+    name: str
+
+    def send(self, message: OutboundMessage) -> ProviderReceipt:
+        """Deliver or raise TransientDeliveryError / PermanentDeliveryError."""
+        ...
+
+    def check_health(self) -> None:
+        """Return if the provider looks reachable, else raise ProviderUnhealthyError."""
+        ...

@@ -1,0 +1,7 @@
+"""``python -m smeg_actors`` is the ``smeg`` command."""
+
+import sys
+
+from smeg_actors.cli import main
+
+sys.exit(main())

@@ -1,0 +1,136 @@
+"""The ``smeg`` command line: run, check, demo, history, audit, retry, redrive.
+
+Every error a user can cause ends in one line on stderr and a non-zero exit code, never a
+traceback; ``main(argv)`` returns the code so tests can call it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from adapters.event_store import MessageNotFoundError, MessageStore, StoreError
+from domain.audit import describe, event_record
+from smeg_actors.config import Settings, SettingsError, load_settings
+from smeg_actors.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_UNHEALTHY
+from smeg_actors.logs import configure_logging
+
+
+class CommandError(Exception):
+    """A one-line failure with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj["settings"]
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def open_store(settings: Settings) -> MessageStore:
+    """The event store, or a CommandError (exit 3) saying why it cannot be opened."""
+    try:
+        return MessageStore(settings.database_url, schema=settings.database_schema)
+    except StoreError as exc:
+        raise CommandError(f"event store unavailable: {exc}", EXIT_UNHEALTHY) from None
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 timestamp (naive means UTC), or a CommandError naming the option."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise CommandError(f"{option}: not an ISO 8601 timestamp: {value!r}", EXIT_CONFIG) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+@click.group()
+@click.option("--config", "config_path", type=str, default=None, help="TOML settings file.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """smeg: resilient SMS/IM delivery."""
+    settings = load_settings(os.environ, config_path)
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    ctx.obj = {"settings": settings}
+
+
+@cli.command()
+@click.argument("message_id")
+@click.option("--json", "as_json", is_flag=True, help="JSON array, oldest first.")
+@click.pass_context
+def history(ctx: click.Context, message_id: str, as_json: bool) -> None:
+    """Print the timeline of one message."""
+    store = open_store(_settings(ctx))
+    try:
+        message = store.get_by_message_id(message_id)
+        records = [event_record(e) for e in store.history(message.id)]
+    except MessageNotFoundError:
+        raise CommandError(f"unknown message id: {message_id}") from None
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(records, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"message {message_id} ({message.status}, {message.attempts} attempts)")
+    for record in records:
+        click.echo(describe(record))
+
+
+@cli.group()
+def audit() -> None:
+    """Raw views of the event history."""
+
+
+@audit.command("export")
+@click.option("--since", default=None, help="ISO 8601; events at or after it.")
+@click.option("--until", default=None, help="ISO 8601; events before it.")
+@click.pass_context
+def audit_export(ctx: click.Context, since: str | None, until: str | None) -> None:
+    """Every event in the window, in store order, as JSON lines on stdout."""
+    from smeg_actors.audit_export import export_events
+
+    start, end = parse_time(since, "--since"), parse_time(until, "--until")
+    store = open_store(_settings(ctx))
+    try:
+        export_events(store, sys.stdout, since=start, until=end)
+    finally:
+        store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    try:
+        result: Any = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except CommandError as exc:
+        click.echo(f"smeg: {exc}", err=True)
+        return exc.code
+    except SettingsError as exc:
+        click.echo(f"smeg: {exc}", err=True)
+        return EXIT_CONFIG
+    except StoreError as exc:
+        click.echo(f"smeg: event store failed: {exc}", err=True)
+        return EXIT_UNHEALTHY
+    except click.exceptions.Abort:
+        return EXIT_CONFIG
+    except click.ClickException as exc:
+        click.echo(f"smeg: {exc.format_message()}", err=True)
+        return EXIT_CONFIG
+    except BrokenPipeError:
+        return EXIT_OK
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def main_exit() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

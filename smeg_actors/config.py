@@ -1,0 +1,120 @@
+"""Typed settings, from an optional TOML file and ``SMEG_*`` environment variables (env wins).
+
+Pure: ``load_settings`` takes the environment as a mapping, so it is tested with a dict.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from domain.backoff import BackoffPolicy
+
+ENV_PREFIX = "SMEG_"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names it."""
+
+
+class Settings(BaseModel):
+    """Every knob of smeg; see docs/architecture.md for the table."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str = "sqlite:///smeg.db"
+    database_schema: str = ""
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    queue_prefix: str = Field(default="smeg", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    workers: int = Field(default=16, ge=1, le=1024)
+    backoff_initial: float = Field(default=60.0, ge=0)
+    backoff_factor: float = Field(default=3.0, ge=1)
+    backoff_max: float = Field(default=3600.0, ge=0)
+    backoff_jitter: float = Field(default=0.0, ge=0, lt=1)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    heartbeat: int = Field(default=30, ge=1, le=600)
+    shutdown_timeout: float = Field(default=30.0, gt=0)
+    store_grace: float = Field(default=30.0, gt=0)
+    provider_url: str | None = None
+    default_provider: str | None = None
+    prefetch: int = Field(default=500, ge=1, le=65535)
+    batch_size: int = Field(default=200, ge=1, le=5000)
+    max_in_flight: int = Field(default=2000, ge=1)
+    provider_concurrency: int = Field(default=256, ge=1, le=4096)
+    redrive_rate: float = Field(default=20.0, gt=0)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+    @property
+    def backoff(self) -> BackoffPolicy:
+        """The backoff policy these settings describe."""
+        return BackoffPolicy(
+            initial=self.backoff_initial,
+            factor=self.backoff_factor,
+            max_delay=self.backoff_max,
+            max_attempts=self.max_attempts,
+            jitter=self.backoff_jitter,
+        )
+
+    def provider_configs(self) -> dict[str, dict[str, Any]]:
+        """Configured providers; ``SMEG_PROVIDER_URL`` adds one ``http`` provider named ``default``."""
+        configs = dict(self.providers)
+        if self.provider_url:
+            configs.setdefault("default", {"type": "http", "url": self.provider_url})
+        return configs
+
+
+def load_settings(environ: Mapping[str, str], config_path: str | None = None) -> Settings:
+    """Read the TOML file (``config_path`` or ``SMEG_CONFIG``), then overlay ``SMEG_*`` variables.
+
+    Raises:
+        SettingsError: one line naming the setting that is wrong.
+    """
+    path = config_path or environ.get(f"{ENV_PREFIX}CONFIG")
+    data: dict[str, Any] = _read_toml(Path(path)) if path else {}
+    fields = Settings.model_fields
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in fields and name != "providers":
+            data[name] = value
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error["loc"] else "?"
+    return f"invalid setting {ENV_PREFIX}{name.upper()} ({name}): {error['msg']}"
