@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -20,7 +20,7 @@ from eventsourcing.persistence import (
     IntegrityError,
     Notification,
     PersistenceError,
-    Transcoder,
+    JSONTranscoder,
     Transcoding,
 )
 from sqlalchemy.engine import make_url
@@ -48,12 +48,12 @@ class ConflictError(StoreError):
     """Another writer appended to the same aggregate first (optimistic concurrency)."""
 
 
-class Messages(Application):
+class Messages(Application[UUID]):
     """The eventsourcing application holding every Message aggregate."""
 
     name = "messages"
 
-    def register_transcodings(self, transcoder: Transcoder) -> None:
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         for transcoding in EXTRA_TRANSCODINGS:
             transcoder.register(transcoding)
@@ -157,12 +157,11 @@ class MessageStore:
     def get(self, aggregate_id: UUID) -> Message:
         """The aggregate as of its latest event."""
         try:
-            message = self.app.repository.get(aggregate_id)
+            message: Message = self.app.repository.get(aggregate_id)
         except AggregateNotFoundError:
             raise MessageNotFoundError(f"no message {aggregate_id}") from None
         except PersistenceError as exc:
             raise StoreUnavailableError(_one_line(exc)) from None
-        assert isinstance(message, Message)
         return message
 
     def get_by_message_id(self, message_id: str) -> Message:
@@ -178,7 +177,7 @@ class MessageStore:
             records = self.app.recorder.select_events(aggregate_id)
         except PersistenceError as exc:
             raise StoreUnavailableError(_one_line(exc)) from None
-        return [self.app.mapper.to_domain_event(r) for r in records]
+        return [cast(DomainEvent, self.app.mapper.to_domain_event(r)) for r in records]
 
     def history_head(self, aggregate_id: UUID) -> Message.Received:
         """The Received event of one message (cheap: one row)."""
@@ -219,9 +218,7 @@ class MessageStore:
             outcome = self.commit([change])[0]
         return outcome
 
-    def _prepare(
-        self, changes: Sequence[Change], *, use_cache: bool
-    ) -> tuple[list[Outcome], list[Message]]:
+    def _prepare(self, changes: Sequence[Change], *, use_cache: bool) -> tuple[list[Outcome], list[Message]]:
         outcomes: list[Outcome] = []
         aggregates: list[Message] = []
         for change in changes:
@@ -259,15 +256,13 @@ class MessageStore:
         """Up to ``limit`` log entries after position ``after``, in store order."""
         try:
             return list(
-                self.app.recorder.select_notifications(
-                    start=after, limit=limit, inclusive_of_start=False
-                )
+                self.app.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
             )
         except PersistenceError as exc:
             raise StoreUnavailableError(_one_line(exc)) from None
 
     def decode(self, notification: Notification) -> DomainEvent:
-        return self.app.mapper.to_domain_event(notification)
+        return cast(DomainEvent, self.app.mapper.to_domain_event(notification))
 
     def iter_log(self, *, after: int = 0, page: int = 1000) -> Iterator[tuple[int, DomainEvent]]:
         """Every event after ``after`` in store order, page by page (constant memory)."""

@@ -152,7 +152,7 @@ class Message(Aggregate):
         self.provider_message_id: str | None = None
 
     @staticmethod
-    def create_id(message_id: str) -> UUID:  # type: ignore[override]
+    def create_id(message_id: str) -> UUID:
         """The aggregate id of a client ``message_id`` (the idempotency key)."""
         return uuid5(MESSAGE_NAMESPACE, message_id)
 

@@ -5,8 +5,11 @@ Adapters implement these; actors depend only on them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from domain.request import SendRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,4 +73,40 @@ class Provider(Protocol):
 
     def check_health(self) -> None:
         """Return if the provider looks reachable, else raise ProviderUnhealthyError."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A validated send request handed over by the broker, acked by ``tag`` once durable."""
+
+    tag: int
+    request: SendRequest
+
+
+class Intake(Protocol):
+    """Where send requests come from (RabbitMQ, or in memory for the demo)."""
+
+    def start(
+        self,
+        on_batch: Callable[[list[Delivery]], None],
+        on_lost: Callable[[str], None],
+    ) -> None:
+        """Begin consuming; invalid payloads are rejected by the intake itself."""
+        ...
+
+    def ack(self, tags: Sequence[int]) -> None:
+        """Acknowledge deliveries (thread-safe): their Received events are durable."""
+        ...
+
+    def stop(self) -> None:
+        """Stop consuming; unacked deliveries go back to the broker."""
+        ...
+
+
+class FailurePublisher(Protocol):
+    """Where messages that failed for good are published (the dead-letter queue)."""
+
+    def publish_failed(self, request: SendRequest, headers: dict[str, str]) -> None:
+        """Publish with confirmation, or raise."""
         ...

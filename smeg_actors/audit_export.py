@@ -15,9 +15,7 @@ from domain.message import Message
 _CACHE_SIZE = 10_000
 
 
-def export_events(
-    store: MessageStore, out: TextIO, *, since: datetime | None, until: datetime | None
-) -> int:
+def export_events(store: MessageStore, out: TextIO, *, since: datetime | None, until: datetime | None) -> int:
     """Write the events whose timestamp lies in [since, until) to ``out``; return how many."""
     names: OrderedDict[UUID, str] = OrderedDict()
     count = 0

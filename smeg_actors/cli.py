@@ -108,6 +108,106 @@ def audit_export(ctx: click.Context, since: str | None, until: str | None) -> No
         store.close()
 
 
+@cli.command()
+@click.pass_context
+def check(ctx: click.Context) -> int:
+    """Check the store, the broker and every provider; exit 3 if any fails."""
+    from smeg_actors.health import dependency_checks, run_checks
+    from smeg_actors.wiring import build_providers
+
+    settings = _settings(ctx)
+    stores: list[MessageStore] = []
+
+    def store() -> MessageStore:
+        stores.append(MessageStore(settings.database_url, schema=settings.database_schema))
+        return stores[-1]
+
+    healthy, lines = run_checks(dependency_checks(settings, store, build_providers(settings)))
+    for opened in stores:
+        opened.close()
+    for line in lines:
+        click.echo(line)
+    return EXIT_OK if healthy else EXIT_UNHEALTHY
+
+
+@cli.command()
+@click.pass_context
+def run(ctx: click.Context) -> int:
+    """Consume send requests from RabbitMQ and deliver them until stopped."""
+    from smeg_actors.serve import serve
+
+    return serve(_settings(ctx))
+
+
+@cli.command()
+@click.argument("message_id")
+@click.pass_context
+def retry(ctx: click.Context, message_id: str) -> None:
+    """Start a fresh cycle of attempts on a Failed message."""
+    from domain.message import Message
+    from smeg_actors.clock import utc_now
+
+    store = open_store(_settings(ctx))
+    try:
+        outcome = store.update(
+            Message.create_id(message_id),
+            lambda m: m.request_retry("operator", now=utc_now()),
+        )
+    except MessageNotFoundError:
+        raise CommandError(f"unknown message id: {message_id}") from None
+    finally:
+        store.close()
+    if outcome.refused is not None:
+        raise CommandError(f"cannot retry {message_id}: {outcome.refused}")
+    if outcome.message is None:
+        raise CommandError(f"cannot retry {message_id}: changed concurrently, try again")
+    click.echo(f"retry requested for {message_id}: a fresh cycle of attempts starts now")
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N messages.")
+@click.option("--dry-run", is_flag=True, help="Show what would be redriven; change nothing.")
+@click.pass_context
+def redrive(ctx: click.Context, limit: int | None, dry_run: bool) -> None:
+    """Give the non-permanent failures on the failed queue a fresh cycle."""
+    from adapters.rabbitmq import BrokerUnavailableError, FailedQueueReader, Topology
+    from smeg_actors.clock import utc_now
+    from smeg_actors.redrive import redrive as redrive_queue
+
+    settings = _settings(ctx)
+    store = open_store(settings)
+    try:
+        reader = FailedQueueReader(settings.amqp_url, Topology(settings.queue_prefix))
+    except BrokerUnavailableError as exc:
+        store.close()
+        raise CommandError(f"broker unavailable: {exc}", EXIT_UNHEALTHY) from None
+    try:
+        report = redrive_queue(store, reader, clock=utc_now, limit=limit, dry_run=dry_run)
+    finally:
+        reader.close()
+        store.close()
+    verb = "would redrive" if dry_run else "redriven"
+    for message_id in report.redriven:
+        click.echo(f"{verb}: {message_id}")
+    for message_id in report.skipped:
+        click.echo(f"skipped (no longer failed): {message_id}")
+    for message_id in report.permanent:
+        click.echo(f"kept (permanent failure): {message_id}")
+    click.echo(("dry run: " if dry_run else "") + report.summary())
+
+
+@cli.command()
+@click.option("--messages", type=click.IntRange(1, 100_000), default=400, show_default=True)
+@click.option("--database", default="smeg-demo.db", show_default=True, help="SQLite file (recreated).")
+def demo(messages: int, database: str) -> int:
+    """Run the whole pipeline in one process on embedded defaults (under a minute)."""
+    from pathlib import Path
+
+    from smeg_actors.demo import run_demo
+
+    return run_demo(Path(database), messages)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
     try:
@@ -128,6 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except BrokenPipeError:
         return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_CONFIG
+    except Exception as exc:
+        if os.environ.get("SMEG_DEBUG"):
+            raise
+        click.echo(f"smeg: internal error: {type(exc).__name__}: {exc} (SMEG_DEBUG=1 for details)", err=True)
+        return EXIT_REFUSED
     return result if isinstance(result, int) else EXIT_OK
 
 

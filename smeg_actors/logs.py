@@ -37,9 +37,7 @@ def configure_logging(*, fmt: str = "auto", level: str = "info") -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer)
-    )
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -49,7 +47,5 @@ def configure_logging(*, fmt: str = "auto", level: str = "info") -> None:
 @contextmanager
 def message_context(message_id: str, correlation_id: str) -> Iterator[None]:
     """Bind a message's ids to every log line written while it is handled."""
-    with structlog.contextvars.bound_contextvars(
-        message_id=message_id, correlation_id=correlation_id
-    ):
+    with structlog.contextvars.bound_contextvars(message_id=message_id, correlation_id=correlation_id):
         yield

@@ -1,0 +1,403 @@
+"""RabbitMQ through pika: topology, the intake consumer thread, and a confirmed publisher.
+
+pika connections are not thread-safe: the consumer thread owns its connection and every call
+on it; other threads reach it only through ``add_callback_threadsafe`` (acks).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+import structlog
+from pika.adapters.blocking_connection import BlockingChannel
+
+from domain.errors import InvalidRequestError
+from domain.ports import Delivery
+from domain.request import SendRequest, parse_send_request
+
+log = structlog.get_logger(__name__)
+
+#: Arguments of every queue smeg declares; other clients must declare them identically (or not at all).
+QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+
+
+class BrokerUnavailableError(Exception):
+    """The broker could not be reached or refused us; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The names of everything smeg declares, from ``SMEG_QUEUE_PREFIX``."""
+
+    prefix: str = "smeg"
+
+    @property
+    def send(self) -> str:
+        return f"{self.prefix}.send"
+
+    @property
+    def failed(self) -> str:
+        return f"{self.prefix}.failed"
+
+    @property
+    def rejected(self) -> str:
+        return f"{self.prefix}.rejected"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}.events"
+
+    def declare(self, channel: BlockingChannel) -> None:
+        """Declare the durable queues and the events exchange (idempotent)."""
+        for queue in (self.send, self.failed, self.rejected):
+            channel.queue_declare(queue, durable=True, arguments=QUEUE_ARGUMENTS)
+        channel.exchange_declare(self.events, exchange_type="topic", durable=True)
+
+
+def connect(url: str, *, heartbeat: int | None = None, name: str = "smeg") -> pika.BlockingConnection:
+    """A blocking connection with a heartbeat and bounded connect/blocked timeouts."""
+    params = pika.URLParameters(url)
+    if heartbeat is not None:
+        params.heartbeat = heartbeat
+    params.blocked_connection_timeout = 60
+    params.socket_timeout = 5
+    params.connection_attempts = 1
+    params.client_properties = {"connection_name": name}
+    try:
+        return pika.BlockingConnection(params)
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise BrokerUnavailableError(describe_error(exc)) from None
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a pika error (its repr is often empty or nested)."""
+    text = str(exc).strip().replace("\n", " ")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def check_broker(url: str, topology: Topology) -> None:
+    """Connect and declare the topology; raise BrokerUnavailableError if that fails."""
+    connection = connect(url, name="smeg-check")
+    try:
+        topology.declare(connection.channel())
+    except pika.exceptions.AMQPError as exc:
+        raise BrokerUnavailableError(describe_error(exc)) from None
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def publish_confirmed(
+    channel: BlockingChannel,
+    queue: str,
+    body: bytes,
+    *,
+    headers: dict[str, Any] | None = None,
+    correlation_id: str | None = None,
+    message_id: str | None = None,
+) -> None:
+    """Publish a persistent message through the default exchange; return once the broker confirmed."""
+    properties = pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent,
+        content_type="application/json",
+        headers=headers or None,
+        correlation_id=correlation_id,
+        message_id=message_id,
+    )
+    channel.basic_publish("", queue, body, properties, mandatory=True)
+
+
+class RabbitIntake(threading.Thread):
+    """The consumer thread: owns one connection, batches valid requests, rejects bad ones.
+
+    Args:
+        url: AMQP URL.
+        topology: queue names.
+        heartbeat: AMQP heartbeat in seconds.
+        prefetch: unacked deliveries the broker may hand us (bounds memory and ingress).
+        batch_size: at most this many requests per batch.
+        batch_wait: seconds to wait for a batch to fill.
+        hold: called before each read; while it returns True the thread keeps the connection
+            alive but stops passing on deliveries (backpressure from the pipeline).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        topology: Topology,
+        *,
+        heartbeat: int = 30,
+        prefetch: int = 500,
+        batch_size: int = 200,
+        batch_wait: float = 0.01,
+        hold: Callable[[], bool] = lambda: False,
+        known_providers: set[str] | None = None,
+    ) -> None:
+        super().__init__(name="smeg-intake", daemon=True)
+        self.url, self.topology, self.heartbeat = url, topology, heartbeat
+        self.prefetch, self.batch_size, self.batch_wait = prefetch, batch_size, batch_wait
+        self.hold = hold
+        self.known_providers = known_providers
+        self._halt = threading.Event()
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._pending: list[Delivery] = []
+        self._on_batch: Callable[[list[Delivery]], None] = lambda _b: None
+        self._on_lost: Callable[[str], None] = lambda _r: None
+        self._lost = False
+        self._outstanding: set[int] = set()
+
+    def start(  # type: ignore[override]
+        self, on_batch: Callable[[list[Delivery]], None], on_lost: Callable[[str], None]
+    ) -> None:
+        """Connect (raising BrokerUnavailableError in the caller's thread), then consume."""
+        self._on_batch, self._on_lost = on_batch, on_lost
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        super().start()
+        self._ready.wait(30)
+        if self._start_error is not None:
+            raise BrokerUnavailableError(describe_error(self._start_error))
+
+    def ack(self, tags: Sequence[int]) -> None:
+        """Ack from any thread: the ack runs in the consumer thread, on the delivering channel."""
+        connection = self._connection
+        if not tags or connection is None:
+            return
+        try:
+            connection.add_callback_threadsafe(functools.partial(self._ack, sorted(tags)))
+        except Exception as exc:
+            log.warning("ack_not_sent", error=describe_error(exc), count=len(tags))
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(10)
+
+    def run(self) -> None:
+        try:
+            self._open()
+        except BaseException as exc:
+            self._start_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop()
+        except Exception as exc:
+            self._lost = True
+            log.error("broker_connection_lost", error=describe_error(exc))
+            self._on_lost(describe_error(exc))
+        finally:
+            self._close()
+
+    def _open(self) -> None:
+        self._connection = connect(self.url, heartbeat=self.heartbeat, name="smeg-intake")
+        channel = self._connection.channel()
+        self.topology.declare(channel)
+        channel.confirm_delivery()
+        channel.basic_qos(prefetch_count=self.prefetch)
+        channel.add_on_cancel_callback(self._cancelled)
+        channel.basic_consume(self.topology.send, self._received)
+        self._channel = channel
+
+    def _loop(self) -> None:
+        assert self._connection is not None
+        oldest = time.monotonic()
+        while not self._halt.is_set():
+            self._connection.process_data_events(time_limit=self.batch_wait)
+            if self._lost:
+                raise BrokerUnavailableError("consumer cancelled by the broker")
+            if not self._pending:
+                oldest = time.monotonic()
+                continue
+            full = len(self._pending) >= self.batch_size
+            if (full or time.monotonic() - oldest >= self.batch_wait) and not self.hold():
+                batch, self._pending = self._pending, []
+                self._on_batch(batch)
+                oldest = time.monotonic()
+
+    def _close(self) -> None:
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except Exception as exc:
+                log.warning("broker_close_failed", error=describe_error(exc))
+
+    def _cancelled(self, _frame: Any) -> None:
+        log.error("consumer_cancelled_by_broker", queue=self.topology.send)
+        self._lost = True
+
+    def _received(
+        self,
+        channel: BlockingChannel,
+        method: Any,
+        properties: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        try:
+            request = parse_send_request(body, correlation_id=properties.correlation_id)
+            if self.known_providers is not None and request.provider not in (
+                None,
+                *self.known_providers,
+            ):
+                raise InvalidRequestError(f"unknown provider: {request.provider}")
+        except InvalidRequestError as exc:
+            self._reject(channel, method.delivery_tag, body, properties, str(exc))
+            return
+        self._outstanding.add(method.delivery_tag)
+        self._pending.append(Delivery(tag=method.delivery_tag, request=request))
+
+    def _reject(
+        self,
+        channel: BlockingChannel,
+        tag: int,
+        body: bytes,
+        properties: pika.BasicProperties,
+        why: str,
+    ) -> None:
+        headers = dict(properties.headers or {})
+        headers["x-smeg-error"] = why
+        publish_confirmed(
+            channel,
+            self.topology.rejected,
+            body,
+            headers=headers,
+            correlation_id=properties.correlation_id,
+        )
+        channel.basic_ack(tag)
+        log.warning("request_rejected", reason=why, size=len(body))
+
+    def _ack(self, tags: list[int]) -> None:
+        channel = self._channel
+        if channel is None or not channel.is_open:
+            log.warning("ack_dropped_channel_closed", count=len(tags))
+            return
+        self._outstanding.difference_update(tags)
+        highest = tags[-1]
+        if not self._outstanding or highest < min(self._outstanding):
+            channel.basic_ack(highest, multiple=True)
+            return
+        for tag in tags:
+            channel.basic_ack(tag)
+
+
+class RabbitFailurePublisher:
+    """Publishes failed requests to ``{prefix}.failed`` with confirms, on a connection of its own.
+
+    Not thread-safe: one owner (the publisher actor) calls it; ``keep_alive`` services heartbeats.
+    """
+
+    def __init__(self, url: str, topology: Topology, *, heartbeat: int = 30) -> None:
+        self.url, self.topology, self.heartbeat = url, topology, heartbeat
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+
+    def publish_failed(self, request: SendRequest, headers: dict[str, str]) -> None:
+        channel = self._ensure_channel()
+        try:
+            publish_confirmed(
+                channel,
+                self.topology.failed,
+                request.to_json(),
+                headers=headers,
+                correlation_id=request.correlation_id,
+                message_id=request.message_id,
+            )
+        except pika.exceptions.AMQPError as exc:
+            self.close()
+            raise BrokerUnavailableError(describe_error(exc)) from None
+
+    def keep_alive(self) -> None:
+        """Let pika answer heartbeats on an otherwise idle connection."""
+        if self._connection is not None and self._connection.is_open:
+            try:
+                self._connection.process_data_events(time_limit=0)
+            except pika.exceptions.AMQPError as exc:
+                log.warning("publisher_connection_lost", error=describe_error(exc))
+                self.close()
+
+    def close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except Exception as exc:
+                log.debug("publisher_close_failed", error=describe_error(exc))
+
+    def _ensure_channel(self) -> BlockingChannel:
+        if self._channel is None or not self._channel.is_open:
+            self.close()
+            self._connection = connect(self.url, heartbeat=self.heartbeat, name="smeg-publisher")
+            self._channel = self._connection.channel()
+            self._channel.confirm_delivery()
+        return self._channel
+
+
+@dataclass(frozen=True)
+class FailedEntry:
+    """One message taken from the failed queue."""
+
+    tag: int
+    body: bytes
+    headers: dict[str, Any]
+    correlation_id: str | None
+
+
+class FailedQueueReader:
+    """Takes messages off ``{prefix}.failed`` one at a time (for redrive); one owning thread."""
+
+    def __init__(self, url: str, topology: Topology, *, heartbeat: int = 30) -> None:
+        self.topology = topology
+        self.connection = connect(url, heartbeat=heartbeat, name="smeg-redrive")
+        self.channel = self.connection.channel()
+        topology.declare(self.channel)
+        self.channel.confirm_delivery()
+
+    def depth(self) -> int:
+        """Messages waiting in the failed queue now."""
+        result = self.channel.queue_declare(
+            self.topology.failed, durable=True, arguments=QUEUE_ARGUMENTS, passive=True
+        )
+        return int(result.method.message_count)
+
+    def get(self) -> FailedEntry | None:
+        method, properties, body = self.channel.basic_get(self.topology.failed, auto_ack=False)
+        if method is None:
+            return None
+        return FailedEntry(
+            tag=method.delivery_tag,
+            body=body,
+            headers=dict(properties.headers or {}),
+            correlation_id=properties.correlation_id,
+        )
+
+    def ack(self, entry: FailedEntry) -> None:
+        self.channel.basic_ack(entry.tag)
+
+    def requeue_at_tail(self, entry: FailedEntry) -> None:
+        """Keep a message for operators, behind the others: republish (confirmed), then ack."""
+        publish_confirmed(
+            self.channel,
+            self.topology.failed,
+            entry.body,
+            headers=entry.headers,
+            correlation_id=entry.correlation_id,
+        )
+        self.channel.basic_ack(entry.tag)
+
+    def close(self) -> None:
+        """Close; anything taken and not acked goes back to the queue."""
+        if self.connection.is_open:
+            try:
+                self.connection.close()
+            except Exception as exc:
+                log.debug("redrive_close_failed", error=describe_error(exc))

@@ -1,0 +1,156 @@
+"""The ``message_status`` read model: one row per message, and the queries the runtime needs.
+
+Columns are documented in docs/architecture.md; a BI tool may query the table directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import DomainEvent
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    String,
+    Table,
+    Uuid,
+    and_,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from adapters.sql import metadata
+from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, RECEIVED, Message
+
+message_status = Table(
+    "message_status",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("message_id", String(128), nullable=False, index=True),
+    Column("channel", String(8), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("attempts", Integer, nullable=False),
+    Column("last_provider", String(64)),
+    Column("last_error", String(256)),
+    Column("permanent", Boolean, nullable=False),
+    Column("correlation_id", String(128), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("attempted_at", DateTime(timezone=True)),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("failed_at", DateTime(timezone=True)),
+    Column("retry_at", DateTime(timezone=True), index=True),
+)
+
+_COLUMNS = [c.name for c in message_status.columns]
+
+
+class MessageStatusProjection:
+    """Keeps ``message_status`` in step with the log."""
+
+    name = "message_status"
+
+    def apply(self, connection: Connection, events: Sequence[DomainEvent]) -> None:
+        ids = {e.originator_id for e in events}
+        rows: dict[UUID, dict[str, Any]] = {
+            row.id: dict(row._mapping)
+            for row in connection.execute(select(message_status).where(message_status.c.id.in_(ids)))
+        }
+        for event in events:
+            _fold(rows, event)
+        if rows:
+            connection.execute(_upsert(connection), list(rows.values()))
+
+    def clear(self, connection: Connection) -> None:
+        connection.execute(message_status.delete())
+
+
+def _fold(rows: dict[UUID, dict[str, Any]], event: DomainEvent) -> None:
+    key = event.originator_id
+    if isinstance(event, Message.Received):
+        rows[key] = dict.fromkeys(_COLUMNS) | {
+            "id": key,
+            "message_id": event.message_id,
+            "channel": event.channel,
+            "status": RECEIVED,
+            "attempts": 0,
+            "permanent": False,
+            "correlation_id": event.correlation_id,
+            "received_at": event.timestamp,
+        }
+        return
+    row = rows.get(key)
+    if row is None:
+        return
+    if isinstance(event, Message.Attempted):
+        row.update(status=IN_FLIGHT, attempts=event.attempt, last_provider=event.provider)
+        row.update(attempted_at=event.timestamp, retry_at=None)
+    elif isinstance(event, Message.BackedOff):
+        row.update(status=BACKED_OFF, retry_at=event.retry_at, last_error=event.reason[:256])
+    elif isinstance(event, Message.Delivered):
+        row.update(status=DELIVERED, delivered_at=event.timestamp, retry_at=None)
+    elif isinstance(event, Message.Failed):
+        row.update(status=FAILED, failed_at=event.timestamp, last_error=event.reason[:256])
+        row.update(permanent=event.permanent, retry_at=None)
+    elif isinstance(event, Message.RetryRequested):
+        row.update(status=RECEIVED, failed_at=None, permanent=False, retry_at=None)
+
+
+def _upsert(connection: Connection) -> Any:
+    dialect = connection.dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    statement = module.insert(message_status)
+    return statement.on_conflict_do_update(
+        index_elements=[message_status.c.id],
+        set_={c: statement.excluded[c] for c in _COLUMNS if c != "id"},
+    )
+
+
+def unfinished(
+    engine: Engine, *, stale_after: float, before: datetime | None = None, limit: int = 100_000
+) -> list[tuple[UUID, datetime]]:
+    """Messages not yet Delivered or Failed, with when each is due for a look.
+
+    Received: at once (``received_at``); backed off: ``retry_at``; in flight: when the attempt
+    turns stale. With ``before``, only those due before it (the orphan sweep).
+    """
+    stale = timedelta(seconds=stale_after)
+    query = select(message_status).where(message_status.c.status.in_((RECEIVED, IN_FLIGHT, BACKED_OFF)))
+    if before is not None:
+        query = query.where(
+            or_(
+                and_(message_status.c.status == RECEIVED, message_status.c.received_at < before),
+                and_(message_status.c.status == BACKED_OFF, message_status.c.retry_at < before),
+                and_(
+                    message_status.c.status == IN_FLIGHT,
+                    message_status.c.attempted_at < before - stale,
+                ),
+            )
+        )
+    with engine.connect() as connection:
+        rows = connection.execute(query.limit(limit)).all()
+    due = {
+        RECEIVED: lambda r: r.received_at,
+        BACKED_OFF: lambda r: r.retry_at,
+        IN_FLIGHT: lambda r: r.attempted_at + stale,
+    }
+    return [(row.id, _utc(due[row.status](row))) for row in rows]
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def status_counts(engine: Engine) -> dict[str, int]:
+    """How many messages are in each status."""
+    query = select(message_status.c.status, func.count()).group_by(message_status.c.status)
+    with engine.connect() as connection:
+        return {status: count for status, count in connection.execute(query)}

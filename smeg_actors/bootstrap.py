@@ -1,0 +1,269 @@
+"""The composition root: builds the actor tree from settings and adapters, and runs it.
+
+Real adapters are built here (never as default arguments); tests and the demo pass their own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+import structlog
+
+from adapters.event_store import MessageStore
+from adapters.projections import ProjectionRunner
+from adapters.sql import make_engine
+from adapters.status_view import MessageStatusProjection
+from domain.ports import FailurePublisher, Intake, Provider
+from smeg_actors.clock import Clock, utc_now
+from smeg_actors.config import Settings
+from smeg_actors.dispatcher import DispatcherActor, WorkerRestarted
+from smeg_actors.exit_codes import EXIT_BROKER_LOST, EXIT_ESCALATED, EXIT_OK, EXIT_STORE_LOST
+from smeg_actors.intake import IntakeActor
+from smeg_actors.messages import RequestsReceived
+from smeg_actors.projector import ProjectorActor
+from smeg_actors.publisher import PublisherActor
+from smeg_actors.redrive import RedriverActor, failed_queue_reader
+from smeg_actors.scheduler import SchedulerActor
+from smeg_actors.supervisor import Children, ChildSpec, SupervisorActor
+from smeg_actors.ticker import Ticker
+from smeg_actors.worker import WorkerActor
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Stop:
+    """Why the runtime stops: the first fatal reason wins."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    code: int = EXIT_OK
+    reason: str = ""
+
+    def set(self, code: int, reason: str) -> None:
+        if not self.event.is_set():
+            self.code, self.reason = code, reason
+            self.event.set()
+
+
+class Runtime:
+    """The running pipeline: ``start()``, then ``wait()``, then ``stop()``.
+
+    Args:
+        settings: typed settings.
+        store: the event store.
+        intake: where send requests come from.
+        publisher: where failed messages go.
+        providers: configured providers by name (at least one).
+        clock: UTC now (tests inject their own).
+        stale_after: seconds after which an attempt with no outcome counts as interrupted.
+        redrive: whether to start the automatic redriver (needs RabbitMQ).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: MessageStore,
+        intake: Intake,
+        publisher: FailurePublisher,
+        providers: dict[str, Provider],
+        clock: Clock = utc_now,
+        stale_after: float | None = None,
+        redrive: bool = True,
+        max_restarts: int = 5,
+        restart_period: float = 10.0,
+    ) -> None:
+        if not providers:
+            raise ValueError("at least one provider must be configured")
+        self.settings, self.store, self.intake, self.publisher = settings, store, intake, publisher
+        self.providers, self.clock = providers, clock
+        self.default_provider = settings.default_provider or next(iter(providers))
+        timeout = max(float(getattr(p, "timeout", 5.0)) for p in providers.values())
+        self.call_timeout = timeout + 5.0
+        self.stale_after = stale_after if stale_after is not None else 2 * self.call_timeout + 30
+        self.with_redrive, self.max_restarts, self.restart_period = (
+            redrive,
+            max_restarts,
+            restart_period,
+        )
+        self.stop_reason = Stop()
+        self.children = Children()
+        self.engine = make_engine(settings.database_url, schema=settings.database_schema)
+        self.runner = ProjectionRunner(store, self.engine, [MessageStatusProjection()])
+        self.executor = ThreadPoolExecutor(settings.provider_concurrency, thread_name_prefix="smeg-call")
+        self.workers = [f"worker-{i}" for i in range(settings.workers)]
+        self.supervisor: pykka.ActorRef[Any] | None = None
+        self.ticker: Ticker | None = None
+
+    def fatal(self, code: int, reason: str) -> None:
+        """Ask the process to stop with ``code`` (thread-safe; the first reason wins)."""
+        log.critical("runtime_stopping", exit_code=code, reason=reason)
+        self.stop_reason.set(code, reason)
+
+    def start(self) -> None:
+        """Start the actor tree, then the broker consumer."""
+        self.supervisor = SupervisorActor.start(
+            self._specs(),
+            self.children,
+            max_restarts=self.max_restarts,
+            period=self.restart_period,
+            escalate=lambda why: self.fatal(EXIT_ESCALATED, why),
+            on_restart=self._restarted,
+        )
+        self.children.set("supervisor", self.supervisor)
+        self.supervisor.ask("counts", timeout=120)
+        names = ["supervisor", "scheduler", "projector", "publisher"]
+        self.ticker = Ticker(self.children, names, interval=0.1)
+        self.ticker.start()
+        self.intake.start(self._on_batch, lambda why: self.fatal(EXIT_BROKER_LOST, why))
+        log.info("runtime_started", workers=len(self.workers), providers=sorted(self.providers))
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until something asks the runtime to stop; return the exit code."""
+        self.stop_reason.event.wait(timeout)
+        return self.stop_reason.code
+
+    def backlog(self) -> int:
+        try:
+            return int(self.children.get("dispatcher").proxy().backlog.get(timeout=1))
+        except Exception:
+            return 0
+
+    def idle(self) -> bool:
+        """True when no message is queued or being attempted."""
+        try:
+            return bool(self.children.get("dispatcher").ask("idle", timeout=5))
+        except Exception:
+            return False
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop consuming, let in-flight attempts finish (up to ``timeout``), stop the actors."""
+        limit = timeout if timeout is not None else self.settings.shutdown_timeout
+        deadline = time.monotonic() + limit
+        self.intake.stop()
+        while time.monotonic() < deadline and not self.idle():
+            if self.stop_reason.code not in (EXIT_OK,):
+                break
+            time.sleep(0.05)
+        if self.ticker is not None:
+            self.ticker.stop()
+        if self.supervisor is not None:
+            try:
+                self.supervisor.ask("stop_children", timeout=max(1.0, deadline - time.monotonic()))
+                self.supervisor.stop(block=True, timeout=5)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                pass
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.engine.dispose()
+
+    def _on_batch(self, deliveries: list[Any]) -> None:
+        """Hand a batch to the intake actor, waiting out a restart; never drop it."""
+        message = RequestsReceived(tuple(deliveries))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not self.stop_reason.event.is_set():
+            try:
+                self.children.get("intake").tell(message)
+                return
+            except (pykka.ActorDeadError, KeyError):
+                time.sleep(0.05)
+        self.fatal(EXIT_ESCALATED, "intake actor unavailable for 30s")
+
+    def hold_intake(self) -> bool:
+        """Backpressure for the consumer: hold deliveries while the backlog is large."""
+        return self.backlog() > self.settings.max_in_flight
+
+    def _restarted(self, name: str) -> None:
+        if name.startswith("worker-"):
+            self.children.tell("dispatcher", WorkerRestarted(name))
+
+    def _store_lost(self, why: str) -> None:
+        self.fatal(EXIT_STORE_LOST, f"event store unavailable for {self.settings.store_grace:g}s: {why}")
+
+    def _worker_starter(self, name: str) -> Any:
+        s = self.settings
+
+        def start(sup: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
+            return WorkerActor.start(
+                name,
+                sup,
+                store=self.store,
+                providers=self.providers,
+                default_provider=self.default_provider,
+                policy=s.backoff,
+                executor=self.executor,
+                children=self.children,
+                clock=self.clock,
+                stale_after=self.stale_after,
+                call_timeout=self.call_timeout,
+                grace=s.store_grace,
+                on_store_lost=self._store_lost,
+            )
+
+        return start
+
+    def _specs(self) -> list[ChildSpec]:
+        s, children, clock = self.settings, self.children, self.clock
+        specs = [
+            ChildSpec("projector", lambda sup: ProjectorActor.start("projector", sup, runner=self.runner)),
+            ChildSpec(
+                "scheduler",
+                lambda sup: SchedulerActor.start(
+                    "scheduler",
+                    sup,
+                    store=self.store,
+                    engine=self.engine,
+                    catch_up=self.runner.catch_up,
+                    children=children,
+                    clock=clock,
+                    stale_after=self.stale_after,
+                ),
+            ),
+            ChildSpec(
+                "publisher",
+                lambda sup: PublisherActor.start(
+                    "publisher", sup, publisher=self.publisher, children=children
+                ),
+            ),
+            ChildSpec(
+                "dispatcher",
+                lambda sup: DispatcherActor.start("dispatcher", sup, workers=self.workers, children=children),
+            ),
+        ]
+        for name in self.workers:
+            specs.append(ChildSpec(name, self._worker_starter(name)))
+        specs.append(
+            ChildSpec(
+                "intake",
+                lambda sup: IntakeActor.start(
+                    "intake",
+                    sup,
+                    store=self.store,
+                    intake=self.intake,
+                    children=children,
+                    clock=clock,
+                    grace=s.store_grace,
+                    on_store_lost=self._store_lost,
+                ),
+            )
+        )
+        if self.with_redrive:
+            specs.append(
+                ChildSpec(
+                    "redriver",
+                    lambda sup: RedriverActor.start(
+                        "redriver",
+                        sup,
+                        store=self.store,
+                        open_reader=failed_queue_reader(s.amqp_url, s.queue_prefix, s.heartbeat),
+                        children=children,
+                        clock=clock,
+                        rate=s.redrive_rate,
+                    ),
+                )
+            )
+        return specs

@@ -1,0 +1,181 @@
+"""``smeg demo``: the whole pipeline in one process on embedded defaults, in under a minute.
+
+SQLite store, the in-memory broker (same ports as RabbitMQ), a simulated provider with
+transient and permanent failures and an outage, the backoff scaled down to seconds. After the
+outage the exhausted failures are redriven, as ``smeg redrive`` would do against RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import func, select
+
+from adapters.event_store import MessageStore
+from adapters.memory_broker import MemoryFailurePublisher, MemoryIntake
+from adapters.providers import build_provider
+from adapters.status_view import message_status, status_counts
+from domain.message import FAILED, Message
+from smeg_actors.bootstrap import Runtime
+from smeg_actors.clock import utc_now
+from smeg_actors.config import Settings
+from smeg_actors.logs import configure_logging
+from smeg_actors.messages import DeliverMessages, WorkItem
+
+DEMO_BACKOFF: dict[str, Any] = {
+    "backoff_initial": 0.5,
+    "backoff_factor": 3.0,
+    "backoff_max": 5.0,
+    "max_attempts": 3,
+}
+OUTAGE_ENDS_S = 4.5
+SIMULATED = {
+    "type": "simulated",
+    "latency_ms": 20,
+    "transient_rate": 0.15,
+    "permanent_rate": 0.02,
+    "outages": [[1.0, 4.0]],
+    "seed": 7,
+}
+
+
+def run_demo(database: Path, messages: int, deadline_s: float = 50.0) -> int:
+    """Run the demo; return 0 when every message ended Delivered or Failed in time."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    url = f"sqlite:///{database}"
+    settings = Settings(database_url=url, workers=8, log_level="warning", **DEMO_BACKOFF)
+    store = MessageStore(url)
+    intake = MemoryIntake(known_providers={"sim"})
+    publisher = MemoryFailurePublisher()
+    provider = build_provider("sim", SIMULATED, {})
+    runtime = Runtime(
+        settings,
+        store=store,
+        intake=intake,
+        publisher=publisher,
+        providers={"sim": provider},
+        redrive=False,
+    )
+    intake.hold = runtime.hold_intake
+    configure_logging(fmt="console", level="error")
+    started = time.monotonic()
+    runtime.start()
+    ids = _publish(intake, messages, over_s=3.0)
+    redriven = 0
+    try:
+        finished = _wait(runtime, messages, started, deadline_s / 2)
+        time.sleep(max(0.0, started + OUTAGE_ENDS_S - time.monotonic()))
+        redriven = _redrive_exhausted(runtime, store)
+        finished = _wait(runtime, messages, started, deadline_s) and finished is not None
+    finally:
+        click.echo("", err=True)
+        runtime.stop(timeout=5)
+    _report(runtime, intake, publisher, redriven, time.monotonic() - started)
+    _show_history(runtime, ids)
+    store.close()
+    return 0 if finished else 1
+
+
+def _publish(intake: MemoryIntake, count: int, over_s: float) -> list[str]:
+    ids = []
+    pace = over_s / count
+    for i in range(count):
+        time.sleep(pace)
+        message_id = f"demo-{i:05d}"
+        ids.append(message_id)
+        body = {
+            "message_id": message_id,
+            "channel": "sms" if i % 4 else "im",
+            "to": f"+4477009{i:05d}" if i % 4 else f"user{i}@chat.example",
+            "body": f"Your code is {uuid.uuid4().hex[:6]}",
+            "provider": "sim",
+        }
+        intake.publish(json.dumps(body).encode())
+    intake.publish(b"{not json")
+    intake.publish(json.dumps({"channel": "fax", "to": "x", "body": "y"}).encode())
+    return ids
+
+
+def _wait(runtime: Runtime, total: int, started: float, limit: float) -> bool | None:
+    while time.monotonic() - started < limit:
+        counts = status_counts(runtime.engine)
+        done = counts.get("delivered", 0) + counts.get("failed", 0)
+        click.echo(
+            f"\r{time.monotonic() - started:5.1f}s  delivered {counts.get('delivered', 0):4}"
+            f"  backed off {counts.get('backed_off', 0):4}  in flight {counts.get('in_flight', 0):4}"
+            f"  failed {counts.get('failed', 0):4}  of {total}",
+            nl=False,
+            err=True,
+        )
+        if done >= total and runtime.idle():
+            return True
+        time.sleep(0.25)
+    return None
+
+
+def _redrive_exhausted(runtime: Runtime, store: MessageStore) -> int:
+    query = select(message_status.c.id).where(
+        message_status.c.status == FAILED, message_status.c.permanent.is_(False)
+    )
+    with runtime.engine.connect() as connection:
+        ids = [row.id for row in connection.execute(query)]
+    items = []
+    for aggregate_id in ids:
+        outcome = store.update(aggregate_id, lambda m: m.request_retry("demo-redrive", now=utc_now()))
+        if outcome.message is not None:
+            items.append(WorkItem(aggregate_id))
+    runtime.children.tell("dispatcher", DeliverMessages(tuple(items)))
+    return len(items)
+
+
+def _report(
+    runtime: Runtime,
+    intake: MemoryIntake,
+    publisher: MemoryFailurePublisher,
+    redriven: int,
+    elapsed: float,
+) -> None:
+    runtime.runner.catch_up()
+    counts = status_counts(runtime.engine)
+    with runtime.engine.connect() as connection:
+        retried = connection.scalar(
+            select(func.count()).select_from(message_status).where(message_status.c.attempts > 1)
+        )
+        permanent = connection.scalar(
+            select(func.count()).select_from(message_status).where(message_status.c.permanent.is_(True))
+        )
+    rows = [
+        ("delivered", counts.get("delivered", 0)),
+        ("retried (more than one attempt)", retried or 0),
+        ("failed, permanent", permanent or 0),
+        ("failed, retries exhausted", counts.get("failed", 0) - (permanent or 0)),
+        ("redriven after the outage", redriven),
+        ("published to the failed queue", len(publisher.failed)),
+        ("rejected payloads", len(intake.rejected)),
+    ]
+    click.echo(f"\nsmeg demo finished in {elapsed:.1f}s\n")
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"  {name:<{width}}  {value:>6}")
+
+
+def _show_history(runtime: Runtime, ids: list[str]) -> None:
+    query = select(message_status.c.message_id).order_by(message_status.c.attempts.desc()).limit(1)
+    with runtime.engine.connect() as connection:
+        message_id = connection.scalar(query) or ids[0]
+    click.echo(f"\n$ smeg history {message_id}")
+    store = runtime.store
+    message = store.get(Message.create_id(message_id))
+    from domain.audit import describe, event_record
+
+    click.echo(f"message {message_id} ({message.status}, {message.attempts} attempts)")
+    for event in store.history(message.id):
+        click.echo(describe(event_record(event)))
+    sys.stdout.flush()

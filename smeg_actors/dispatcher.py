@@ -1,0 +1,104 @@
+"""The dispatcher actor: hands due messages to the workers in batches, never one twice at once.
+
+It bounds the work in flight (pykka inboxes are unbounded); the intake holds back while the
+backlog is above its limit. When a worker is restarted, every batch it held is sent back to
+the scheduler for recovery, so a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import pykka
+import structlog
+
+from smeg_actors.messages import BatchFinished, DeliverBatch, DeliverMessages, Recover, WorkItem
+from smeg_actors.supervisor import Children, Supervised
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRestarted:
+    """The supervisor replaced a worker: the batches it held need recovery."""
+
+    name: str
+
+
+class DispatcherActor(Supervised):
+    """Distributes work; see the module docstring.
+
+    Args:
+        workers: names of the worker children.
+        children: the shared name → ref table.
+        batch_size: the most messages one worker gets at once.
+        batches_per_worker: batches queued at one worker at most.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        supervisor: pykka.ActorRef[Any] | None,
+        *,
+        workers: list[str],
+        children: Children,
+        batch_size: int = 64,
+        batches_per_worker: int = 2,
+    ) -> None:
+        super().__init__(name, supervisor)
+        self.workers, self.children = workers, children
+        self.batch_size, self.batches_per_worker = batch_size, batches_per_worker
+        self.queue: deque[WorkItem] = deque()
+        self.queued: set[UUID] = set()
+        self.held: dict[str, list[tuple[UUID, ...]]] = {w: [] for w in workers}
+        self.backlog = 0
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case DeliverMessages(items=items):
+                self._enqueue(items)
+            case BatchFinished(ids=ids):
+                self._release(ids)
+            case WorkerRestarted(name=name):
+                for ids in self.held.get(name, []):
+                    self.children.tell("scheduler", Recover(ids))
+                self.held[name] = []
+            case "idle":
+                return not self.queue and not any(self.held.values())
+            case _:
+                log.warning("unknown_message_dropped", message=repr(message))
+        self._pump()
+        self.backlog = len(self.queue) + sum(len(b) for bs in self.held.values() for b in bs)
+        return None
+
+    def _enqueue(self, items: tuple[WorkItem, ...]) -> None:
+        active = {i for batches in self.held.values() for b in batches for i in b}
+        for item in items:
+            if item.id not in active and item.id not in self.queued:
+                self.queue.append(item)
+                self.queued.add(item.id)
+
+    def _release(self, ids: tuple[UUID, ...]) -> None:
+        for batches in self.held.values():
+            if ids in batches:
+                batches.remove(ids)
+                return
+
+    def _pump(self) -> None:
+        while self.queue:
+            worker = min(self.workers, key=lambda w: len(self.held[w]))
+            if len(self.held[worker]) >= self.batches_per_worker:
+                return
+            share = -(-len(self.queue) // len(self.workers))
+            size = min(self.batch_size, share, len(self.queue))
+            batch = tuple(self._take() for _ in range(size))
+            self.held[worker].append(tuple(item.id for item in batch))
+            self.children.tell(worker, DeliverBatch(batch))
+
+    def _take(self) -> WorkItem:
+        item = self.queue.popleft()
+        self.queued.discard(item.id)
+        return item

@@ -1,0 +1,52 @@
+"""The start-up check: the store (a round trip), the broker (connect and declare), each provider.
+
+``smeg check`` and ``smeg run`` print one line per dependency and exit 3 on any failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from adapters.event_store import MessageStore, StoreError
+from adapters.rabbitmq import BrokerUnavailableError, Topology, check_broker
+from domain.ports import Provider, ProviderUnhealthyError
+from smeg_actors.config import Settings
+
+Check = tuple[str, Callable[[], None]]
+
+
+def dependency_checks(
+    settings: Settings, store: Callable[[], MessageStore], providers: dict[str, Provider]
+) -> list[Check]:
+    """The checks to run, in order; each raises with a one-line reason."""
+
+    def check_store() -> None:
+        opened = store()
+        opened.ping()
+
+    checks: list[Check] = [
+        ("store", check_store),
+        ("broker", lambda: check_broker(settings.amqp_url, Topology(settings.queue_prefix))),
+    ]
+    for name, provider in providers.items():
+        checks.append((f"provider {name}", provider.check_health))
+    return checks
+
+
+def run_checks(checks: list[Check]) -> tuple[bool, list[str]]:
+    """Run every check; return whether all passed, and one line per dependency."""
+    lines, healthy = [], True
+    for name, check in checks:
+        try:
+            check()
+        except (StoreError, BrokerUnavailableError, ProviderUnhealthyError, OSError) as exc:
+            healthy = False
+            lines.append(f"{name}: FAILED: {_one_line(exc)}")
+        else:
+            lines.append(f"{name}: ok")
+    return healthy, lines
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__

@@ -1,0 +1,97 @@
+"""The intake actor: makes each batch of send requests durable, then acks it and dispatches it.
+
+A request is acked only once its Received event is committed. A request whose ``message_id``
+was seen before hits the store's uniqueness, is acked and ignored, and is never delivered twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+import structlog
+
+from adapters.event_store import Change, MessageStore, StoreUnavailableError, retry_until
+from domain.message import Message
+from domain.ports import Delivery, Intake
+from domain.request import SendRequest, mask_address
+from smeg_actors.clock import Clock
+from smeg_actors.logs import message_context
+from smeg_actors.messages import DeliverMessages, RequestsReceived, WorkItem
+from smeg_actors.supervisor import Children, Supervised
+
+log = structlog.get_logger(__name__)
+
+
+class IntakeActor(Supervised):
+    """Records Received events in batches; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        supervisor: pykka.ActorRef[Any] | None,
+        *,
+        store: MessageStore,
+        intake: Intake,
+        children: Children,
+        clock: Clock,
+        grace: float,
+        on_store_lost: Callable[[str], None],
+    ) -> None:
+        super().__init__(name, supervisor)
+        self.store, self.intake, self.children, self.clock = store, intake, children, clock
+        self.grace, self.on_store_lost = grace, on_store_lost
+        self.received = 0
+        self.duplicates = 0
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case RequestsReceived(deliveries=deliveries):
+                self._record(deliveries)
+            case "counts":
+                return {"received": self.received, "duplicates": self.duplicates}
+            case _:
+                log.warning("unknown_message_dropped", message=repr(message))
+        return None
+
+    def _record(self, deliveries: tuple[Delivery, ...]) -> None:
+        changes = [Change(load=self._receiver(d.request)) for d in deliveries]
+        try:
+            outcomes = retry_until(
+                lambda: self.store.commit(changes),
+                grace=self.grace,
+                on_retry=lambda exc, delay: log.warning("store_write_retried", error=str(exc), in_s=delay),
+            )
+        except StoreUnavailableError as exc:
+            self.on_store_lost(str(exc))
+            return
+        ready = []
+        for delivery, outcome in zip(deliveries, outcomes, strict=True):
+            if outcome.message is not None:
+                ready.append(WorkItem(outcome.message.id, outcome.message))
+                continue
+            self.duplicates += 1
+            request = delivery.request
+            with message_context(request.message_id, request.correlation_id):
+                log.info("duplicate_request_ignored", to=mask_address(request.to))
+        self.received += len(ready)
+        self.intake.ack([d.tag for d in deliveries])
+        if ready:
+            self.children.tell("dispatcher", DeliverMessages(tuple(ready)))
+
+    def _receiver(self, request: SendRequest) -> Callable[[], Message]:
+        def receive() -> Message:
+            return Message.receive(
+                message_id=request.message_id,
+                channel=request.channel,
+                to=request.to,
+                body=request.body,
+                correlation_id=request.correlation_id,
+                now=self.clock(),
+                sender=request.sender,
+                metadata=request.metadata,
+                provider=request.provider,
+            )
+
+        return receive

@@ -1,0 +1,56 @@
+"""The projector actor: keeps the read models in step with the log, a batch per tick."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pykka
+import structlog
+
+from adapters.projections import ProjectionRunner
+from smeg_actors.messages import Tick
+from smeg_actors.supervisor import Supervised
+
+log = structlog.get_logger(__name__)
+
+
+class ProjectorActor(Supervised):
+    """Applies new events to the read models; catches up fully when it starts."""
+
+    def __init__(
+        self,
+        name: str,
+        supervisor: pykka.ActorRef[Any] | None,
+        *,
+        runner: ProjectionRunner,
+        max_batches_per_tick: int = 20,
+    ) -> None:
+        super().__init__(name, supervisor)
+        self.runner, self.max_batches = runner, max_batches_per_tick
+        self.failing = False
+
+    def on_start(self) -> None:
+        applied = self.runner.catch_up()
+        log.info("projections_caught_up", events=applied, position=self.runner.position())
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Tick():
+                self._step()
+            case "position":
+                return self.runner.position()
+            case _:
+                log.warning("unknown_message_dropped", message=repr(message))
+        return None
+
+    def _step(self) -> None:
+        try:
+            for _ in range(self.max_batches):
+                if not self.runner.step():
+                    break
+        except Exception as exc:
+            if not self.failing:
+                log.warning("projection_step_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            self.failing = True
+            return
+        self.failing = False

@@ -1,0 +1,130 @@
+"""The scheduler actor: releases each backed-off message at its ``retry_at``, never earlier.
+
+Its state is the store's: on start it rebuilds the pending retries from the ``message_status``
+read model (overdue ones are released at once), and every sweep it adopts messages overdue by
+more than ``orphan_margin`` — those of a process that died — so none is dropped. With several
+processes, the store's optimistic concurrency decides who attempts: one Attempted per version.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import pykka
+import structlog
+from sqlalchemy import Engine
+
+from adapters.event_store import MessageNotFoundError, MessageStore, StoreUnavailableError
+from adapters.status_view import unfinished
+from smeg_actors.clock import Clock
+from smeg_actors.messages import DeliverMessages, Recover, ScheduleRetry, Tick, WorkItem
+from smeg_actors.supervisor import Children, Supervised
+from smeg_actors.worker import due_time
+
+log = structlog.get_logger(__name__)
+
+
+class SchedulerActor(Supervised):
+    """Holds pending retries in a heap; see the module docstring.
+
+    Args:
+        store: to look at recovered messages.
+        engine: where ``message_status`` lives.
+        catch_up: brings the read model up to the log's head before a rebuild.
+        children: refs of the dispatcher.
+        clock: UTC now.
+        stale_after: an attempt older than this with no outcome is deemed interrupted.
+        sweep_every: seconds between orphan sweeps.
+        orphan_margin: how overdue a message must be before a sweep adopts it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        supervisor: pykka.ActorRef[Any] | None,
+        *,
+        store: MessageStore,
+        engine: Engine,
+        catch_up: Callable[[], int],
+        children: Children,
+        clock: Clock,
+        stale_after: float,
+        sweep_every: float = 5.0,
+        orphan_margin: float = 30.0,
+    ) -> None:
+        super().__init__(name, supervisor)
+        self.store, self.engine, self.catch_up = store, engine, catch_up
+        self.children, self.clock, self.stale_after = children, clock, stale_after
+        self.sweep_every = timedelta(seconds=sweep_every)
+        self.orphan_margin = timedelta(seconds=orphan_margin)
+        self.heap: list[tuple[datetime, int, UUID]] = []
+        self.due: dict[UUID, datetime] = {}
+        self.seq = 0
+        self.next_sweep = datetime.min.replace(tzinfo=clock().tzinfo)
+
+    def on_start(self) -> None:
+        self._adopt(before=None)
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case ScheduleRetry(id=aggregate_id, due=due):
+                self._push(aggregate_id, due)
+            case Recover(ids=ids):
+                for aggregate_id in ids:
+                    self._recover(aggregate_id)
+            case Tick():
+                self._release()
+                if self.clock() >= self.next_sweep:
+                    self._adopt(before=self.clock() - self.orphan_margin)
+            case "pending":
+                return len(self.due)
+            case _:
+                log.warning("unknown_message_dropped", message=repr(message))
+        return None
+
+    def _push(self, aggregate_id: UUID, due: datetime) -> None:
+        known = self.due.get(aggregate_id)
+        if known is not None and known <= due:
+            return
+        self.due[aggregate_id] = due
+        self.seq += 1
+        heapq.heappush(self.heap, (due, self.seq, aggregate_id))
+
+    def _release(self) -> None:
+        now = self.clock()
+        ready: list[WorkItem] = []
+        while self.heap and self.heap[0][0] <= now:
+            due, _seq, aggregate_id = heapq.heappop(self.heap)
+            if self.due.get(aggregate_id) == due:
+                del self.due[aggregate_id]
+                ready.append(WorkItem(aggregate_id))
+        if ready:
+            self.children.tell("dispatcher", DeliverMessages(tuple(ready)))
+
+    def _recover(self, aggregate_id: UUID) -> None:
+        try:
+            message = self.store.get(aggregate_id)
+        except (MessageNotFoundError, StoreUnavailableError) as exc:
+            log.warning("recovery_deferred", aggregate_id=str(aggregate_id), error=str(exc))
+            self._push(aggregate_id, self.clock() + timedelta(seconds=5))
+            return
+        due = due_time(message, self.stale_after)
+        if due is not None:
+            self._push(aggregate_id, due)
+
+    def _adopt(self, *, before: datetime | None) -> None:
+        self.next_sweep = self.clock() + self.sweep_every
+        try:
+            self.catch_up()
+            found = unfinished(self.engine, stale_after=self.stale_after, before=before)
+        except Exception as exc:
+            log.warning("pending_rebuild_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        for aggregate_id, due in found:
+            self._push(aggregate_id, due)
+        if found:
+            log.info("pending_messages_adopted", count=len(found), sweep=before is not None)

@@ -1,0 +1,187 @@
+"""The supervisor: starts its children, restarts the ones that die, escalates like OTP.
+
+pykka has no linking: a child's ``on_failure`` reports to us (``Supervised``), and a liveness
+sweep on every tick catches the deaths that ``on_failure`` never sees (a failed ``on_start``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import pykka
+import structlog
+
+from smeg_actors.messages import ChildFailed, Tick
+
+log = structlog.get_logger(__name__)
+
+
+class Children:
+    """The current ref of each child by name, shared with actors that send to siblings.
+
+    Thread-safe: the supervisor replaces refs on restart while other actors read them.
+    """
+
+    def __init__(self) -> None:
+        self._refs: dict[str, pykka.ActorRef[Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> pykka.ActorRef[Any]:
+        with self._lock:
+            return self._refs[name]
+
+    def set(self, name: str, ref: pykka.ActorRef[Any]) -> None:
+        with self._lock:
+            self._refs[name] = ref
+
+    def items(self) -> list[tuple[str, pykka.ActorRef[Any]]]:
+        with self._lock:
+            return list(self._refs.items())
+
+    def tell_quietly(self, name: str, message: Any) -> None:
+        """Send if the child is alive; drop silently otherwise (ticks)."""
+        try:
+            self.get(name).tell(message)
+        except (pykka.ActorDeadError, KeyError):
+            pass
+
+    def tell(self, name: str, message: Any) -> None:
+        """Send to a child; a message to a child that is restarting is logged and dropped."""
+        try:
+            self.get(name).tell(message)
+        except (pykka.ActorDeadError, KeyError):
+            log.warning("message_to_dead_child_dropped", child=name, message=type(message).__name__)
+
+
+class Supervised(pykka.ThreadingActor):
+    """Base of supervised actors: a death is reported to the supervisor."""
+
+    def __init__(self, name: str, supervisor: pykka.ActorRef[Any] | None) -> None:
+        super().__init__()
+        self.name = name
+        self.supervisor = supervisor
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback_: TracebackType | None,
+    ) -> None:
+        error = f"{exception_type.__name__ if exception_type else '?'}: {exception_value}"
+        log.error(
+            "actor_crashed",
+            actor=self.name,
+            error=error,
+            where="".join(traceback.format_tb(traceback_)[-1:]).strip(),
+        )
+        if self.supervisor is not None:
+            try:
+                self.supervisor.tell(ChildFailed(self.name, error))
+            except pykka.ActorDeadError:
+                pass
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How to (re)start one child: ``start(supervisor_ref)`` returns its ref."""
+
+    name: str
+    start: Callable[[pykka.ActorRef[Any]], pykka.ActorRef[Any]]
+
+
+class SupervisorActor(pykka.ThreadingActor):
+    """One-for-one supervision with restart intensity.
+
+    Args:
+        specs: children, started in this order.
+        children: the shared name → ref table.
+        max_restarts: more restarts than this within ``period`` seconds escalates.
+        period: the intensity window, seconds.
+        escalate: called (once) when intensity is exceeded; the process then shuts down.
+        on_restart: called with the child's name after each restart (dispatcher recovery).
+    """
+
+    def __init__(
+        self,
+        specs: list[ChildSpec],
+        children: Children,
+        *,
+        max_restarts: int = 5,
+        period: float = 10.0,
+        escalate: Callable[[str], None],
+        on_restart: Callable[[str], None] = lambda _n: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.specs = {spec.name: spec for spec in specs}
+        self.order = [spec.name for spec in specs]
+        self.children = children
+        self.max_restarts, self.period = max_restarts, period
+        self.escalate, self.on_restart, self.clock = escalate, on_restart, clock
+        self.restarts: deque[float] = deque()
+        self.restart_counts: dict[str, int] = {}
+        self.stopping = False
+
+    def on_start(self) -> None:
+        for name in self.order:
+            self.children.set(name, self.specs[name].start(self.actor_ref))
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case ChildFailed(name=name, error=error):
+                self._child_failed(name, error)
+            case Tick():
+                self._sweep()
+            case "counts":
+                return dict(self.restart_counts)
+            case "stop_children":
+                self._stop_children()
+            case _:
+                log.warning("unknown_message_dropped", message=repr(message))
+        return None
+
+    def _child_failed(self, name: str, error: str) -> None:
+        if self.stopping or name not in self.specs:
+            return
+        ref = self.children.get(name)
+        if ref.is_alive():
+            return
+        now = self.clock()
+        self.restarts.append(now)
+        while self.restarts and self.restarts[0] < now - self.period:
+            self.restarts.popleft()
+        if len(self.restarts) > self.max_restarts:
+            log.critical(
+                "restart_intensity_exceeded",
+                child=name,
+                error=error,
+                restarts=len(self.restarts),
+                period_s=self.period,
+            )
+            self.stopping = True
+            self.escalate(f"{name} crashed {len(self.restarts)} times in {self.period:g}s: {error}")
+            return
+        self.children.set(name, self.specs[name].start(self.actor_ref))
+        self.restart_counts[name] = self.restart_counts.get(name, 0) + 1
+        log.warning("child_restarted", child=name, error=error, restarts=self.restart_counts[name])
+        self.on_restart(name)
+
+    def _sweep(self) -> None:
+        for name, ref in self.children.items():
+            if not ref.is_alive() and not self.stopping:
+                self._child_failed(name, "found dead by the liveness sweep")
+
+    def _stop_children(self) -> None:
+        self.stopping = True
+        for name in reversed(self.order):
+            try:
+                self.children.get(name).stop(block=True, timeout=5)
+            except (pykka.ActorDeadError, pykka.Timeout, KeyError):
+                pass

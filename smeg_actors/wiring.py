@@ -1,0 +1,44 @@
+"""Real adapters from settings: the store, RabbitMQ, the configured providers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from adapters.event_store import MessageStore
+from adapters.providers import build_provider
+from adapters.rabbitmq import RabbitFailurePublisher, RabbitIntake, Topology
+from domain.ports import Provider
+from smeg_actors.bootstrap import Runtime
+from smeg_actors.config import Settings, SettingsError
+
+
+def build_providers(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[str, Provider]:
+    """Every configured provider; a bad provider config is a SettingsError naming it."""
+    configs = settings.provider_configs()
+    if not configs:
+        raise SettingsError(
+            "no provider configured: set SMEG_PROVIDER_URL or add [providers.NAME] to the config"
+        )
+    try:
+        return {name: build_provider(name, config, environ) for name, config in configs.items()}
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def build_runtime(settings: Settings, store: MessageStore, providers: dict[str, Provider]) -> Runtime:
+    """The production runtime: RabbitMQ intake and publisher."""
+    topology = Topology(settings.queue_prefix)
+    known = set(providers)
+    intake = RabbitIntake(
+        settings.amqp_url,
+        topology,
+        heartbeat=settings.heartbeat,
+        prefetch=settings.prefetch,
+        batch_size=settings.batch_size,
+        known_providers=known,
+    )
+    publisher = RabbitFailurePublisher(settings.amqp_url, topology, heartbeat=settings.heartbeat)
+    runtime = Runtime(settings, store=store, intake=intake, publisher=publisher, providers=providers)
+    intake.hold = runtime.hold_intake
+    return runtime

@@ -1,0 +1,277 @@
+"""The worker actor: runs one attempt per message of its batch, all calls in flight at once.
+
+For a batch: record every Attempted in one transaction, call the providers concurrently on a
+shared thread pool, record every outcome in one transaction. A crash mid-batch is reported
+(``Recover``) so the messages are looked at again; none is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime, timedelta
+from typing import Any
+
+import pykka
+import structlog
+
+from adapters.event_store import Change, MessageStore, Outcome, StoreUnavailableError, retry_until
+from domain.backoff import BackoffPolicy
+from domain.errors import AttemptOutcomePendingError, RetryNotDueError
+from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, Message
+from domain.ports import (
+    OutboundMessage,
+    PermanentDeliveryError,
+    Provider,
+    ProviderReceipt,
+    TransientDeliveryError,
+)
+from domain.request import SendRequest, mask_address
+from smeg_actors.clock import Clock
+from smeg_actors.logs import message_context
+from smeg_actors.messages import (
+    BatchFinished,
+    DeliverBatch,
+    ProviderRecovered,
+    PublishFailed,
+    Recover,
+    ScheduleRetry,
+    WorkItem,
+)
+from smeg_actors.supervisor import Children, Supervised
+
+log = structlog.get_logger(__name__)
+
+Result = ProviderReceipt | TransientDeliveryError | PermanentDeliveryError
+
+
+class WorkerActor(Supervised):
+    """Attempts deliveries; see the module docstring.
+
+    Args:
+        store: the event store.
+        providers: configured providers by name.
+        default_provider: used when a request names none.
+        policy: the backoff policy.
+        executor: the shared pool on which provider calls run.
+        children: refs of the dispatcher, scheduler, publisher and redriver.
+        clock: UTC now.
+        stale_after: an attempt older than this with no outcome is deemed interrupted.
+        call_timeout: the longest a provider call may take before it counts as a timeout.
+        grace: seconds of store failures tolerated before ``on_store_lost``.
+        on_store_lost: called when the store stays unavailable past the grace.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        supervisor: pykka.ActorRef[Any] | None,
+        *,
+        store: MessageStore,
+        providers: dict[str, Provider],
+        default_provider: str,
+        policy: BackoffPolicy,
+        executor: Executor,
+        children: Children,
+        clock: Clock,
+        stale_after: float,
+        call_timeout: float,
+        grace: float,
+        on_store_lost: Callable[[str], None],
+    ) -> None:
+        super().__init__(name, supervisor)
+        self.store, self.providers, self.default_provider = store, providers, default_provider
+        self.policy, self.executor, self.children, self.clock = policy, executor, children, clock
+        self.stale_after, self.call_timeout = stale_after, call_timeout
+        self.grace, self.on_store_lost = grace, on_store_lost
+        self.current: tuple[WorkItem, ...] = ()
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case DeliverBatch(items=items):
+                self.current = items
+                try:
+                    self._deliver(items)
+                finally:
+                    self.current = ()
+                self.children.tell("dispatcher", BatchFinished(tuple(i.id for i in items)))
+            case _:
+                log.warning("unknown_message_dropped", message=repr(message))
+
+    def _deliver(self, items: tuple[WorkItem, ...]) -> None:
+        started = self._commit([self._begin_change(item) for item in items])
+        if started is None:
+            return
+        attempts = []
+        for item, outcome in zip(items, started, strict=True):
+            if outcome.message is not None and outcome.message.status == IN_FLIGHT:
+                attempts.append(outcome.message)
+            else:
+                self._not_started(item, outcome)
+        if not attempts:
+            return
+        results = self._call_all(attempts)
+        finished = self._commit(
+            [self._outcome_change(m, r, ms) for m, (r, ms) in zip(attempts, results, strict=True)]
+        )
+        if finished is not None:
+            for outcome in finished:
+                self._after(outcome)
+
+    def _begin_change(self, item: WorkItem) -> Change:
+        def begin(message: Message) -> None:
+            now = self.clock()
+            if message.status == IN_FLIGHT:
+                stale_at = (message.attempted_at or now) + timedelta(seconds=self.stale_after)
+                if now < stale_at:
+                    raise AttemptOutcomePendingError(f"attempt in flight until {stale_at}")
+                message.record_interruption(policy=self.policy, now=now)
+                if message.status == FAILED:
+                    return
+            message.start_attempt(self._provider_name(message), now=now)
+
+        return Change(load=lambda: self.store.get(item.id), apply=begin, cached=item.message)
+
+    def _not_started(self, item: WorkItem, outcome: Outcome) -> None:
+        if isinstance(outcome.refused, RetryNotDueError | AttemptOutcomePendingError):
+            self.children.tell("scheduler", Recover((item.id,)))
+        elif outcome.message is not None and outcome.message.status == FAILED:
+            self._after(outcome)
+        elif outcome.conflict:
+            log.info("attempt_taken_by_another_writer", aggregate_id=str(item.id))
+
+    def _provider_name(self, message: Message) -> str:
+        if message.provider and message.provider in self.providers:
+            return message.provider
+        return self.default_provider
+
+    def _call_all(self, messages: list[Message]) -> list[tuple[Result, float]]:
+        futures: list[Future[tuple[Result, float]]] = [
+            self.executor.submit(self._call, m.last_provider or self.default_provider, _outbound(m))
+            for m in messages
+        ]
+        deadline = time.monotonic() + self.call_timeout
+        results: list[tuple[Result, float]] = []
+        for future in futures:
+            try:
+                results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+            except FutureTimeout:
+                results.append((TransientDeliveryError("timeout (no answer)"), self.call_timeout * 1000))
+        return results
+
+    def _call(self, provider_name: str, message: OutboundMessage) -> tuple[Result, float]:
+        provider = self.providers[provider_name]
+        started = time.perf_counter()
+        result: Result
+        try:
+            result = provider.send(message)
+        except (TransientDeliveryError, PermanentDeliveryError) as exc:
+            result = exc
+        except Exception as exc:
+            result = TransientDeliveryError(f"provider error: {type(exc).__name__}")
+        return result, round((time.perf_counter() - started) * 1000, 3)
+
+    def _outcome_change(self, message: Message, result: Result, latency_ms: float) -> Change:
+        def record(target: Message) -> None:
+            now = self.clock()
+            if isinstance(result, ProviderReceipt):
+                target.record_delivery(result.provider_message_id, now=now, latency_ms=latency_ms)
+            elif isinstance(result, PermanentDeliveryError):
+                target.record_permanent_failure(
+                    result.reason,
+                    error=type(result).__name__,
+                    now=now,
+                    status_code=result.status_code,
+                )
+            else:
+                target.record_transient_failure(
+                    result.reason,
+                    error=type(result).__name__,
+                    policy=self.policy,
+                    now=now,
+                    status_code=result.status_code,
+                    latency_ms=latency_ms,
+                    retry_after=result.retry_after,
+                )
+
+        return Change(load=lambda: self.store.get(message.id), apply=record, cached=message)
+
+    def _after(self, outcome: Outcome) -> None:
+        message = outcome.message
+        if message is None:
+            log.warning("outcome_not_recorded", refused=str(outcome.refused), conflict=outcome.conflict)
+            return
+        with message_context(message.message_id, message.correlation_id):
+            log.info(
+                "attempt_finished",
+                status=message.status,
+                attempt=message.attempts,
+                provider=message.last_provider,
+                to=mask_address(message.to),
+                error=message.last_error if message.status != DELIVERED else None,
+                retry_at=message.retry_at.isoformat() if message.retry_at else None,
+            )
+        if message.status == BACKED_OFF and message.retry_at is not None:
+            self.children.tell("scheduler", ScheduleRetry(message.id, message.retry_at))
+        elif message.status == FAILED:
+            self.children.tell("publisher", PublishFailed(_request(message), _failed_headers(message)))
+        elif message.status == DELIVERED and message.attempts > 1:
+            self.children.tell_quietly("redriver", ProviderRecovered(message.last_provider or ""))
+
+    def _commit(self, changes: list[Change]) -> list[Outcome] | None:
+        try:
+            result: list[Outcome] = retry_until(
+                lambda: self.store.commit(changes),
+                grace=self.grace,
+                on_retry=lambda exc, delay: log.warning("store_write_retried", error=str(exc), in_s=delay),
+            )
+            return result
+        except StoreUnavailableError as exc:
+            self.on_store_lost(str(exc))
+            return None
+
+
+def _outbound(message: Message) -> OutboundMessage:
+    return OutboundMessage(
+        message_id=message.message_id,
+        channel=message.channel,
+        to=message.to,
+        sender=message.sender,
+        body=message.body,
+        correlation_id=message.correlation_id,
+    )
+
+
+def _request(message: Message) -> SendRequest:
+    return SendRequest(
+        message_id=message.message_id,
+        channel=message.channel,
+        to=message.to,
+        body=message.body,
+        correlation_id=message.correlation_id,
+        sender=message.sender,
+        provider=message.provider,
+        metadata=dict(message.metadata),
+    )
+
+
+def _failed_headers(message: Message) -> tuple[tuple[str, str], ...]:
+    return (
+        ("x-smeg-reason", message.last_error or ""),
+        ("x-smeg-attempts", str(message.attempts)),
+        ("x-smeg-permanent", "true" if message.permanent else "false"),
+        ("x-smeg-provider", message.last_provider or ""),
+    )
+
+
+def due_time(message: Message, stale_after: float) -> datetime | None:
+    """When a non-final message should next be looked at (None for final ones)."""
+    if message.status == BACKED_OFF:
+        return message.retry_at
+    if message.status == IN_FLIGHT and message.attempted_at is not None:
+        return message.attempted_at + timedelta(seconds=stale_after)
+    if message.is_final:
+        return None
+    return message.created_on

@@ -1,0 +1,52 @@
+"""Fixtures for tests against the real RabbitMQ (127.0.0.1:5672): a prefix per test, cleaned up."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pika
+import pytest
+
+AMQP_URL = os.environ.get("SMEG_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def _rabbit_or_fail() -> pika.BlockingConnection:
+    try:
+        return pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    except Exception as exc:
+        message = f"RabbitMQ unreachable at {AMQP_URL}: {exc!r}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    return AMQP_URL
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A queue prefix of this test's own; its queues and exchange are deleted afterwards."""
+    name = f"smegtest-{uuid.uuid4().hex[:10]}"
+    connection = _rabbit_or_fail()
+    connection.close()
+    yield name
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    for queue in ("send", "failed", "rejected"):
+        channel.queue_delete(f"{name}.{queue}")
+    channel.exchange_delete(f"{name}.events")
+    connection.close()
+
+
+@pytest.fixture
+def rabbit() -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
+    """A channel of the test's own, for publishing requests and reading queues."""
+    connection = _rabbit_or_fail()
+    channel = connection.channel()
+    channel.confirm_delivery()
+    yield channel
+    connection.close()

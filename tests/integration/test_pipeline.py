@@ -1,0 +1,257 @@
+"""The delivery pipeline in-process against the real RabbitMQ, with a scripted provider."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from adapters.event_store import MessageNotFoundError, MessageStore
+from adapters.rabbitmq import RabbitFailurePublisher, RabbitIntake, Topology
+from domain.message import DELIVERED, FAILED, Message
+from smeg_actors.bootstrap import Runtime
+from smeg_actors.clock import Clock, utc_now
+from smeg_actors.config import Settings
+from smeg_actors.exit_codes import EXIT_ESCALATED
+from tests.fakes import CrashingClock, FakeProvider
+
+
+class Pipeline:
+    def __init__(self, runtime: Runtime, store: MessageStore, provider: FakeProvider) -> None:
+        self.runtime, self.store, self.provider = runtime, store, provider
+
+    def status(self, message_id: str) -> str | None:
+        try:
+            return self.store.get_by_message_id(message_id).status
+        except MessageNotFoundError:
+            return None
+
+    def wait_final(self, message_id: str, timeout: float = 15) -> Message:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.status(message_id) in (DELIVERED, FAILED):
+                return self.store.get_by_message_id(message_id)
+            time.sleep(0.05)
+        raise AssertionError(f"{message_id} is {self.status(message_id)} after {timeout}s")
+
+    def events(self, message_id: str) -> list[Any]:
+        return self.store.history(Message.create_id(message_id))
+
+
+@pytest.fixture
+def start_pipeline(tmp_path: Path, amqp_url: str, prefix: str) -> Iterator[Callable[..., Pipeline]]:
+    started: list[Runtime] = []
+    stores: list[MessageStore] = []
+
+    def start(
+        provider: FakeProvider | None = None, clock: Clock = utc_now, **overrides: Any
+    ) -> Pipeline:
+        url = f"sqlite:///{tmp_path}/smeg.db"
+        options: dict[str, Any] = dict(
+            database_url=url,
+            amqp_url=amqp_url,
+            queue_prefix=prefix,
+            workers=4,
+            backoff_initial=0.2,
+            backoff_factor=3,
+            backoff_max=5,
+            max_attempts=3,
+        )
+        options.update(overrides)
+        settings = Settings(**options)
+        store = MessageStore(url)
+        stores.append(store)
+        provider = provider or FakeProvider()
+        topology = Topology(prefix)
+        intake = RabbitIntake(
+            amqp_url,
+            topology,
+            heartbeat=10,
+            prefetch=100,
+            batch_size=50,
+            known_providers={provider.name},
+        )
+        runtime = Runtime(
+            settings,
+            store=store,
+            intake=intake,
+            publisher=RabbitFailurePublisher(amqp_url, topology),
+            providers={provider.name: provider},
+            clock=clock,
+            redrive=False,
+            max_restarts=3,
+            restart_period=5,
+        )
+        intake.hold = runtime.hold_intake
+        runtime.start()
+        started.append(runtime)
+        return Pipeline(runtime, store, provider)
+
+    yield start
+    for runtime in started:
+        runtime.stop(timeout=5)
+    for store in stores:
+        store.close()
+
+
+def publish(channel: Any, prefix: str, body: bytes | dict[str, Any], **props: Any) -> None:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    channel.basic_publish("", f"{prefix}.send", raw, pika.BasicProperties(delivery_mode=2, **props))
+
+
+def request(message_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "message_id": message_id,
+        "channel": "sms",
+        "to": "+447700900123",
+        "body": "hello",
+    } | extra
+
+
+def drain(channel: Any, queue: str, timeout: float = 5) -> list[tuple[Any, bytes]]:
+    """Every message now on ``queue`` (waits up to ``timeout`` for the first)."""
+    found: list[tuple[Any, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            if found:
+                return found
+            time.sleep(0.05)
+            continue
+        found.append((properties, body))
+    return found
+
+
+def test_delivers_a_request_and_acks_it(start_pipeline: Any, rabbit: Any, prefix: str) -> None:
+    # Given
+    pipeline = start_pipeline()
+    # When
+    publish(rabbit, prefix, request("d-1"), correlation_id="corr-1")
+    # Then
+    message = pipeline.wait_final("d-1")
+    assert message.status == DELIVERED
+    types = [type(e).__name__ for e in pipeline.events("d-1")]
+    assert types == ["Received", "Attempted", "Delivered"]
+    assert all(e.correlation_id == "corr-1" for e in pipeline.events("d-1"))
+    declared = rabbit.queue_declare(f"{prefix}.send", passive=True)
+    assert declared.method.message_count == 0
+
+
+def test_backs_off_three_fold_then_delivers(start_pipeline: Any, rabbit: Any, prefix: str) -> None:
+    # Given a provider that fails twice, then accepts
+    provider = FakeProvider(scripts={"t-1": ["transient", "transient", "ok"]})
+    pipeline = start_pipeline(provider, max_attempts=5)
+    # When
+    publish(rabbit, prefix, request("t-1"))
+    # Then
+    message = pipeline.wait_final("t-1")
+    assert message.status == DELIVERED
+    events = pipeline.events("t-1")
+    backoffs = [e for e in events if isinstance(e, Message.BackedOff)]
+    assert [b.delay_seconds for b in backoffs] == pytest.approx([0.2, 0.6])
+    attempts = [e for e in events if isinstance(e, Message.Attempted)]
+    for backoff, next_attempt in zip(backoffs, attempts[1:], strict=True):
+        assert next_attempt.timestamp >= backoff.retry_at
+        assert (next_attempt.timestamp - backoff.retry_at).total_seconds() < 1.0
+    assert provider.calls["t-1"] == 3
+
+
+def test_exhausted_message_fails_and_goes_to_failed_queue(
+    start_pipeline: Any, rabbit: Any, prefix: str
+) -> None:
+    pipeline = start_pipeline(FakeProvider(scripts={"x-1": ["transient"]}))
+    publish(rabbit, prefix, request("x-1"))
+    message = pipeline.wait_final("x-1")
+    assert message.status == FAILED and message.permanent is False and message.attempts == 3
+    [(properties, body)] = drain(rabbit, f"{prefix}.failed")
+    assert json.loads(body)["message_id"] == "x-1"
+    assert properties.headers["x-smeg-permanent"] == "false"
+    assert properties.headers["x-smeg-attempts"] == "3"
+    assert properties.headers["x-smeg-reason"] == "http 503"
+
+
+def test_permanent_error_fails_at_once(start_pipeline: Any, rabbit: Any, prefix: str) -> None:
+    pipeline = start_pipeline(FakeProvider(scripts={"p-1": ["permanent"]}))
+    publish(rabbit, prefix, request("p-1"))
+    message = pipeline.wait_final("p-1")
+    assert message.status == FAILED and message.permanent is True and message.attempts == 1
+    [(properties, _body)] = drain(rabbit, f"{prefix}.failed")
+    assert properties.headers["x-smeg-permanent"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"{not json", "not JSON"),
+        (b"\xff\xfe", "UTF-8"),
+        (json.dumps({"channel": "sms", "to": "12", "body": "x"}).encode(), "E.164"),
+        (json.dumps(request("big", body="x" * 1601)).encode(), "body"),
+        (json.dumps(request("prov", provider="nope")).encode(), "unknown provider"),
+    ],
+)
+def test_rejects_bad_payloads_unchanged_and_keeps_running(
+    start_pipeline: Any, rabbit: Any, prefix: str, payload: bytes, why: str
+) -> None:
+    pipeline = start_pipeline()
+    publish(rabbit, prefix, payload)
+    publish(rabbit, prefix, request("after-bad"))
+    [(properties, body)] = drain(rabbit, f"{prefix}.rejected")
+    assert body == payload
+    assert why in properties.headers["x-smeg-error"]
+    assert pipeline.wait_final("after-bad").status == DELIVERED
+
+
+def test_duplicate_message_id_is_delivered_once(
+    start_pipeline: Any, rabbit: Any, prefix: str
+) -> None:
+    pipeline = start_pipeline()
+    publish(rabbit, prefix, request("dup-1"))
+    pipeline.wait_final("dup-1")
+    publish(rabbit, prefix, request("dup-1", body="second copy"))
+    publish(rabbit, prefix, request("dup-2"))
+    pipeline.wait_final("dup-2")
+    assert pipeline.provider.calls["dup-1"] == 1
+    assert len(pipeline.events("dup-1")) == 3
+    assert rabbit.queue_declare(f"{prefix}.send", passive=True).method.message_count == 0
+
+
+def test_worker_crash_mid_attempt_is_restarted_and_message_delivered(
+    start_pipeline: Any, rabbit: Any, prefix: str
+) -> None:
+    # Given a clock that crashes the first worker that asks it the time
+    crashed = threading.Event()
+
+    def should_crash() -> bool:
+        if "WorkerActor" in threading.current_thread().name and not crashed.is_set():
+            crashed.set()
+            return True
+        return False
+
+    pipeline = start_pipeline(clock=CrashingClock(should_crash))
+    # When
+    publish(rabbit, prefix, request("c-1"))
+    # Then
+    assert pipeline.wait_final("c-1", timeout=20).status == DELIVERED
+    assert crashed.is_set()
+    counts = pipeline.runtime.supervisor.ask("counts", timeout=5)
+    assert sum(counts.values()) >= 1
+
+
+def test_restart_intensity_exceeded_escalates_with_exit_5(
+    start_pipeline: Any, rabbit: Any, prefix: str
+) -> None:
+    def always_in_workers() -> bool:
+        return "WorkerActor" in threading.current_thread().name
+
+    pipeline = start_pipeline(clock=CrashingClock(always_in_workers))
+    for i in range(10):
+        publish(rabbit, prefix, request(f"e-{i}"))
+    assert pipeline.runtime.wait(timeout=30) == EXIT_ESCALATED
+    assert pipeline.status("e-0") is not None
