@@ -8,6 +8,7 @@ same objects writes nothing (library-notes G1). Every retry here rebuilds from t
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,9 +19,9 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import (
     IntegrityError,
+    JSONTranscoder,
     Notification,
     PersistenceError,
-    JSONTranscoder,
     Transcoding,
 )
 from sqlalchemy.engine import make_url
@@ -83,6 +84,7 @@ class Outcome:
     message: Message | None = None
     conflict: bool = False
     refused: DomainError | None = None
+    missing: bool = False
 
     @property
     def saved(self) -> bool:
@@ -102,7 +104,7 @@ def store_env(url: str, *, recorder: str = CORE, schema: str = "") -> dict[str, 
     if backend == "sqlite":
         db = parsed.database or ""
         if db in ("", ":memory:"):
-            db = f"file:smeg-{id(env)}?mode=memory&cache=shared"
+            db = f"file:smeg-{uuid.uuid4().hex}?mode=memory&cache=shared"
         env.update(PERSISTENCE_MODULE="eventsourcing.sqlite", SQLITE_DBNAME=db)
         env["SQLITE_LOCK_TIMEOUT"] = "10"
         return env
@@ -216,13 +218,19 @@ class MessageStore:
         outcome = self.commit([change])[0]
         if outcome.conflict:
             outcome = self.commit([change])[0]
+        if outcome.missing:
+            raise MessageNotFoundError(f"no message {aggregate_id}")
         return outcome
 
     def _prepare(self, changes: Sequence[Change], *, use_cache: bool) -> tuple[list[Outcome], list[Message]]:
         outcomes: list[Outcome] = []
         aggregates: list[Message] = []
         for change in changes:
-            message = change.cached if use_cache and change.cached else change.load()
+            try:
+                message = change.cached if use_cache and change.cached else change.load()
+            except MessageNotFoundError:
+                outcomes.append(Outcome(missing=True))
+                continue
             try:
                 change.apply(message)
             except DomainError as exc:
@@ -241,7 +249,7 @@ class MessageStore:
         except IntegrityError:
             return Outcome(conflict=True)
         except MessageNotFoundError:
-            return Outcome(conflict=True)
+            return Outcome(missing=True)
         except PersistenceError as exc:
             raise StoreUnavailableError(_one_line(exc)) from None
 

@@ -114,6 +114,31 @@ def publish_confirmed(
     channel.basic_publish("", queue, body, properties, mandatory=True)
 
 
+class SilenceWatchdog:
+    """Declares the connection dead when no byte arrived for ``limit`` seconds.
+
+    The broker sends a heartbeat every SMEG_HEARTBEAT/2 s on an idle connection, so silence for
+    two heartbeats means the network is gone. pika's own checker only looks every
+    ``heartbeat + 5`` s, which can take up to 2 × (heartbeat + 5) s to notice a stall.
+    """
+
+    def __init__(self, connection: pika.BlockingConnection, *, limit: float) -> None:
+        self.impl = getattr(connection, "_impl", None)
+        self.limit = limit
+        self.seen = self._received()
+        self.since = time.monotonic()
+
+    def _received(self) -> int:
+        return int(getattr(self.impl, "bytes_received", 0))
+
+    def check(self) -> None:
+        received, now = self._received(), time.monotonic()
+        if received != self.seen:
+            self.seen, self.since = received, now
+        elif now - self.since > self.limit:
+            raise BrokerUnavailableError(f"no traffic from the broker for {now - self.since:.0f}s")
+
+
 class RabbitIntake(threading.Thread):
     """The consumer thread: owns one connection, batches valid requests, rejects bad ones.
 
@@ -192,11 +217,14 @@ class RabbitIntake(threading.Thread):
         try:
             self._loop()
         except Exception as exc:
+            # No graceful close: on a dead or silent network it would wait for the broker's
+            # close-ok until pika's own timeout. The process is about to exit; the broker
+            # requeues everything unacked when it notices the connection is gone.
             self._lost = True
             log.error("broker_connection_lost", error=describe_error(exc))
             self._on_lost(describe_error(exc))
-        finally:
-            self._close()
+            return
+        self._close()
 
     def _open(self) -> None:
         self._connection = connect(self.url, heartbeat=self.heartbeat, name="smeg-intake")
@@ -211,10 +239,12 @@ class RabbitIntake(threading.Thread):
     def _loop(self) -> None:
         assert self._connection is not None
         oldest = time.monotonic()
+        watchdog = SilenceWatchdog(self._connection, limit=2.0 * self.heartbeat + 1)
         while not self._halt.is_set():
             self._connection.process_data_events(time_limit=self.batch_wait)
             if self._lost:
                 raise BrokerUnavailableError("consumer cancelled by the broker")
+            watchdog.check()
             if not self._pending:
                 oldest = time.monotonic()
                 continue

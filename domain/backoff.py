@@ -5,8 +5,12 @@ Pure value objects and functions: randomness is a parameter, so tests need no mo
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass
+
+#: A provider's Retry-After is honoured up to this (a bogus year-long hint must not park a message).
+MAX_RETRY_AFTER = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +24,9 @@ class BackoffPolicy:
     jitter: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("initial", "factor", "max_delay", "jitter"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number")
         if self.initial < 0:
             raise ValueError("initial must be >= 0")
         if self.factor < 1:
@@ -50,7 +57,7 @@ class BackoffPolicy:
             spread = base * self.jitter
             base = (rng or random).uniform(base - spread, base + spread)
         if retry_after is not None and retry_after > base:
-            return float(retry_after)
+            return float(min(retry_after, MAX_RETRY_AFTER))
         return float(base)
 
     def _capped(self, attempt: int) -> float:

@@ -254,6 +254,8 @@ class Message(Aggregate):
 
     def request_retry(self, requested_by: str, *, now: datetime) -> None:
         """Start a fresh cycle on a Failed message; its first attempt is due at once."""
+        if self.status == DELIVERED:
+            raise MessageAlreadyFinalError("message is already delivered")
         if self.status != FAILED:
             raise NotFailedError(f"message is {self.status}, not failed")
         self._trigger(self.RetryRequested, now, requested_by=requested_by)

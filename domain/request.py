@@ -10,8 +10,8 @@ from typing import Any
 
 from domain.errors import InvalidRequestError
 
-MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-E164_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+E164_RE = re.compile(r"\+[1-9][0-9]{6,14}")
 CHANNELS = ("sms", "im")
 MAX_BODY = 1600
 MAX_IM_ADDRESS = 256
@@ -68,6 +68,10 @@ def parse_send_request(raw: bytes, *, correlation_id: str | None = None) -> Send
         raise InvalidRequestError(f"body is not JSON: {exc.msg}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("body is not a JSON object")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError("body contains an invalid unicode escape (lone surrogate)") from None
     unknown = sorted(set(data) - KNOWN_FIELDS)
     if unknown:
         raise InvalidRequestError(f"unknown field: {unknown[0]}")
@@ -87,7 +91,7 @@ def parse_send_request(raw: bytes, *, correlation_id: str | None = None) -> Send
 def _message_id(value: object) -> str:
     if value is None:
         return uuid.uuid4().hex
-    if not isinstance(value, str) or not MESSAGE_ID_RE.match(value):
+    if not isinstance(value, str) or not MESSAGE_ID_RE.fullmatch(value):
         raise InvalidRequestError("message_id must be 1-128 chars of [A-Za-z0-9._:-]")
     return value
 
@@ -101,7 +105,7 @@ def _channel(value: object) -> str:
 def _recipient(channel: str, value: object) -> str:
     if not isinstance(value, str):
         raise InvalidRequestError("to must be a string")
-    if channel == "sms" and not E164_RE.match(value):
+    if channel == "sms" and not E164_RE.fullmatch(value):
         raise InvalidRequestError("to must be an E.164 number for sms")
     if channel == "im" and not 1 <= len(value) <= MAX_IM_ADDRESS:
         raise InvalidRequestError(f"to must be 1-{MAX_IM_ADDRESS} chars for im")
@@ -147,4 +151,5 @@ def mask_address(value: str) -> str:
     if len(value) <= 6:
         return "*" * len(value)
     head = 3 if value.startswith("+") else 2
-    return value[:head] + "*" * (len(value) - head - 4) + value[-4:]
+    tail = min(4, len(value) - head - 1)
+    return value[:head] + "*" * (len(value) - head - tail) + value[-tail:]

@@ -85,7 +85,8 @@ class Runtime:
         self.default_provider = settings.default_provider or next(iter(providers))
         timeout = max(float(getattr(p, "timeout", 5.0)) for p in providers.values())
         self.call_timeout = timeout + 5.0
-        self.stale_after = stale_after if stale_after is not None else 2 * self.call_timeout + 30
+        default_stale = settings.stale_after or 2 * self.call_timeout + 30
+        self.stale_after = stale_after if stale_after is not None else default_stale
         self.with_redrive, self.max_restarts, self.restart_period = (
             redrive,
             max_restarts,

@@ -39,6 +39,7 @@ class Settings(BaseModel):
     heartbeat: int = Field(default=30, ge=1, le=600)
     shutdown_timeout: float = Field(default=30.0, gt=0)
     store_grace: float = Field(default=30.0, gt=0)
+    stale_after: float | None = Field(default=None, gt=0)
     provider_url: str | None = None
     default_provider: str | None = None
     prefetch: int = Field(default=500, ge=1, le=65535)

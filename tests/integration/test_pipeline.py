@@ -49,9 +49,7 @@ def start_pipeline(tmp_path: Path, amqp_url: str, prefix: str) -> Iterator[Calla
     started: list[Runtime] = []
     stores: list[MessageStore] = []
 
-    def start(
-        provider: FakeProvider | None = None, clock: Clock = utc_now, **overrides: Any
-    ) -> Pipeline:
+    def start(provider: FakeProvider | None = None, clock: Clock = utc_now, **overrides: Any) -> Pipeline:
         url = f"sqlite:///{tmp_path}/smeg.db"
         options: dict[str, Any] = dict(
             database_url=url,
@@ -208,9 +206,7 @@ def test_rejects_bad_payloads_unchanged_and_keeps_running(
     assert pipeline.wait_final("after-bad").status == DELIVERED
 
 
-def test_duplicate_message_id_is_delivered_once(
-    start_pipeline: Any, rabbit: Any, prefix: str
-) -> None:
+def test_duplicate_message_id_is_delivered_once(start_pipeline: Any, rabbit: Any, prefix: str) -> None:
     pipeline = start_pipeline()
     publish(rabbit, prefix, request("dup-1"))
     pipeline.wait_final("dup-1")

@@ -136,9 +136,7 @@ def providers() -> Iterator[list[Any]]:
 def http_provider(server: FakeServer, providers: list[Any]) -> Callable[..., Any]:
     def make(**config: Any) -> Any:
         env = config.pop("environ", {})
-        provider = build_provider(
-            "p1", {"type": "http", "url": f"{server.url}/send", **config}, env
-        )
+        provider = build_provider("p1", {"type": "http", "url": f"{server.url}/send", **config}, env)
         providers.append(provider)
         return provider
 
@@ -212,9 +210,7 @@ def test_fails_permanently_on_2xx_without_a_usable_id(
 def test_retries_after_transient_status_with_retry_after_seconds(
     server: FakeServer, http_provider: Callable[..., Any], status: int
 ) -> None:
-    server.answer = lambda request: Reply(
-        status, {"error": f"{PHONE}: {BODY}"}, {"Retry-After": "7"}
-    )
+    server.answer = lambda request: Reply(status, {"error": f"{PHONE}: {BODY}"}, {"Retry-After": "7"})
 
     with pytest.raises(TransientDeliveryError) as caught:
         http_provider().send(MESSAGE)
@@ -325,9 +321,7 @@ def test_is_unhealthy_when_the_send_port_refuses_tcp_connections(
     provider = build_provider("p1", {"type": "http", "url": url}, {})
     providers.append(provider)
 
-    with pytest.raises(
-        ProviderUnhealthyError, match=rf"^tcp connect to 127.0.0.1:{closed_port} failed"
-    ):
+    with pytest.raises(ProviderUnhealthyError, match=rf"^tcp connect to 127.0.0.1:{closed_port} failed"):
         provider.check_health()
 
 
@@ -361,9 +355,7 @@ def twilio(server: FakeServer, providers: list[Any]) -> Callable[..., Any]:
 
     def make(**config: Any) -> Any:
         base = {"type": "twilio", "account_sid": SID, "auth_token_env": "TWILIO_TOKEN"}
-        provider = build_provider(
-            "tw", {**base, "base_url": server.url, **config}, {"TWILIO_TOKEN": TOKEN}
-        )
+        provider = build_provider("tw", {**base, "base_url": server.url, **config}, {"TWILIO_TOKEN": TOKEN})
         providers.append(provider)
         return provider
 
@@ -454,9 +446,7 @@ def test_twilio_retries_after_http_429_without_an_error_code(
 
 
 def test_twilio_retries_after_a_500(server: FakeServer, twilio: Callable[..., Any]) -> None:
-    server.answer = lambda request: Reply(
-        500, {"code": 20500, "message": "Internal", "status": 500}
-    )
+    server.answer = lambda request: Reply(500, {"code": 20500, "message": "Internal", "status": 500})
 
     with pytest.raises(TransientDeliveryError) as caught:
         twilio().send(MESSAGE)
@@ -473,9 +463,7 @@ def test_twilio_retries_a_queue_overflow_30001_even_with_a_4xx_status(
         twilio().send(MESSAGE)
 
 
-def test_twilio_gives_up_on_an_unknown_4xx_code(
-    server: FakeServer, twilio: Callable[..., Any]
-) -> None:
+def test_twilio_gives_up_on_an_unknown_4xx_code(server: FakeServer, twilio: Callable[..., Any]) -> None:
     server.answer = lambda request: Reply(400, {"code": 21999, "message": "whatever"})
 
     with pytest.raises(PermanentDeliveryError, match="twilio 21999"):
@@ -493,9 +481,7 @@ def test_twilio_is_healthy_when_the_account_resource_answers(
     )
 
 
-def test_twilio_is_unhealthy_with_a_wrong_auth_token(
-    server: FakeServer, providers: list[Any]
-) -> None:
+def test_twilio_is_unhealthy_with_a_wrong_auth_token(server: FakeServer, providers: list[Any]) -> None:
     server.answer = twilio_answer
     config = {"type": "twilio", "account_sid": SID, "auth_token_env": "T", "base_url": server.url}
     provider = build_provider("tw", config, {"T": "wrong"})
@@ -579,9 +565,7 @@ def test_simulated_is_safe_to_call_from_many_threads() -> None:
     provider = build_provider("sim", {"type": "simulated", "latency_ms": 20}, {})
     results: list[str] = []
 
-    threads = [
-        threading.Thread(target=lambda: results.append(outcome(provider))) for _ in range(50)
-    ]
+    threads = [threading.Thread(target=lambda: results.append(outcome(provider))) for _ in range(50)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -617,9 +601,7 @@ def test_simulated_is_safe_to_call_from_many_threads() -> None:
         ({"type": "simulated", "seed": "x"}, "key 'seed' must be an integer"),
     ],
 )
-def test_rejects_a_bad_config_with_one_line_naming_the_key(
-    config: dict[str, Any], message: str
-) -> None:
+def test_rejects_a_bad_config_with_one_line_naming_the_key(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as caught:
         build_provider("p", config, {})
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's test command: venv, install, start services, lint, type-check, import contract, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,bench]"
+scripts/start_services.sh
+
+.venv/bin/ruff check domain adapters smeg_actors tests scripts
+.venv/bin/ruff format --check domain adapters smeg_actors tests scripts
+.venv/bin/mypy domain adapters smeg_actors
+.venv/bin/lint-imports
+CI=${CI:-true} .venv/bin/python -m pytest "$@"

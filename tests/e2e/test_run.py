@@ -1,0 +1,217 @@
+"""``smeg`` as a subprocess against the real RabbitMQ and PostgreSQL, with a stub HTTP provider."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from adapters.event_store import MessageStore
+from domain.message import DELIVERED, FAILED, Message
+from tests.e2e.conftest import StubProvider, TcpProxy, publish_requests, run_cli, smeg_env
+
+
+def wait_all_final(store: MessageStore, ids: list[str], timeout: float) -> dict[str, Message]:
+    deadline = time.monotonic() + timeout
+    final: dict[str, Message] = {}
+    while time.monotonic() < deadline:
+        for message_id in ids:
+            if message_id in final:
+                continue
+            try:
+                message = store.get_by_message_id(message_id)
+            except Exception:
+                continue
+            if message.status in (DELIVERED, FAILED):
+                final[message_id] = message
+        if len(final) == len(ids):
+            return final
+        time.sleep(0.2)
+    missing = sorted(set(ids) - set(final))
+    raise AssertionError(f"{len(missing)} messages not final after {timeout}s, e.g. {missing[:5]}")
+
+
+def attempts_of(store: MessageStore, message_id: str) -> list[Any]:
+    return [e for e in store.history(Message.create_id(message_id)) if isinstance(e, Message.Attempted)]
+
+
+def test_run_delivers_and_history_json_shows_the_timeline(
+    tmp_path: Path, stub: StubProvider, e2e_prefix: str, start_smeg: Any
+) -> None:
+    # Given
+    db = f"sqlite:///{tmp_path}/smeg.db"
+    env = smeg_env(SMEG_DATABASE_URL=db, SMEG_QUEUE_PREFIX=e2e_prefix, SMEG_PROVIDER_URL=stub.url)
+    smeg = start_smeg(env)
+    smeg.wait_for_log("runtime_started")
+    # When
+    publish_requests(e2e_prefix, ["e2e-1"])
+    store = MessageStore(db)
+    wait_all_final(store, ["e2e-1"], timeout=20)
+    result = run_cli(env, "history", "e2e-1", "--json")
+    # Then
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert [r["type"] for r in records] == ["Received", "Attempted", "Delivered"]
+    assert [r["version"] for r in records] == [1, 2, 3]
+    assert records[0]["to"] == "+447700900123"
+    assert records[2]["provider_message_id"] == "stub-e2e-1"
+    human = run_cli(env, "history", "e2e-1")
+    assert "+44******0123" in human.stdout and "+447700900123" not in human.stdout
+    smeg.process.send_signal(signal.SIGTERM)
+    assert smeg.wait(timeout=40) == 0
+    store.close()
+
+
+def test_startup_with_store_down_exits_3_with_one_line_per_dependency(
+    stub: StubProvider, e2e_prefix: str, start_smeg: Any
+) -> None:
+    env = smeg_env(
+        SMEG_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/test",
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=stub.url,
+    )
+    smeg = start_smeg(env)
+    assert smeg.wait(timeout=60) == 3
+    output = smeg.output()
+    assert "store: FAILED:" in output
+    assert "broker: ok" in output
+    assert "provider default: ok" in output
+    assert "Traceback" not in output
+
+
+def test_startup_with_broker_down_exits_3(
+    tmp_path: Path, stub: StubProvider, e2e_prefix: str, start_smeg: Any
+) -> None:
+    env = smeg_env(
+        SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/smeg.db",
+        SMEG_AMQP_URL="amqp://guest:guest@127.0.0.1:1/%2F",
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=stub.url,
+    )
+    smeg = start_smeg(env)
+    assert smeg.wait(timeout=60) == 3
+    assert "broker: FAILED:" in smeg.output()
+    assert "store: ok" in smeg.output()
+    check = run_cli(env, "check")
+    assert check.returncode == 3 and "broker: FAILED:" in check.stdout
+
+
+def test_broker_stall_makes_run_exit_4_within_two_heartbeats(
+    tmp_path: Path, stub: StubProvider, e2e_prefix: str, start_smeg: Any
+) -> None:
+    # Given smeg connected through a proxy, heartbeat 2 s
+    proxy = TcpProxy()
+    heartbeat = 2
+    env = smeg_env(
+        SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/smeg.db",
+        SMEG_AMQP_URL=proxy.url(),
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=stub.url,
+        SMEG_HEARTBEAT=str(heartbeat),
+    )
+    smeg = start_smeg(env)
+    smeg.wait_for_log("runtime_started")
+    # When the network goes silent
+    proxy.stall()
+    started = time.monotonic()
+    # Then
+    assert smeg.wait(timeout=60) == 4
+    assert time.monotonic() - started <= 2 * (heartbeat + 5)
+    proxy.cut()
+
+
+def test_broker_connection_cut_makes_run_exit_4(
+    tmp_path: Path, stub: StubProvider, e2e_prefix: str, start_smeg: Any
+) -> None:
+    proxy = TcpProxy()
+    env = smeg_env(
+        SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/smeg.db",
+        SMEG_AMQP_URL=proxy.url(),
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=stub.url,
+        SMEG_HEARTBEAT="5",
+    )
+    smeg = start_smeg(env)
+    smeg.wait_for_log("runtime_started")
+    started = time.monotonic()
+    proxy.cut()
+    assert smeg.wait(timeout=60) == 4
+    assert time.monotonic() - started <= 2 * (5 + 5)
+    assert "broker_connection_lost" in smeg.output()
+
+
+def test_kill_9_under_load_then_fresh_run_loses_nothing(
+    tmp_path: Path, e2e_prefix: str, start_smeg: Any
+) -> None:
+    # Given a slow provider and a backlog
+    stub = StubProvider(latency=0.05)
+    db = f"sqlite:///{tmp_path}/smeg.db"
+    env = smeg_env(
+        SMEG_DATABASE_URL=db,
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=stub.url,
+        SMEG_STALE_AFTER="2",
+        SMEG_WORKERS="4",
+    )
+    ids = [f"k-{i}" for i in range(600)]
+    publish_requests(e2e_prefix, ids)
+    first = start_smeg(env)
+    first.wait_for_log("runtime_started")
+    while sum(stub.calls.values()) < 150:
+        time.sleep(0.02)
+    # When
+    first.kill()
+    second = start_smeg(env)
+    # Then every confirmed request ends final, none lost
+    store = MessageStore(db)
+    final = wait_all_final(store, ids, timeout=90)
+    assert all(m.status == DELIVERED for m in final.values())
+    # and a message reached the provider more often than it was attempted never;
+    # twice only where the kill fell between the call and its outcome (same Idempotency-Key)
+    for message_id in ids:
+        attempts = attempts_of(store, message_id)
+        assert stub.calls[message_id] <= len(attempts), message_id
+        if len(attempts) > 1:
+            reasons = [
+                e.reason
+                for e in store.history(Message.create_id(message_id))
+                if isinstance(e, Message.BackedOff)
+            ]
+            assert reasons == ["interrupted"], (message_id, reasons)
+    second.process.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=40) == 0
+    store.close()
+    stub.close()
+
+
+def test_two_processes_share_queue_and_store_without_duplicate_attempts(
+    pg_schema: tuple[str, str], e2e_prefix: str, start_smeg: Any
+) -> None:
+    # Given two smeg processes on one PostgreSQL store and one queue
+    url, schema = pg_schema
+    stub = StubProvider(latency=0.01)
+    env = smeg_env(
+        SMEG_DATABASE_URL=url,
+        SMEG_DATABASE_SCHEMA=schema,
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=stub.url,
+    )
+    a = start_smeg(env)
+    a.wait_for_log("runtime_started")
+    b = start_smeg(env)
+    b.wait_for_log("runtime_started")
+    # When
+    ids = [f"two-{i}" for i in range(400)]
+    publish_requests(e2e_prefix, ids)
+    # Then
+    store = MessageStore(url, schema=schema)
+    final = wait_all_final(store, ids, timeout=90)
+    assert all(m.status == DELIVERED for m in final.values())
+    for message_id in ids:
+        assert len(attempts_of(store, message_id)) == 1, message_id
+        assert stub.calls[message_id] == 1, message_id
+    assert "attempt_finished" in a.output() and "attempt_finished" in b.output()
+    store.close()
+    stub.close()
