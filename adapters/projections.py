@@ -67,8 +67,7 @@ class ProjectionRunner:
 
     def position(self) -> int:
         with self.engine.connect() as connection:
-            value = connection.scalar(select(tracking.c.position).where(tracking.c.projection == self.name))
-        return int(value or 0)
+            return read_position(connection, self.name)
 
     def step(self) -> int:
         """Apply one batch; return how many events it held (0 when caught up or lost a race)."""
@@ -105,14 +104,28 @@ class ProjectionRunner:
         return self.catch_up()
 
     def _advance(self, connection: Connection, start: int, end: int) -> bool:
-        if start == 0:
-            exists = connection.scalar(select(tracking.c.position).where(tracking.c.projection == self.name))
-            if exists is None:
-                connection.execute(insert(tracking).values(projection=self.name, position=end))
-                return True
-        result = connection.execute(
-            update(tracking)
-            .where(tracking.c.projection == self.name, tracking.c.position == start)
-            .values(position=end)
-        )
-        return result.rowcount == 1
+        return advance_tracking(connection, self.name, start, end)
+
+
+def read_position(connection: Connection, name: str) -> int:
+    """The tracked position of ``name`` (0 before its first batch)."""
+    value = connection.scalar(select(tracking.c.position).where(tracking.c.projection == name))
+    return int(value or 0)
+
+
+def advance_tracking(connection: Connection, name: str, start: int, end: int) -> bool:
+    """Move ``name`` from ``start`` to ``end``; False when another runner moved it first.
+
+    A concurrent first insert raises IntegrityError, which rolls the caller's transaction back.
+    """
+    if start == 0:
+        exists = connection.scalar(select(tracking.c.position).where(tracking.c.projection == name))
+        if exists is None:
+            connection.execute(insert(tracking).values(projection=name, position=end))
+            return True
+    result = connection.execute(
+        update(tracking)
+        .where(tracking.c.projection == name, tracking.c.position == start)
+        .values(position=end)
+    )
+    return result.rowcount == 1

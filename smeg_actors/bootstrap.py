@@ -15,6 +15,7 @@ import pykka
 import structlog
 
 from adapters.event_store import MessageStore
+from adapters.events_exchange import EventsExchangePublisher
 from adapters.projections import ProjectionRunner
 from adapters.sql import make_engine
 from adapters.status_view import MessageStatusProjection
@@ -23,6 +24,7 @@ from smeg_actors.clock import Clock, utc_now
 from smeg_actors.config import Settings
 from smeg_actors.dispatcher import DispatcherActor, WorkerRestarted
 from smeg_actors.exit_codes import EXIT_BROKER_LOST, EXIT_ESCALATED, EXIT_OK, EXIT_STORE_LOST
+from smeg_actors.gateway import GatewayActor
 from smeg_actors.intake import IntakeActor
 from smeg_actors.messages import RequestsReceived
 from smeg_actors.projector import ProjectorActor
@@ -62,6 +64,7 @@ class Runtime:
         clock: UTC now (tests inject their own).
         stale_after: seconds after which an attempt with no outcome counts as interrupted.
         redrive: whether to start the automatic redriver (needs RabbitMQ).
+        events: the events-exchange publisher; None runs without publication (demo).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class Runtime:
         clock: Clock = utc_now,
         stale_after: float | None = None,
         redrive: bool = True,
+        events: EventsExchangePublisher | None = None,
         max_restarts: int = 5,
         restart_period: float = 10.0,
     ) -> None:
@@ -87,11 +91,8 @@ class Runtime:
         self.call_timeout = timeout + 5.0
         default_stale = settings.stale_after or 2 * self.call_timeout + 30
         self.stale_after = stale_after if stale_after is not None else default_stale
-        self.with_redrive, self.max_restarts, self.restart_period = (
-            redrive,
-            max_restarts,
-            restart_period,
-        )
+        self.with_redrive, self.max_restarts, self.restart_period = redrive, max_restarts, restart_period
+        self.events = events
         self.stop_reason = Stop()
         self.children = Children()
         self.engine = make_engine(settings.database_url, schema=settings.database_schema)
@@ -118,7 +119,7 @@ class Runtime:
         )
         self.children.set("supervisor", self.supervisor)
         self.supervisor.ask("counts", timeout=120)
-        names = ["supervisor", "scheduler", "projector", "publisher"]
+        names = ["supervisor", "scheduler", "projector", "publisher", "gateway"]
         self.ticker = Ticker(self.children, names, interval=0.1)
         self.ticker.start()
         self.intake.start(self._on_batch, lambda why: self.fatal(EXIT_BROKER_LOST, why))
@@ -252,6 +253,11 @@ class Runtime:
                 ),
             )
         )
+        if self.events is not None:
+            events = self.events
+            specs.append(
+                ChildSpec("gateway", lambda sup: GatewayActor.start("gateway", sup, publisher=events))
+            )
         if self.with_redrive:
             specs.append(
                 ChildSpec(

@@ -6,8 +6,10 @@ import os
 from collections.abc import Mapping
 
 from adapters.event_store import MessageStore
+from adapters.events_exchange import EventsExchangePublisher
 from adapters.providers import build_provider
 from adapters.rabbitmq import RabbitFailurePublisher, RabbitIntake, Topology
+from adapters.sql import make_engine
 from domain.ports import Provider
 from smeg_actors.bootstrap import Runtime
 from smeg_actors.config import Settings, SettingsError
@@ -39,6 +41,10 @@ def build_runtime(settings: Settings, store: MessageStore, providers: dict[str, 
         known_providers=known,
     )
     publisher = RabbitFailurePublisher(settings.amqp_url, topology, heartbeat=settings.heartbeat)
-    runtime = Runtime(settings, store=store, intake=intake, publisher=publisher, providers=providers)
+    engine = make_engine(settings.database_url, schema=settings.database_schema)
+    events = EventsExchangePublisher(store, engine, settings.amqp_url, topology)
+    runtime = Runtime(
+        settings, store=store, intake=intake, publisher=publisher, providers=providers, events=events
+    )
     intake.hold = runtime.hold_intake
     return runtime

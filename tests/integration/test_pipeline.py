@@ -13,7 +13,9 @@ import pika
 import pytest
 
 from adapters.event_store import MessageNotFoundError, MessageStore
+from adapters.events_exchange import EventsExchangePublisher
 from adapters.rabbitmq import RabbitFailurePublisher, RabbitIntake, Topology
+from adapters.sql import make_engine
 from domain.message import DELIVERED, FAILED, Message
 from smeg_actors.bootstrap import Runtime
 from smeg_actors.clock import Clock, utc_now
@@ -75,8 +77,10 @@ def start_pipeline(tmp_path: Path, amqp_url: str, prefix: str) -> Iterator[Calla
             batch_size=50,
             known_providers={provider.name},
         )
+        events = EventsExchangePublisher(store, make_engine(url), amqp_url, topology)
         runtime = Runtime(
             settings,
+            events=events,
             store=store,
             intake=intake,
             publisher=RabbitFailurePublisher(amqp_url, topology),
@@ -251,3 +255,39 @@ def test_restart_intensity_exceeded_escalates_with_exit_5(
         publish(rabbit, prefix, request(f"e-{i}"))
     assert pipeline.runtime.wait(timeout=30) == EXIT_ESCALATED
     assert pipeline.status("e-0") is not None
+
+
+def test_events_exchange_receives_every_lifecycle_event_in_order(
+    start_pipeline: Any, rabbit: Any, prefix: str
+) -> None:
+    # Given a subscriber bound to every message event
+    rabbit.exchange_declare(f"{prefix}.events", exchange_type="topic", durable=True)
+    queue = rabbit.queue_declare("", exclusive=True).method.queue
+    rabbit.queue_bind(queue, f"{prefix}.events", routing_key="message.#")
+    provider = FakeProvider(scripts={"ev-1": ["transient", "ok"]})
+    start_pipeline(provider)
+    # When
+    publish(rabbit, prefix, request("ev-1"), correlation_id="corr-ev")
+    # Then
+    received: list[tuple[Any, Any, dict[str, Any]]] = []
+    deadline = time.monotonic() + 15
+    while len(received) < 5 and time.monotonic() < deadline:
+        method, properties, body = rabbit.basic_get(queue, auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+            continue
+        received.append((method, properties, json.loads(body)))
+    keys = [m.routing_key for m, _p, _b in received]
+    assert keys == [
+        "message.received",
+        "message.attempted",
+        "message.backedoff",
+        "message.attempted",
+        "message.delivered",
+    ]
+    bodies = [b for _m, _p, b in received]
+    assert [b["version"] for b in bodies] == [1, 2, 3, 4, 5]
+    assert all(b["message_id"] == "ev-1" and b["correlation_id"] == "corr-ev" for b in bodies)
+    assert "body" not in bodies[0] and bodies[0]["to"] == "+44******0123"
+    ids = {p.message_id for _m, p, _b in received}
+    assert len(ids) == 5

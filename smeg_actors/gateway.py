@@ -1,0 +1,59 @@
+"""The gateway actor: publishes every lifecycle event to the events exchange, a batch per tick."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pykka
+import structlog
+
+from adapters.events_exchange import EventsExchangePublisher
+from smeg_actors.messages import Tick
+from smeg_actors.supervisor import Supervised
+
+log = structlog.get_logger(__name__)
+
+
+class GatewayActor(Supervised):
+    """Drives ``EventsExchangePublisher``; when the broker fails, waits and tries again."""
+
+    def __init__(
+        self,
+        name: str,
+        supervisor: pykka.ActorRef[Any] | None,
+        *,
+        publisher: EventsExchangePublisher,
+        max_batches_per_tick: int = 10,
+    ) -> None:
+        super().__init__(name, supervisor)
+        self.publisher, self.max_batches = publisher, max_batches_per_tick
+        self.retry_at = 0.0
+        self.published = 0
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Tick():
+                self._publish()
+            case "published":
+                return self.published
+            case _:
+                log.warning("unknown_message_dropped", message=repr(message))
+        return None
+
+    def on_stop(self) -> None:
+        self.publisher.close()
+
+    def _publish(self) -> None:
+        if time.monotonic() < self.retry_at:
+            return
+        try:
+            for _ in range(self.max_batches):
+                count = self.publisher.publish_pending()
+                self.published += count
+                if not count:
+                    break
+            self.publisher.keep_alive()
+        except Exception as exc:
+            log.warning("events_publication_deferred", error=f"{type(exc).__name__}: {exc}"[:300])
+            self.retry_at = time.monotonic() + 2.0
