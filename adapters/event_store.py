@@ -166,6 +166,16 @@ class MessageStore:
             raise StoreUnavailableError(_one_line(exc)) from None
         return message
 
+    def get_at_version(self, aggregate_id: UUID, version: int) -> Message:
+        """The aggregate as it was after its ``version``-th event (for audits)."""
+        try:
+            message: Message = self.app.repository.get(aggregate_id, version=version)
+        except AggregateNotFoundError:
+            raise MessageNotFoundError(f"no message {aggregate_id}") from None
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+        return message
+
     def get_by_message_id(self, message_id: str) -> Message:
         """The aggregate of a client ``message_id``."""
         try:

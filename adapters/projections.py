@@ -7,12 +7,26 @@ a second runner (another node) that applied the same batch first makes ours roll
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
 from eventsourcing.domain import DomainEvent
-from sqlalchemy import Column, Connection, Engine, Integer, String, Table, insert, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from adapters.event_store import MessageStore
@@ -29,9 +43,18 @@ tracking = Table(
 
 
 class Projection(Protocol):
-    """A read model: its name, and how a batch of events changes its tables."""
+    """A read model: its name, its tables, and how a batch of events changes them."""
 
     name: str
+
+    @property
+    def tables(self) -> list[Table]:
+        """Every table the projection writes (the rebuild shadows and swaps them)."""
+        ...
+
+    def retarget(self, tables: dict[str, Table]) -> Projection:
+        """The same projection writing to ``tables`` (keyed by live table name)."""
+        ...
 
     def apply(self, connection: Connection, events: Sequence[DomainEvent]) -> None:
         """Apply the events (store order) inside the caller's transaction."""
@@ -129,3 +152,80 @@ def advance_tracking(connection: Connection, name: str, start: int, end: int) ->
         .values(position=end)
     )
     return result.rowcount == 1
+
+
+class ShadowRebuild:
+    """Rebuild read models beside the live ones, then swap them in, in one transaction.
+
+    Safe while ``smeg run`` keeps applying events to the live tables: the swap renames the shadow
+    tables into place and sets the live tracking position to the shadow's, so the live runner
+    continues from exactly where the rebuild stopped (its in-flight batch, if any, finds the
+    position moved and rolls back).
+    """
+
+    def __init__(
+        self,
+        store: MessageStore,
+        engine: Engine,
+        projections: Sequence[Projection],
+        *,
+        name: str = "read_models",
+        batch: int = 5000,
+    ) -> None:
+        self.store, self.engine, self.name, self.batch = store, engine, name, batch
+        self.token = uuid.uuid4().hex[:8]
+        self.shadow_metadata = MetaData()
+        self.shadows = {
+            table.name: _shadow(table, self.token, self.shadow_metadata)
+            for projection in projections
+            for table in projection.tables
+        }
+        self.live = [table for projection in projections for table in projection.tables]
+        self.runner = ProjectionRunner(
+            store,
+            engine,
+            [projection.retarget(self.shadows) for projection in projections],
+            name=f"{name}__rebuild",
+            batch=batch,
+        )
+
+    def run(self, progress: Callable[[int, int], None] = lambda _done, _head: None) -> int:
+        """Replay the whole log into the shadow tables, swap them in; return events applied."""
+        self.shadow_metadata.drop_all(self.engine)
+        self.shadow_metadata.create_all(self.engine)
+        with self.engine.begin() as connection:
+            connection.execute(tracking.delete().where(tracking.c.projection == self.runner.name))
+        head, total = self.store.max_position(), 0
+        while applied := self.runner.step():
+            total += applied
+            progress(self.runner.position(), max(head, self.runner.position()))
+        total += self.runner.catch_up()
+        self._swap()
+        return total
+
+    def _swap(self) -> None:
+        schema = self.engine.get_execution_options().get("schema_translate_map", {}).get(None)
+        prefix = f'"{schema}".' if schema else ""
+        with self.engine.begin() as connection:
+            position = read_position(connection, self.runner.name)
+            for table in self.live:
+                old = f"{table.name}_old_{self.token}"
+                shadow = self.shadows[table.name].name
+                connection.execute(text(f'ALTER TABLE {prefix}"{table.name}" RENAME TO "{old}"'))
+                connection.execute(text(f'ALTER TABLE {prefix}"{shadow}" RENAME TO "{table.name}"'))
+                connection.execute(text(f'DROP TABLE {prefix}"{old}"'))
+            connection.execute(tracking.delete().where(tracking.c.projection == self.runner.name))
+            connection.execute(tracking.delete().where(tracking.c.projection == self.name))
+            connection.execute(insert(tracking).values(projection=self.name, position=position))
+
+
+def _shadow(table: Table, token: str, metadata: MetaData) -> Table:
+    columns = []
+    for column in table.columns:
+        copy = column._copy()
+        copy.index = None
+        columns.append(copy)
+    shadow = Table(f"{table.name}_next", metadata, *columns)
+    for index in table.indexes:
+        Index(f"{index.name}_{token}", *[shadow.c[c.name] for c in index.columns], unique=bool(index.unique))
+    return shadow

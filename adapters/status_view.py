@@ -54,23 +54,34 @@ _COLUMNS = [c.name for c in message_status.columns]
 
 
 class MessageStatusProjection:
-    """Keeps ``message_status`` in step with the log."""
+    """Keeps ``message_status`` (or a shadow copy of it, for a rebuild) in step with the log."""
 
     name = "message_status"
+
+    def __init__(self, table: Table = message_status) -> None:
+        self.table = table
+
+    @property
+    def tables(self) -> list[Table]:
+        return [self.table]
+
+    def retarget(self, tables: dict[str, Table]) -> MessageStatusProjection:
+        """The same projection writing to other tables (keyed by live name), for a rebuild."""
+        return MessageStatusProjection(tables[self.table.name])
 
     def apply(self, connection: Connection, events: Sequence[DomainEvent]) -> None:
         ids = {e.originator_id for e in events}
         rows: dict[UUID, dict[str, Any]] = {
             row.id: dict(row._mapping)
-            for row in connection.execute(select(message_status).where(message_status.c.id.in_(ids)))
+            for row in connection.execute(select(self.table).where(self.table.c.id.in_(ids)))
         }
         for event in events:
             _fold(rows, event)
         if rows:
-            connection.execute(_upsert(connection), list(rows.values()))
+            connection.execute(_upsert(connection, self.table), list(rows.values()))
 
     def clear(self, connection: Connection) -> None:
-        connection.execute(message_status.delete())
+        connection.execute(self.table.delete())
 
 
 def _fold(rows: dict[UUID, dict[str, Any]], event: DomainEvent) -> None:
@@ -104,12 +115,12 @@ def _fold(rows: dict[UUID, dict[str, Any]], event: DomainEvent) -> None:
         row.update(status=RECEIVED, failed_at=None, permanent=False, retry_at=None)
 
 
-def _upsert(connection: Connection) -> Any:
+def _upsert(connection: Connection, table: Table) -> Any:
     dialect = connection.dialect.name
     module: Any = postgresql if dialect == "postgresql" else sqlite
-    statement = module.insert(message_status)
+    statement = module.insert(table)
     return statement.on_conflict_do_update(
-        index_elements=[message_status.c.id],
+        index_elements=[table.c.id],
         set_={c: statement.excluded[c] for c in _COLUMNS if c != "id"},
     )
 

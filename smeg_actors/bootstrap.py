@@ -16,9 +16,7 @@ import structlog
 
 from adapters.event_store import MessageStore
 from adapters.events_exchange import EventsExchangePublisher
-from adapters.projections import ProjectionRunner
 from adapters.sql import make_engine
-from adapters.status_view import MessageStatusProjection
 from domain.ports import FailurePublisher, Intake, Provider
 from smeg_actors.clock import Clock, utc_now
 from smeg_actors.config import Settings
@@ -29,6 +27,7 @@ from smeg_actors.intake import IntakeActor
 from smeg_actors.messages import RequestsReceived
 from smeg_actors.projector import ProjectorActor
 from smeg_actors.publisher import PublisherActor
+from smeg_actors.read_models import runners
 from smeg_actors.redrive import RedriverActor, failed_queue_reader
 from smeg_actors.scheduler import SchedulerActor
 from smeg_actors.supervisor import Children, ChildSpec, SupervisorActor
@@ -96,7 +95,8 @@ class Runtime:
         self.stop_reason = Stop()
         self.children = Children()
         self.engine = make_engine(settings.database_url, schema=settings.database_schema)
-        self.runner = ProjectionRunner(store, self.engine, [MessageStatusProjection()])
+        self.runners = runners(store, self.engine)
+        self.status_runner = self.runners[0]
         self.executor = ThreadPoolExecutor(settings.provider_concurrency, thread_name_prefix="smeg-call")
         self.workers = [f"worker-{i}" for i in range(settings.workers)]
         self.supervisor: pykka.ActorRef[Any] | None = None
@@ -211,7 +211,7 @@ class Runtime:
     def _specs(self) -> list[ChildSpec]:
         s, children, clock = self.settings, self.children, self.clock
         specs = [
-            ChildSpec("projector", lambda sup: ProjectorActor.start("projector", sup, runner=self.runner)),
+            ChildSpec("projector", lambda sup: ProjectorActor.start("projector", sup, runners=self.runners)),
             ChildSpec(
                 "scheduler",
                 lambda sup: SchedulerActor.start(
@@ -219,7 +219,7 @@ class Runtime:
                     sup,
                     store=self.store,
                     engine=self.engine,
-                    catch_up=self.runner.catch_up,
+                    catch_up=self.status_runner.catch_up,
                     children=children,
                     clock=clock,
                     stale_after=self.stale_after,

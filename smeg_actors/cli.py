@@ -108,6 +108,53 @@ def audit_export(ctx: click.Context, since: str | None, until: str | None) -> No
         store.close()
 
 
+@audit.command("replay")
+@click.argument("message_id")
+@click.option("--at", "at", required=True, help="ISO 8601: show the state as it was then.")
+@click.option("--json", "as_json", is_flag=True, help="JSON object.")
+@click.pass_context
+def audit_replay(ctx: click.Context, message_id: str, at: str, as_json: bool) -> None:
+    """Replay a message's events up to a moment and show its state then."""
+    from domain.request import mask_address
+
+    moment = parse_time(at, "--at")
+    assert moment is not None
+    store = open_store(_settings(ctx))
+    try:
+        current = store.get_by_message_id(message_id)
+        events = [e for e in store.history(current.id) if e.timestamp <= moment]
+        if not events:
+            raise CommandError(f"message {message_id} did not exist yet at {moment.isoformat()}")
+        state = store.get_at_version(current.id, events[-1].originator_version)
+    except MessageNotFoundError:
+        raise CommandError(f"unknown message id: {message_id}") from None
+    finally:
+        store.close()
+    record = {
+        "message_id": message_id,
+        "at": moment.isoformat(),
+        "version": state.version,
+        "last_event": type(events[-1]).__name__,
+        "status": state.status,
+        "attempts": state.attempts,
+        "cycle_attempts": state.cycle_attempts,
+        "retry_at": state.retry_at.isoformat() if state.retry_at else None,
+        "last_provider": state.last_provider,
+        "last_error": state.last_error,
+        "permanent": state.permanent,
+        "provider_message_id": state.provider_message_id,
+        "channel": state.channel,
+        "to": state.to,
+        "correlation_id": state.correlation_id,
+    }
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    record["to"] = mask_address(state.to)
+    for key, value in record.items():
+        click.echo(f"{key:<20} {value}")
+
+
 @cli.command()
 @click.pass_context
 def check(ctx: click.Context) -> int:
@@ -206,6 +253,107 @@ def demo(messages: int, database: str) -> int:
     from smeg_actors.demo import run_demo
 
     return run_demo(Path(database), messages)
+
+
+@cli.group()
+def projections() -> None:
+    """Read models that follow the event log."""
+
+
+def _store_and_engine(settings: Settings) -> tuple[MessageStore, Any]:
+    from adapters.sql import make_engine
+
+    return open_store(settings), make_engine(settings.database_url, schema=settings.database_schema)
+
+
+@projections.command("status")
+@click.pass_context
+def projections_status(ctx: click.Context) -> None:
+    """Each follower's position and lag (events, seconds)."""
+    from smeg_actors.read_models import follower_status
+
+    store, engine = _store_and_engine(_settings(ctx))
+    try:
+        runners_ready(store, engine)
+        rows = follower_status(store, engine)
+    finally:
+        store.close()
+        engine.dispose()
+    click.echo(f"{'follower':<26} {'position':>10} {'head':>10} {'lag events':>11} {'lag s':>8}")
+    for row in rows:
+        click.echo(
+            f"{row.name:<26} {row.position:>10} {row.head:>10} {row.lag_events:>11} {row.lag_seconds:>8.1f}"
+        )
+
+
+def runners_ready(store: MessageStore, engine: Any) -> list[Any]:
+    """The runners (creating the read-model tables if they are missing)."""
+    from smeg_actors.read_models import runners
+
+    return runners(store, engine)
+
+
+@projections.command("run")
+@click.pass_context
+def projections_run(ctx: click.Context) -> None:
+    """Keep the read models up to date until SIGTERM/SIGINT (standalone runner)."""
+    import signal
+    import threading
+
+    from smeg_actors.read_models import run_forever
+
+    store, engine = _store_and_engine(_settings(ctx))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        run_forever(runners_ready(store, engine), stop)
+    finally:
+        store.close()
+        engine.dispose()
+
+
+@projections.command("rebuild")
+@click.argument("name", required=False)
+@click.pass_context
+def projections_rebuild(ctx: click.Context, name: str | None) -> None:
+    """Replay the whole log into fresh tables and swap them in (safe while smeg run runs)."""
+    import time
+
+    from adapters.projections import ShadowRebuild
+    from smeg_actors.read_models import all_projections, rate
+
+    chosen = [p for p in all_projections() if name in (None, p.name)]
+    if not chosen:
+        known = ", ".join(p.name for p in all_projections())
+        raise CommandError(f"unknown projection {name!r} (known: {known})", EXIT_CONFIG)
+    store, engine = _store_and_engine(_settings(ctx))
+    try:
+        runners_ready(store, engine)
+        for projection in chosen:
+            started = time.monotonic()
+
+            def progress(
+                done: int, head: int, started: float = started, label: str = projection.name
+            ) -> None:
+                width = 30
+                filled = width * done // max(head, 1)
+                bar = "#" * filled + "-" * (width - filled)
+                click.echo(
+                    f"\r{label:<24} [{bar}] {done}/{head} events, {rate(done, started):,.0f} events/s",
+                    nl=False,
+                    err=True,
+                )
+
+            applied = ShadowRebuild(store, engine, [projection], name=projection.name).run(progress)
+            click.echo("", err=True)
+            click.echo(
+                f"rebuilt {projection.name}: {applied} events in {time.monotonic() - started:.1f}s"
+                f" ({rate(applied, started):,.0f} events/s)"
+            )
+    finally:
+        store.close()
+        engine.dispose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -142,7 +142,8 @@ def _report(
     redriven: int,
     elapsed: float,
 ) -> None:
-    runtime.runner.catch_up()
+    for runner in runtime.runners:
+        runner.catch_up()
     counts = status_counts(runtime.engine)
     with runtime.engine.connect() as connection:
         retried = connection.scalar(

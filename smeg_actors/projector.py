@@ -22,32 +22,36 @@ class ProjectorActor(Supervised):
         name: str,
         supervisor: pykka.ActorRef[Any] | None,
         *,
-        runner: ProjectionRunner,
+        runners: list[ProjectionRunner],
         max_batches_per_tick: int = 20,
     ) -> None:
         super().__init__(name, supervisor)
-        self.runner, self.max_batches = runner, max_batches_per_tick
+        self.runners, self.max_batches = runners, max_batches_per_tick
         self.failing = False
 
     def on_start(self) -> None:
-        applied = self.runner.catch_up()
-        log.info("projections_caught_up", events=applied, position=self.runner.position())
+        for runner in self.runners:
+            applied = runner.catch_up()
+            log.info(
+                "projection_caught_up", projection=runner.name, events=applied, position=runner.position()
+            )
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case Tick():
                 self._step()
-            case "position":
-                return self.runner.position()
+            case "positions":
+                return {runner.name: runner.position() for runner in self.runners}
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))
         return None
 
     def _step(self) -> None:
         try:
-            for _ in range(self.max_batches):
-                if not self.runner.step():
-                    break
+            for runner in self.runners:
+                for _ in range(self.max_batches):
+                    if not runner.step():
+                        break
         except Exception as exc:
             if not self.failing:
                 log.warning("projection_step_failed", error=f"{type(exc).__name__}: {exc}"[:300])

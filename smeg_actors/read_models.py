@@ -1,0 +1,64 @@
+"""Which read models smeg keeps, and the operations on them behind ``smeg projections``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Engine
+
+from adapters.event_store import MessageStore
+from adapters.events_exchange import TRACKING_NAME as EVENTS_TRACKING
+from adapters.projections import Projection, ProjectionRunner, read_position
+from adapters.status_view import MessageStatusProjection
+
+
+def all_projections() -> list[Projection]:
+    """Every read model; each follows the log under its own name and position."""
+    return [MessageStatusProjection()]
+
+
+def runners(store: MessageStore, engine: Engine) -> list[ProjectionRunner]:
+    """One runner per read model (so each can be rebuilt on its own)."""
+    return [ProjectionRunner(store, engine, [p], name=p.name) for p in all_projections()]
+
+
+@dataclass(frozen=True)
+class FollowerStatus:
+    """How far one log follower is behind the head of the log."""
+
+    name: str
+    position: int
+    head: int
+    lag_events: int
+    lag_seconds: float
+
+
+def follower_status(store: MessageStore, engine: Engine) -> list[FollowerStatus]:
+    """Position and lag (events, and age of the oldest unapplied event) of each follower."""
+    head = store.max_position()
+    rows = []
+    with engine.connect() as connection:
+        names = [p.name for p in all_projections()] + [EVENTS_TRACKING]
+        positions = {name: read_position(connection, name) for name in names}
+    for name, position in positions.items():
+        lag_seconds = 0.0
+        pending = store.read_log(position, 1) if position < head else []
+        if pending:
+            oldest = store.decode(pending[0]).timestamp
+            lag_seconds = max(0.0, (datetime.now(timezone.utc) - oldest).total_seconds())
+        rows.append(FollowerStatus(name, position, head, max(0, head - position), lag_seconds))
+    return rows
+
+
+def run_forever(runners: list[ProjectionRunner], stop: threading.Event, interval: float = 0.1) -> None:
+    """Apply new events until ``stop`` is set."""
+    while not stop.is_set():
+        if not sum(runner.step() for runner in runners):
+            stop.wait(interval)
+
+
+def rate(done: int, started: float) -> float:
+    return done / max(time.monotonic() - started, 1e-9)
