@@ -7,6 +7,7 @@ same objects writes nothing (library-notes G1). Every retry here rebuilds from t
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,8 @@ from eventsourcing.persistence import (
     PersistenceError,
     Transcoding,
 )
+from eventsourcing.postgres import PostgresFactory
+from eventsourcing.utils import Environment
 from sqlalchemy.engine import make_url
 
 from domain.errors import DomainError
@@ -110,7 +113,7 @@ def store_env(url: str, *, recorder: str = CORE, schema: str = "") -> dict[str, 
         return env
     if backend == "postgresql":
         env.update(
-            PERSISTENCE_MODULE="eventsourcing.postgres",
+            PERSISTENCE_MODULE="adapters.event_store:BoundedPostgresFactory",
             POSTGRES_DBNAME=parsed.database or "postgres",
             POSTGRES_HOST=parsed.host or "127.0.0.1",
             POSTGRES_PORT=str(parsed.port or 5432),
@@ -137,10 +140,12 @@ class MessageStore:
         schema: PostgreSQL schema for the tables (default ``public``).
     """
 
-    def __init__(self, url: str, *, recorder: str = CORE, schema: str = "") -> None:
-        self.url = url
+    def __init__(self, url: str, *, recorder: str = CORE, schema: str = "", timeout: float = 15.0) -> None:
+        self.url, self.timeout = url, timeout
+        env = store_env(url, recorder=recorder, schema=schema)
+        env[TIMEOUT_KEY] = str(timeout)
         try:
-            self.app = Messages(env=store_env(url, recorder=recorder, schema=schema))
+            self.app = Messages(env=env)
         except StoreError:
             raise
         except Exception as exc:
@@ -207,8 +212,14 @@ class MessageStore:
         """Apply and save every change in one transaction; fall back to one by one on conflict.
 
         Returns one outcome per change, in order. Raises StoreUnavailableError when the
-        database fails; the changes stay replayable, so the caller may simply call again.
+        database fails or does not answer within the store's timeout (a hung server or a
+        network that swallows packets); the changes stay replayable, so the caller may simply
+        call again: a retry reloads every aggregate from the store.
         """
+        outcomes: list[Outcome] = with_deadline(lambda: self._commit(changes), self.timeout)
+        return outcomes
+
+    def _commit(self, changes: Sequence[Change]) -> list[Outcome]:
         try:
             outcomes, aggregates = self._prepare(changes, use_cache=True)
             if aggregates:
@@ -291,6 +302,58 @@ class MessageStore:
             for notification in batch:
                 yield notification.id, self.decode(notification)
             after = batch[-1].id
+
+
+TIMEOUT_KEY = "SMEG_STORE_TIMEOUT"
+
+
+class BoundedPostgresFactory(PostgresFactory):
+    """eventsourcing's PostgreSQL factory, with waits bounded so a silent network fails a write.
+
+    A statement timeout, TCP keepalives and ``tcp_user_timeout`` are added to the pool's connection
+    arguments before its first connection is opened (eventsourcing has no settings for them).
+    """
+
+    def __init__(self, env: Environment) -> None:
+        super().__init__(env)
+        milliseconds = int(float(self.env.get(TIMEOUT_KEY) or 15) * 1000)
+        kwargs = self.datastore.pool.kwargs
+        assert isinstance(kwargs, dict)
+        kwargs.update(
+            options=f"-c statement_timeout={milliseconds}",
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+            tcp_user_timeout=milliseconds,
+        )
+
+
+def with_deadline(operation: Callable[[], Any], timeout: float) -> Any:
+    """Run ``operation`` on a helper thread; StoreUnavailableError if it takes longer than ``timeout``.
+
+    Socket timeouts cannot catch a server that accepts bytes but never answers; this can. A call
+    that overruns is abandoned (its thread ends when the driver gives up): if it committed after
+    all, the caller's retry finds the events there (a conflict, or a refusal by the aggregate).
+    """
+    result: list[Any] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(operation())
+        except BaseException as exc:
+            failure.append(exc)
+
+    caller = threading.current_thread().name
+    worker = threading.Thread(target=run, name=f"{caller}/store-call", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise StoreUnavailableError(f"no answer from the store within {timeout:g}s")
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def retry_until(

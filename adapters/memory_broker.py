@@ -47,6 +47,12 @@ class MemoryIntake:
                 if self.unacked.pop(tag, None) is not None:
                     self.acked += 1
 
+    def release(self, tags: Sequence[int]) -> None:
+        with self._lock:
+            bodies = [(tag, self.unacked.pop(tag)) for tag in tags if tag in self.unacked]
+        for tag, body in bodies:
+            self._queue.put((tag, body, None))
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:

@@ -201,6 +201,24 @@ class RabbitIntake(threading.Thread):
         except Exception as exc:
             log.warning("ack_not_sent", error=describe_error(exc), count=len(tags))
 
+    def release(self, tags: Sequence[int]) -> None:
+        """Requeue deliveries from any thread (the intake actor crashed while holding them)."""
+        connection = self._connection
+        if not tags or connection is None:
+            return
+        try:
+            connection.add_callback_threadsafe(functools.partial(self._requeue, sorted(tags)))
+        except Exception as exc:
+            log.warning("release_not_sent", error=describe_error(exc), count=len(tags))
+
+    def _requeue(self, tags: list[int]) -> None:
+        channel = self._channel
+        if channel is None or not channel.is_open:
+            return
+        self._outstanding.difference_update(tags)
+        for tag in tags:
+            channel.basic_nack(tag, requeue=True)
+
     def stop(self) -> None:
         self._halt.set()
         if self.is_alive() and threading.current_thread() is not self:

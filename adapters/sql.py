@@ -30,6 +30,7 @@ def make_engine(url: str, *, schema: str = "", statement_timeout_s: float = 30.0
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
+            "tcp_user_timeout": int(statement_timeout_s * 1000),
         }
         if schema:
             options["schema_translate_map"] = {None: schema}

@@ -4,6 +4,8 @@ Two projections follow the event log (see ``adapters.projections``). Each batch'
 summed in Python, then ONE upsert per table *adds* the sums to the stored counters, inside the
 runner's transaction: the tables are exactly-once and a ``rebuild()`` reproduces them row for row.
 Every counter only grows; a row covers the events whose own timestamp falls in its hour / day.
+Give each projection its own ``ProjectionRunner`` named after it (``name=projection.name``): its
+side table belongs to it alone, so either can be rebuilt (or shadow-rebuilt) on its own.
 
 ``delivery_stats_hourly`` — one row per (hour, provider, channel):
 
@@ -47,9 +49,10 @@ exhausted          int      … of which not permanent (attempts exhausted)
 backed_off         int      BackedOff events with this reason (transient failures)
 =================  =======  ===================================================================
 
-``stats_message_info`` — side table of the projections, one row per (projection, message id):
-channel, received_at (Received's timestamp, NULL if unseen) and provider (latest Attempted's
-provider, '' before any). Each projection owns its rows, so each stays independently rebuildable.
+``stats_message_info`` / ``failures_message_info`` — each projection's own side table, one row
+per message: id (uuid, key), channel, received_at (Received's timestamp, NULL if unseen) and
+provider (the latest Attempted's provider, '' before any). Written in the same transaction as the
+counters; nothing is deleted on delivery (a RetryRequested may lead to another delivery).
 """
 
 from __future__ import annotations
@@ -58,13 +61,14 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
 
 from eventsourcing.domain import DomainEvent
 from sqlalchemy import BigInteger, Column, Connection, Date, DateTime, Integer, String, Table, Uuid, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from adapters.projections import Projection
 from adapters.sql import metadata
 from domain.message import Message
 
@@ -120,25 +124,61 @@ failures_by_reason = Table(
     *(Column(name, Integer, nullable=False, default=0) for name in REASON_COUNTERS),
 )
 
-stats_message_info = Table(
-    "stats_message_info",
-    metadata,
-    Column("projection", String(64), primary_key=True),
-    Column("id", Uuid, primary_key=True),
-    Column("channel", String(8), nullable=False),
-    Column("received_at", DateTime(timezone=True)),
-    Column("provider", String(64), nullable=False),
-)
+
+def _info_table(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("id", Uuid, primary_key=True),
+        Column("channel", String(8), nullable=False),
+        Column("received_at", DateTime(timezone=True)),
+        Column("provider", String(64), nullable=False),
+    )
 
 
-class DeliveryStatsProjection:
-    """Keeps ``delivery_stats_hourly`` (and its ``stats_message_info`` rows) in step with the log."""
+stats_message_info = _info_table("stats_message_info")
+failures_message_info = _info_table("failures_message_info")
+
+
+class _CountingProjection:
+    """What both projections share: a counters table and a side table, retargetable for a rebuild."""
+
+    name: str
+
+    def __init__(self, table: Table, info: Table) -> None:
+        self.table, self.info = table, info
+
+    @property
+    def tables(self) -> list[Table]:
+        """The tables this projection writes."""
+        return [self.table, self.info]
+
+    def retarget(self, tables: dict[str, Table]) -> Self:
+        """The same projection writing to other tables (keyed by live name), for a rebuild."""
+        return type(self)(tables[self.table.name], tables[self.info.name])
+
+    def clear(self, connection: Connection) -> None:
+        """Delete every row of both tables."""
+        connection.execute(self.table.delete())
+        connection.execute(self.info.delete())
+
+
+class DeliveryStatsProjection(_CountingProjection):
+    """Keeps ``delivery_stats_hourly`` and ``stats_message_info`` (or shadow copies) in step with the log.
+
+    Args:
+        table: the hourly counters table.
+        info: the side table of per-message facts.
+    """
 
     name = "delivery_stats_hourly"
 
+    def __init__(self, table: Table = delivery_stats_hourly, info: Table = stats_message_info) -> None:
+        super().__init__(table, info)
+
     def apply(self, connection: Connection, events: Sequence[DomainEvent]) -> None:
         """Add the batch's counts to the hourly rows, inside the caller's transaction."""
-        info = _MessageInfo(self.name, connection, events)
+        info = _MessageInfo(self.info, connection, events)
         sums: dict[tuple[datetime, str, str], Counter[str]] = defaultdict(Counter)
         for event in events:
             row = info.observe(event)
@@ -159,23 +199,26 @@ class DeliveryStatsProjection:
                 if row["received_at"] is not None:
                     _count_latency(counts, _utc(event.timestamp) - _utc(row["received_at"]))
         info.save(connection)
-        columns = [c.name for c in delivery_stats_hourly.columns if c.name not in HOURLY_KEY]
-        _add(connection, delivery_stats_hourly, HOURLY_KEY, columns, sums)
-
-    def clear(self, connection: Connection) -> None:
-        """Delete every row of the table and this projection's side-table rows."""
-        connection.execute(delivery_stats_hourly.delete())
-        connection.execute(stats_message_info.delete().where(stats_message_info.c.projection == self.name))
+        columns = [c.name for c in self.table.columns if c.name not in HOURLY_KEY]
+        _add(connection, self.table, HOURLY_KEY, columns, sums)
 
 
-class FailureReasonsProjection:
-    """Keeps ``failures_by_reason`` (and its ``stats_message_info`` rows) in step with the log."""
+class FailureReasonsProjection(_CountingProjection):
+    """Keeps ``failures_by_reason`` and ``failures_message_info`` (or shadow copies) in step with the log.
+
+    Args:
+        table: the per-reason counters table.
+        info: the side table of per-message facts.
+    """
 
     name = "failures_by_reason"
 
+    def __init__(self, table: Table = failures_by_reason, info: Table = failures_message_info) -> None:
+        super().__init__(table, info)
+
     def apply(self, connection: Connection, events: Sequence[DomainEvent]) -> None:
         """Add the batch's Failed / BackedOff counts per reason, inside the caller's transaction."""
-        info = _MessageInfo(self.name, connection, events)
+        info = _MessageInfo(self.info, connection, events)
         sums: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
         for event in events:
             row = info.observe(event)
@@ -187,27 +230,21 @@ class FailureReasonsProjection:
                     sums[key]["failed"] += 1
                     sums[key]["permanent" if event.permanent else "exhausted"] += 1
         info.save(connection)
-        _add(connection, failures_by_reason, REASON_KEY, REASON_COUNTERS, sums)
-
-    def clear(self, connection: Connection) -> None:
-        """Delete every row of the table and this projection's side-table rows."""
-        connection.execute(failures_by_reason.delete())
-        connection.execute(stats_message_info.delete().where(stats_message_info.c.projection == self.name))
+        _add(connection, self.table, REASON_KEY, REASON_COUNTERS, sums)
 
 
-def stats_projections() -> list[DeliveryStatsProjection | FailureReasonsProjection]:
-    """Both statistics projections, ready for a ``ProjectionRunner``."""
+def stats_projections() -> list[Projection]:
+    """Both statistics projections (give each its own ``ProjectionRunner``, named after it)."""
     return [DeliveryStatsProjection(), FailureReasonsProjection()]
 
 
 class _MessageInfo:
-    """One projection's ``stats_message_info`` rows for a batch: read in one SELECT, folded, saved."""
+    """A side table's rows for a batch's messages: read in one SELECT, folded, written in one upsert."""
 
-    def __init__(self, projection: str, connection: Connection, events: Sequence[DomainEvent]) -> None:
-        self.projection = projection
-        table = stats_message_info
+    def __init__(self, table: Table, connection: Connection, events: Sequence[DomainEvent]) -> None:
+        self.table = table
         ids = {e.originator_id for e in events}
-        query = select(table).where(table.c.projection == projection, table.c.id.in_(ids))
+        query = select(table).where(table.c.id.in_(ids))
         self.rows: dict[UUID, dict[str, Any]] = {
             row.id: dict(row._mapping) for row in connection.execute(query)
         }
@@ -217,18 +254,13 @@ class _MessageInfo:
         """Fold the event into its message's info; return the info as of that event."""
         key = event.originator_id
         if isinstance(event, Message.Received):
-            self.rows[key] = {
-                "projection": self.projection,
-                "id": key,
-                "channel": event.channel,
-                "received_at": _utc(event.timestamp),
-                "provider": "",
-            }
+            self.rows[key] = dict(
+                id=key, channel=event.channel, received_at=_utc(event.timestamp), provider=""
+            )
             self.changed.add(key)
         row = self.rows.get(key)
-        if row is None:  # no Received seen (should not happen when following the log from 0)
-            row = dict(projection=self.projection, id=key, channel="", received_at=None, provider="")
-            self.rows[key] = row
+        if row is None:  # no Received seen (cannot happen when following the log from its start)
+            row = self.rows[key] = dict(id=key, channel="", received_at=None, provider="")
             self.changed.add(key)
         if isinstance(event, Message.Attempted):
             row["provider"] = event.provider
@@ -238,12 +270,12 @@ class _MessageInfo:
     def save(self, connection: Connection) -> None:
         if not self.changed:
             return
-        statement = _insert(connection, stats_message_info)
+        statement = _insert(connection, self.table)
         statement = statement.on_conflict_do_update(
-            index_elements=[stats_message_info.c.projection, stats_message_info.c.id],
+            index_elements=[self.table.c.id],
             set_={c: statement.excluded[c] for c in ("channel", "received_at", "provider")},
         )
-        connection.execute(statement, [self.rows[key] for key in self.changed])
+        connection.execute(statement, [self.rows[key] for key in sorted(self.changed)])
 
 
 def _count_latency(counts: Counter[str], latency: timedelta) -> None:
@@ -271,7 +303,7 @@ def _add(
         index_elements=[table.c[k] for k in key],
         set_={c: table.c[c] + statement.excluded[c] for c in columns},
     )
-    rows = [dict(zip(key, k, strict=True)) | {c: counts[c] for c in columns} for k, counts in sums.items()]
+    rows = [dict(zip(key, k, strict=True)) | {c: sums[k][c] for c in columns} for k in sorted(sums)]
     connection.execute(statement, rows)
 
 

@@ -99,6 +99,10 @@ class Intake(Protocol):
         """Acknowledge deliveries (thread-safe): their Received events are durable."""
         ...
 
+    def release(self, tags: Sequence[int]) -> None:
+        """Hand deliveries back to the broker unprocessed (thread-safe), e.g. after a crash."""
+        ...
+
     def stop(self) -> None:
         """Stop consuming; unacked deliveries go back to the broker."""
         ...

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,bench]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,bench,chart]"
 scripts/start_services.sh
 
 .venv/bin/ruff check domain adapters smeg_actors tests scripts

@@ -94,7 +94,11 @@ class Runtime:
         self.events = events
         self.stop_reason = Stop()
         self.children = Children()
-        self.engine = make_engine(settings.database_url, schema=settings.database_schema)
+        self.engine = make_engine(
+            settings.database_url,
+            schema=settings.database_schema,
+            statement_timeout_s=settings.database_timeout,
+        )
         self.runners = runners(store, self.engine)
         self.status_runner = self.runners[0]
         self.executor = ThreadPoolExecutor(settings.provider_concurrency, thread_name_prefix="smeg-call")

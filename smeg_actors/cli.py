@@ -39,7 +39,9 @@ def _settings(ctx: click.Context) -> Settings:
 def open_store(settings: Settings) -> MessageStore:
     """The event store, or a CommandError (exit 3) saying why it cannot be opened."""
     try:
-        return MessageStore(settings.database_url, schema=settings.database_schema)
+        from smeg_actors.wiring import open_store as open_configured_store
+
+        return open_configured_store(settings)
     except StoreError as exc:
         raise CommandError(f"event store unavailable: {exc}", EXIT_UNHEALTHY) from None
 
@@ -79,12 +81,16 @@ def history(ctx: click.Context, message_id: str, as_json: bool) -> None:
         raise CommandError(f"unknown message id: {message_id}") from None
     finally:
         store.close()
-    if as_json:
-        click.echo(json.dumps(records, ensure_ascii=False, indent=2))
-        return
-    click.echo(f"message {message_id} ({message.status}, {message.attempts} attempts)")
-    for record in records:
-        click.echo(describe(record))
+    try:
+        if as_json:
+            click.echo(json.dumps(records, ensure_ascii=False, indent=2))
+            return
+        click.echo(f"message {message_id} ({message.status}, {message.attempts} attempts)")
+        for record in records:
+            click.echo(describe(record))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
 
 
 @cli.group()
@@ -104,6 +110,9 @@ def audit_export(ctx: click.Context, since: str | None, until: str | None) -> No
     store = open_store(_settings(ctx))
     try:
         export_events(store, sys.stdout, since=start, until=end)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
     finally:
         store.close()
 
@@ -156,17 +165,58 @@ def audit_replay(ctx: click.Context, message_id: str, at: str, as_json: bool) ->
 
 
 @cli.command()
+@click.option("--since", default=None, help="ISO 8601 (default: 24 h before --until).")
+@click.option("--until", default=None, help="ISO 8601 (default: now).")
+@click.option("--provider", default=None, help="Only this provider.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
+)
+@click.option("--chart", "chart", default=None, help="Also draw a PNG chart to this path.")
+@click.pass_context
+def report(
+    ctx: click.Context,
+    since: str | None,
+    until: str | None,
+    provider: str | None,
+    fmt: str,
+    chart: str | None,
+) -> None:
+    """Delivery totals, rates, latency percentiles and top failure reasons, from the read models."""
+    from datetime import timedelta
+
+    from smeg_actors.report import ChartUnavailableError, build_report, draw_chart, render
+
+    end = parse_time(until, "--until") or datetime.now(timezone.utc)
+    start = parse_time(since, "--since") or end - timedelta(hours=24)
+    store, engine = _store_and_engine(_settings(ctx))
+    try:
+        for runner in runners_ready(store, engine):
+            runner.catch_up()
+        click.echo(render(build_report(engine, start, end, provider), fmt))
+        if chart:
+            try:
+                path = draw_chart(engine, start, end, provider, chart)
+            except ChartUnavailableError as exc:
+                raise CommandError(str(exc), EXIT_CONFIG) from None
+            click.echo(f"chart written to {path}", err=True)
+    finally:
+        store.close()
+        engine.dispose()
+
+
+@cli.command()
 @click.pass_context
 def check(ctx: click.Context) -> int:
     """Check the store, the broker and every provider; exit 3 if any fails."""
     from smeg_actors.health import dependency_checks, run_checks
     from smeg_actors.wiring import build_providers
+    from smeg_actors.wiring import open_store as open_configured_store
 
     settings = _settings(ctx)
     stores: list[MessageStore] = []
 
     def store() -> MessageStore:
-        stores.append(MessageStore(settings.database_url, schema=settings.database_schema))
+        stores.append(open_configured_store(settings))
         return stores[-1]
 
     healthy, lines = run_checks(dependency_checks(settings, store, build_providers(settings)))
@@ -240,6 +290,8 @@ def redrive(ctx: click.Context, limit: int | None, dry_run: bool) -> None:
         click.echo(f"skipped (no longer failed): {message_id}")
     for message_id in report.permanent:
         click.echo(f"kept (permanent failure): {message_id}")
+    for message_id in report.unknown:
+        click.echo(f"kept (not in this store): {message_id}")
     click.echo(("dry run: " if dry_run else "") + report.summary())
 
 
@@ -261,9 +313,9 @@ def projections() -> None:
 
 
 def _store_and_engine(settings: Settings) -> tuple[MessageStore, Any]:
-    from adapters.sql import make_engine
+    from smeg_actors.wiring import open_engine
 
-    return open_store(settings), make_engine(settings.database_url, schema=settings.database_schema)
+    return open_store(settings), open_engine(settings)
 
 
 @projections.command("status")
@@ -354,6 +406,12 @@ def projections_rebuild(ctx: click.Context, name: str | None) -> None:
     finally:
         store.close()
         engine.dispose()
+
+
+def _quiet_stdout() -> None:
+    """The reader went away (``| head``): that is not an error; stop writing quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

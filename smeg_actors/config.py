@@ -24,7 +24,7 @@ class SettingsError(Exception):
 class Settings(BaseModel):
     """Every knob of smeg; see docs/architecture.md for the table."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     database_url: str = "sqlite:///smeg.db"
     database_schema: str = ""
@@ -40,6 +40,7 @@ class Settings(BaseModel):
     shutdown_timeout: float = Field(default=30.0, gt=0)
     store_grace: float = Field(default=30.0, gt=0)
     stale_after: float | None = Field(default=None, gt=0)
+    database_timeout: float = Field(default=15.0, gt=0)
     provider_url: str | None = None
     default_provider: str | None = None
     prefetch: int = Field(default=500, ge=1, le=65535)
@@ -113,6 +114,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(f"config file {path} not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise SettingsError(f"config file {path} cannot be read: {exc.strerror}") from None
 
 
 def _describe(exc: ValidationError) -> str:

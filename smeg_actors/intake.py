@@ -44,11 +44,19 @@ class IntakeActor(Supervised):
         self.grace, self.on_store_lost = grace, on_store_lost
         self.received = 0
         self.duplicates = 0
+        self.holding: tuple[Delivery, ...] = ()
+
+    def on_failure(self, *args: Any) -> None:
+        super().on_failure(*args)
+        if self.holding:
+            self.intake.release([d.tag for d in self.holding])
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case RequestsReceived(deliveries=deliveries):
+                self.holding = deliveries
                 self._record(deliveries)
+                self.holding = ()
             case "counts":
                 return {"received": self.received, "duplicates": self.duplicates}
             case _:

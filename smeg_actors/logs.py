@@ -41,7 +41,7 @@ def configure_logging(*, fmt: str = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # smeg reports broker failures itself
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 

@@ -12,12 +12,13 @@ from sqlalchemy import Engine
 from adapters.event_store import MessageStore
 from adapters.events_exchange import TRACKING_NAME as EVENTS_TRACKING
 from adapters.projections import Projection, ProjectionRunner, read_position
+from adapters.stats_view import stats_projections
 from adapters.status_view import MessageStatusProjection
 
 
 def all_projections() -> list[Projection]:
     """Every read model; each follows the log under its own name and position."""
-    return [MessageStatusProjection()]
+    return [MessageStatusProjection(), *stats_projections()]
 
 
 def runners(store: MessageStore, engine: Engine) -> list[ProjectionRunner]:

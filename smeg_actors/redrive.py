@@ -16,7 +16,7 @@ from typing import Any
 import pykka
 import structlog
 
-from adapters.event_store import MessageStore
+from adapters.event_store import MessageNotFoundError, MessageStore
 from adapters.rabbitmq import FailedQueueReader, Topology
 from domain.errors import InvalidRequestError
 from domain.message import Message
@@ -35,12 +35,14 @@ class RedriveReport:
     redriven: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     permanent: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
     invalid: int = 0
 
     def summary(self) -> str:
         return (
             f"redriven {len(self.redriven)}, skipped {len(self.skipped)} (not failed any more),"
-            f" kept {len(self.permanent)} permanent, invalid {self.invalid}"
+            f" kept {len(self.permanent)} permanent, {len(self.unknown)} unknown to this store,"
+            f" invalid {self.invalid}"
         )
 
 
@@ -66,21 +68,25 @@ def redrive(
             request = parse_send_request(entry.body, correlation_id=entry.correlation_id)
         except InvalidRequestError:
             report.invalid += 1
-            if not dry_run:
-                reader.requeue_at_tail(entry)
+            reader.requeue_at_tail(entry)
             continue
         if str(entry.headers.get("x-smeg-permanent", "")).lower() == "true":
             report.permanent.append(request.message_id)
-            if not dry_run:
-                reader.requeue_at_tail(entry)
+            reader.requeue_at_tail(entry)
             continue
         if dry_run:
             report.redriven.append(request.message_id)
+            reader.requeue_at_tail(entry)
             continue
-        outcome = store.update(
-            Message.create_id(request.message_id),
-            lambda m: m.request_retry(requested_by, now=clock()),
-        )
+        try:
+            outcome = store.update(
+                Message.create_id(request.message_id),
+                lambda m: m.request_retry(requested_by, now=clock()),
+            )
+        except MessageNotFoundError:
+            report.unknown.append(request.message_id)
+            reader.requeue_at_tail(entry)
+            continue
         if outcome.message is not None:
             report.redriven.append(request.message_id)
             on_redriven(outcome.message)

@@ -16,7 +16,7 @@ from adapters.rabbitmq import BrokerUnavailableError
 from smeg_actors.config import Settings
 from smeg_actors.exit_codes import EXIT_OK, EXIT_UNHEALTHY
 from smeg_actors.health import dependency_checks, run_checks
-from smeg_actors.wiring import build_providers, build_runtime
+from smeg_actors.wiring import build_providers, build_runtime, open_store
 
 log = structlog.get_logger(__name__)
 
@@ -26,11 +26,11 @@ def serve(settings: Settings) -> int:
     providers = build_providers(settings)
     stores: list[MessageStore] = []
 
-    def open_store() -> MessageStore:
-        stores.append(MessageStore(settings.database_url, schema=settings.database_schema))
+    def open_checked_store() -> MessageStore:
+        stores.append(open_store(settings))
         return stores[-1]
 
-    healthy, lines = run_checks(dependency_checks(settings, open_store, providers))
+    healthy, lines = run_checks(dependency_checks(settings, open_checked_store, providers))
     for line in lines:
         click.echo(line, err=True)
     if not healthy:
@@ -52,11 +52,13 @@ def serve(settings: Settings) -> int:
         runtime.stop(timeout=2)
         return EXIT_UNHEALTHY
     code = runtime.wait()
-    graceful_stop = code == EXIT_OK
-    runtime.stop(timeout=settings.shutdown_timeout if graceful_stop else 3)
-    if not graceful_stop:
+    if code == EXIT_OK:
+        runtime.stop(timeout=settings.shutdown_timeout)
+        store.close()
+    else:
+        # A lost dependency: stopping actors blocked on it could take long. Exit now; the broker
+        # requeues every unacked request, and the store holds every recorded step.
         click.echo(f"smeg: stopping (exit {code}): {runtime.stop_reason.reason}", err=True)
-    store.close()
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)

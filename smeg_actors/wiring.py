@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from sqlalchemy import Engine
+
 from adapters.event_store import MessageStore
 from adapters.events_exchange import EventsExchangePublisher
 from adapters.providers import build_provider
@@ -13,6 +15,22 @@ from adapters.sql import make_engine
 from domain.ports import Provider
 from smeg_actors.bootstrap import Runtime
 from smeg_actors.config import Settings, SettingsError
+
+
+def open_store(settings: Settings) -> MessageStore:
+    """The event store the settings name (raises StoreError)."""
+    return MessageStore(
+        settings.database_url, schema=settings.database_schema, timeout=settings.database_timeout
+    )
+
+
+def open_engine(settings: Settings) -> Engine:
+    """The SQLAlchemy engine for our own tables, with the same timeouts as the store."""
+    return make_engine(
+        settings.database_url,
+        schema=settings.database_schema,
+        statement_timeout_s=settings.database_timeout,
+    )
 
 
 def build_providers(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[str, Provider]:
@@ -41,7 +59,7 @@ def build_runtime(settings: Settings, store: MessageStore, providers: dict[str, 
         known_providers=known,
     )
     publisher = RabbitFailurePublisher(settings.amqp_url, topology, heartbeat=settings.heartbeat)
-    engine = make_engine(settings.database_url, schema=settings.database_schema)
+    engine = open_engine(settings)
     events = EventsExchangePublisher(store, engine, settings.amqp_url, topology)
     runtime = Runtime(
         settings, store=store, intake=intake, publisher=publisher, providers=providers, events=events

@@ -215,3 +215,38 @@ def test_two_processes_share_queue_and_store_without_duplicate_attempts(
     assert "attempt_finished" in a.output() and "attempt_finished" in b.output()
     store.close()
     stub.close()
+
+
+def test_store_lost_while_running_exits_6_and_acks_nothing_undurable(
+    pg_schema: tuple[str, str], stub: StubProvider, e2e_prefix: str, start_smeg: Any
+) -> None:
+    # Given smeg whose PostgreSQL connections go through a proxy
+    url, schema = pg_schema
+    proxy = TcpProxy(target=("127.0.0.1", 5432))
+    proxied = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    env = smeg_env(
+        SMEG_DATABASE_URL=proxied,
+        SMEG_DATABASE_SCHEMA=schema,
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=stub.url,
+        SMEG_STORE_GRACE="3",
+        SMEG_DATABASE_TIMEOUT="2",
+    )
+    smeg = start_smeg(env)
+    smeg.wait_for_log("runtime_started")
+    # When the database's network goes silent and requests keep coming
+    proxy.stall()
+    publish_requests(e2e_prefix, [f"lost-{i}" for i in range(5)])
+    # Then smeg exits 6 in time, and the requests are back on the queue, unacked
+    assert smeg.wait(timeout=60) == 6
+    assert "event store unavailable" in smeg.output()
+    proxy.cut()
+    # and a fresh process with the store back delivers them all
+    direct = dict(env, SMEG_DATABASE_URL=url)
+    again = start_smeg(direct)
+    store = MessageStore(url, schema=schema)
+    final = wait_all_final(store, [f"lost-{i}" for i in range(5)], timeout=60)
+    assert all(m.status == DELIVERED for m in final.values())
+    again.process.send_signal(signal.SIGTERM)
+    assert again.wait(timeout=40) == 0
+    store.close()

@@ -1,0 +1,404 @@
+"""The statistics projections on a SQLite file and on PostgreSQL: exact counts, batch-independence."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, Table, select
+
+from adapters.event_store import Change, MessageStore, event_type
+from adapters.projections import ProjectionRunner, ShadowRebuild
+from adapters.sql import make_engine
+from adapters.stats_view import (
+    COUNTER_COLUMNS,
+    HISTOGRAM_COLUMNS,
+    delivery_stats_hourly,
+    failures_by_reason,
+    failures_message_info,
+    stats_message_info,
+    stats_projections,
+)
+from domain.backoff import BackoffPolicy
+from domain.message import Message
+
+TABLES = (delivery_stats_hourly, failures_by_reason, stats_message_info, failures_message_info)
+UTC = timezone.utc
+
+
+@dataclass
+class Db:
+    store: MessageStore
+    engine: Engine
+
+    def runners(self, *, batch: int = 1000) -> Runners:
+        """One runner per projection, each reading ``batch`` events per step."""
+        projections = stats_projections()
+        return Runners(
+            [ProjectionRunner(self.store, self.engine, [p], name=p.name, batch=batch) for p in projections]
+        )
+
+    def save(self, *messages: Message) -> None:
+        outcomes = self.store.commit([Change(load=_as_is(m)) for m in messages])
+        assert all(o.saved for o in outcomes)
+
+
+def _as_is(message: Message) -> Callable[[], Message]:
+    return lambda: message
+
+
+@dataclass
+class Runners:
+    """One runner per projection, named after it (as the runtime wires read models)."""
+
+    runners: list[ProjectionRunner]
+
+    def step(self) -> int:
+        return sum(runner.step() for runner in self.runners)
+
+    def catch_up(self) -> int:
+        return sum(runner.catch_up() for runner in self.runners)
+
+    def rebuild(self) -> int:
+        return sum(runner.rebuild() for runner in self.runners)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Db]:
+    if request.param == "sqlite":
+        url, schema = f"sqlite:///{tmp_path}/stats.db", ""
+    else:
+        url, schema = request.getfixturevalue("pg_schema")
+    store = MessageStore(url, schema=schema)
+    engine = make_engine(url, schema=schema)
+    yield Db(store, engine)
+    store.close()
+    engine.dispose()
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return value
+
+
+def snapshot(engine: Engine, table: Table) -> list[tuple[Any, ...]]:
+    """Every row, in key order, datetimes as UTC."""
+    with engine.connect() as connection:
+        rows = connection.execute(select(table).order_by(*table.primary_key.columns)).all()
+    return [tuple(_norm(v) for v in row) for row in rows]
+
+
+def snapshots(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    return {table.name: snapshot(engine, table) for table in TABLES}
+
+
+def nonzero(engine: Engine, table: Table, key: tuple[str, ...]) -> dict[tuple[Any, ...], dict[str, int]]:
+    """Rows as key → the counters that are not zero."""
+    with engine.connect() as connection:
+        rows = [row._mapping for row in connection.execute(select(table))]
+    return {
+        tuple(_norm(row[k]) for k in key): {c: v for c, v in row.items() if c not in key and v}
+        for row in rows
+    }
+
+
+# --- a small history, counted by hand -------------------------------------------------------
+
+DAY1 = datetime(2024, 6, 1, 10, 0, tzinfo=UTC)
+SHORT = BackoffPolicy(initial=60, factor=2, max_delay=600, max_attempts=2)
+
+
+def at(hours: int = 0, minutes: int = 0, seconds: float = 0) -> datetime:
+    return DAY1 + timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+def small_history(db: Db) -> None:
+    """Five messages; each step is saved on its own, so the log is in time order."""
+
+    def new(name: str, channel: str, requested: str | None, now: datetime) -> Message:
+        message = Message.receive(
+            message_id=name,
+            channel=channel,
+            to="+4411",
+            body="hi",
+            correlation_id=name,
+            now=now,
+            provider=requested,
+        )
+        db.save(message)
+        return message
+
+    def step(message: Message, method: str, *args: Any, **kwargs: Any) -> None:
+        getattr(message, method)(*args, **kwargs)
+        db.save(message)
+
+    def transient(message: Message, reason: str, now: datetime) -> None:
+        step(message, "record_transient_failure", reason, error="e", policy=SHORT, now=now)
+
+    m1 = new("m1", "sms", None, at())
+    m2 = new("m2", "sms", "beta", at(minutes=10))
+    m3 = new("m3", "im", "alpha", at(minutes=20))
+    m4 = new("m4", "sms", None, at(minutes=30))
+    m5 = new("m5", "im", None, at(minutes=40))
+    step(m1, "start_attempt", "alpha", now=at(seconds=0.05))
+    step(m1, "record_delivery", "p1", now=at(seconds=0.2))  # 200 ms
+    step(m2, "start_attempt", "alpha", now=at(minutes=10, seconds=1))
+    transient(m2, "throttled", at(minutes=10, seconds=2))
+    step(m3, "start_attempt", "alpha", now=at(minutes=20, seconds=0.5))
+    step(m3, "record_permanent_failure", "invalid_recipient", error="e", now=at(minutes=20, seconds=1))
+    step(m4, "start_attempt", "alpha", now=at(minutes=30, seconds=1))
+    transient(m4, "timeout", at(minutes=30, seconds=2))
+    step(m4, "start_attempt", "alpha", now=at(minutes=31, seconds=5))
+    transient(m4, "timeout", at(minutes=31, seconds=6))  # exhausted: Failed(timeout)
+    step(m5, "start_attempt", "beta", now=at(minutes=40, seconds=1))
+    step(m5, "record_interruption", policy=SHORT, now=at(minutes=45))  # BackedOff(interrupted)
+    step(m5, "start_attempt", "beta", now=at(minutes=45, seconds=1))
+    step(m5, "record_delivery", "p5", now=at(minutes=45, seconds=3.5))  # 5 min 3.5 s
+    step(m2, "start_attempt", "beta", now=at(minutes=59, seconds=59))
+    step(m2, "record_delivery", "p2", now=at(hours=1, seconds=30))  # 50 min 30 s, in hour 11
+    step(m4, "request_retry", "ops", now=at(hours=14, seconds=10))  # next day
+    step(m4, "start_attempt", "beta", now=at(hours=14, seconds=11))
+    step(m4, "record_delivery", "p4", now=at(hours=14, seconds=12))  # 13 h 30 min 12 s
+
+
+H10, H11, H00 = at(), at(hours=1), at(hours=14)
+
+EXPECTED_HOURLY = {
+    (H10, "", "sms"): {"received": 2},
+    (H10, "", "im"): {"received": 1},
+    (H10, "beta", "sms"): {"received": 1, "attempts": 1},
+    (H10, "alpha", "im"): {"received": 1, "attempts": 1, "failed_permanent": 1},
+    (H10, "alpha", "sms"): {
+        "attempts": 4,
+        "delivered": 1,
+        "backed_off": 2,
+        "failed_exhausted": 1,
+        "latency_sum_ms": 200,
+        "latency_count": 1,
+        "lat_le_250ms": 1,
+    },
+    (H10, "beta", "im"): {
+        "attempts": 2,
+        "backed_off": 1,
+        "delivered": 1,
+        "delivered_retried": 1,
+        "latency_sum_ms": 303_500,
+        "latency_count": 1,
+        "lat_le_900s": 1,
+    },
+    (H11, "beta", "sms"): {
+        "delivered": 1,
+        "delivered_retried": 1,
+        "latency_sum_ms": 3_030_000,
+        "latency_count": 1,
+        "lat_le_3600s": 1,
+    },
+    (H00, "beta", "sms"): {
+        "attempts": 1,
+        "delivered": 1,
+        "delivered_retried": 1,
+        "latency_sum_ms": 48_612_000,
+        "latency_count": 1,
+        "lat_gt_3600s": 1,
+    },
+}
+
+EXPECTED_REASONS = {
+    (date(2024, 6, 1), "alpha", "throttled"): {"backed_off": 1},
+    (date(2024, 6, 1), "alpha", "invalid_recipient"): {"failed": 1, "permanent": 1},
+    (date(2024, 6, 1), "alpha", "timeout"): {"backed_off": 1, "failed": 1, "exhausted": 1},
+    (date(2024, 6, 1), "beta", "interrupted"): {"backed_off": 1},
+}
+
+
+@pytest.mark.parametrize("batch", [1, 3, 1000])
+def test_small_history_counts_match_hand_computed(db: Db, batch: int) -> None:
+    small_history(db)
+    assert db.runners(batch=batch).catch_up() == 2 * 24  # each projection applies every event
+
+    assert nonzero(db.engine, delivery_stats_hourly, ("hour", "provider", "channel")) == EXPECTED_HOURLY
+    assert nonzero(db.engine, failures_by_reason, ("day", "provider", "reason")) == EXPECTED_REASONS
+    for table in (stats_message_info, failures_message_info):
+        info = {row[0]: row[1:] for row in snapshot(db.engine, table)}
+        assert len(info) == 5
+        assert info[Message.create_id("m4")] == ("sms", at(minutes=30), "beta")
+        assert info[Message.create_id("m3")] == ("im", at(minutes=20), "alpha")
+
+
+# --- a scripted history of 2,000 messages ---------------------------------------------------
+
+START = datetime(2024, 5, 1, 21, 0, tzinfo=UTC)  # runs past midnight: two days of reasons
+POLICY = BackoffPolicy(initial=60, factor=2, max_delay=600, max_attempts=3)
+TRANSIENT = ("throttled", "provider_unavailable", "timeout")
+KINDS = ("ok", "retry_ok", "permanent", "exhausted", "redrive", "interrupted", "pending", "in_flight")
+WEIGHTS = (50, 15, 8, 6, 6, 5, 5, 5)
+
+Step = tuple[datetime, int, int, str, Any]  # when, message, sequence, action, argument
+
+
+def plan(rng: random.Random, i: int) -> list[Step]:
+    """One message's scripted life: its actions and when they happen."""
+    t = START + timedelta(seconds=9 * i, microseconds=rng.randrange(1_000_000))
+    steps: list[Step] = []
+
+    def do(action: str, argument: Any = None, *, after: float = 0.0) -> None:
+        nonlocal t
+        t += timedelta(seconds=after)
+        steps.append((t, i, len(steps), action, argument))
+
+    def cycle(failures: int, provider: str) -> None:
+        """``failures`` transient failures, each waited out (unless it exhausts the cycle)."""
+        for k in range(1, failures + 1):
+            do("attempt", provider, after=rng.uniform(0.01, 2))
+            do("transient", rng.choice(TRANSIENT), after=rng.uniform(0.05, 3))
+            if k < POLICY.max_attempts:
+                t_wait = POLICY.delay(k) + rng.uniform(0, 30)
+                do("noop", after=t_wait)
+
+    provider = rng.choice(("alpha", "beta"))
+    do("receive", (rng.choice(("sms", "im")), rng.choice((None, "alpha", "beta"))))
+    kind = rng.choices(KINDS, WEIGHTS)[0]
+    if kind in ("ok", "retry_ok"):
+        cycle(rng.randint(1, 2) if kind == "retry_ok" else 0, provider)
+        do("attempt", provider, after=rng.uniform(0.01, 2))
+        do("deliver", after=rng.expovariate(1 / 1.5))
+    elif kind == "permanent":
+        cycle(rng.randint(0, 1), provider)
+        do("attempt", provider, after=rng.uniform(0.01, 2))
+        do("permanent", rng.choice(("invalid_recipient", "blocked")), after=rng.uniform(0.05, 1))
+    elif kind in ("exhausted", "redrive"):
+        cycle(POLICY.max_attempts, provider)
+        if kind == "redrive":
+            do("retry", after=rng.uniform(600, 7200))
+            do("attempt", "beta" if provider == "alpha" else "alpha", after=rng.uniform(0.01, 2))
+            do("deliver", after=rng.uniform(0.05, 5))
+    elif kind == "interrupted":
+        do("attempt", provider, after=rng.uniform(0.01, 2))
+        do("interrupt", after=rng.uniform(30, 120))
+        do("attempt", provider, after=rng.uniform(0.01, 2))
+        do("deliver", after=rng.uniform(0.05, 5))
+    elif kind == "in_flight":
+        do("attempt", provider, after=rng.uniform(0.01, 2))
+    return [s for s in steps if s[3] != "noop"]
+
+
+def act(messages: dict[int, Message], step: Step) -> Message:
+    now, i, _, action, argument = step
+    if action == "receive":
+        channel, requested = argument
+        messages[i] = Message.receive(
+            message_id=f"m-{i}",
+            channel=channel,
+            to="+4411",
+            body="hi",
+            correlation_id=f"c-{i}",
+            now=now,
+            provider=requested,
+        )
+        return messages[i]
+    message = messages[i]
+    if action == "attempt":
+        message.start_attempt(argument, now=now)
+    elif action == "deliver":
+        message.record_delivery(f"p-{i}", now=now)
+    elif action == "transient":
+        message.record_transient_failure(argument, error="e", policy=POLICY, now=now, status_code=503)
+    elif action == "permanent":
+        message.record_permanent_failure(argument, error="e", now=now, status_code=400)
+    elif action == "retry":
+        message.request_retry("ops", now=now)
+    elif action == "interrupt":
+        message.record_interruption(policy=POLICY, now=now)
+    return message
+
+
+def big_history(db: Db, *, follow: Runners | None = None, count: int = 2000) -> None:
+    """Write the scripted history in time order, 50 steps per commit; ``follow`` tails it meanwhile."""
+    rng = random.Random(20240501)
+    steps = sorted(step for i in range(count) for step in plan(rng, i))
+    messages: dict[int, Message] = {}
+    for n in range(0, len(steps), 50):
+        touched = {id(m): m for m in (act(messages, step) for step in steps[n : n + 50])}
+        db.save(*touched.values())
+        if follow is not None and n % 500 == 0:
+            follow.step()
+
+
+def test_incremental_equals_rebuild_and_nothing_applies_twice(db: Db) -> None:
+    incremental = db.runners(batch=37)
+    big_history(db, follow=incremental)
+    incremental.catch_up()
+    after_catch_up = snapshots(db.engine)
+    assert all(after_catch_up.values())
+
+    assert incremental.catch_up() == 0
+    assert db.runners(batch=37).step() == 0  # another node: nothing left to apply
+    assert snapshots(db.engine) == after_catch_up
+
+    assert db.runners(batch=1000).rebuild() == 2 * len(list(db.store.iter_log()))
+    assert snapshots(db.engine) == after_catch_up
+
+
+def test_shadow_rebuild_swaps_in_the_same_rows_twice_over(db: Db) -> None:
+    big_history(db, count=400)
+    db.runners(batch=37).catch_up()
+    expected = snapshots(db.engine)
+
+    for _ in range(2):
+        for projection in stats_projections():
+            ShadowRebuild(db.store, db.engine, [projection], name=projection.name, batch=101).run()
+        assert snapshots(db.engine) == expected
+    assert db.runners().catch_up() == 0
+
+
+def test_totals_agree_with_the_log(db: Db) -> None:
+    big_history(db)
+    db.runners(batch=37).catch_up()
+    log = [event for _, event in db.store.iter_log()]
+    kinds = Counter(event_type(e) for e in log)
+    failed = [e for e in log if isinstance(e, Message.Failed)]
+    backed_off = [e for e in log if isinstance(e, Message.BackedOff)]
+    hourly = nonzero(db.engine, delivery_stats_hourly, ("hour", "provider", "channel"))
+    total: Counter[str] = Counter()
+    for counters in hourly.values():
+        total.update(counters)
+
+    assert total["received"] == kinds["Received"] == 2000
+    assert total["attempts"] == kinds["Attempted"]
+    assert total["delivered"] == total["latency_count"] == kinds["Delivered"]
+    assert total["backed_off"] == kinds["BackedOff"]
+    assert total["failed_permanent"] == sum(e.permanent for e in failed) > 0
+    assert total["failed_exhausted"] == sum(not e.permanent for e in failed) > 0
+    assert sum(total[c] for c in HISTOGRAM_COLUMNS) == total["latency_count"]
+    assert total["delivered_retried"] == sum(
+        1 for e in log if isinstance(e, Message.Delivered) and e.attempt > 1
+    )
+    assert len({key[0] for key in hourly}) >= 6  # several hours
+    assert set(COUNTER_COLUMNS) <= set(total)
+
+    assert nonzero(db.engine, failures_by_reason, ("day", "provider", "reason")) == reasons_of(log)
+    assert {key[0] for key in reasons_of(log)} == {date(2024, 5, 1), date(2024, 5, 2)}
+    assert len(backed_off) == sum(c.get("backed_off", 0) for c in reasons_of(log).values())
+
+
+def reasons_of(log: list[Any]) -> dict[tuple[Any, ...], dict[str, int]]:
+    """``failures_by_reason`` computed naively from the whole log, event by event."""
+    last_provider: dict[Any, str] = {}
+    rows: dict[tuple[Any, ...], Counter[str]] = {}
+    for event in log:
+        if isinstance(event, Message.Attempted):
+            last_provider[event.originator_id] = event.provider
+        if isinstance(event, Message.Failed | Message.BackedOff):
+            key = (event.timestamp.astimezone(UTC).date(), last_provider[event.originator_id], event.reason)
+            row = rows.setdefault(key, Counter())
+            if isinstance(event, Message.BackedOff):
+                row["backed_off"] += 1
+            else:
+                row.update(["failed", "permanent" if event.permanent else "exhausted"])
+    return {key: dict(row) for key, row in rows.items()}
