@@ -79,6 +79,7 @@ def run_demo(database: Path, messages: int, deadline_s: float = 50.0) -> int:
         runtime.stop(timeout=5)
     _report(runtime, intake, publisher, redriven, time.monotonic() - started)
     _show_history(runtime, ids)
+    _chart(runtime, database.with_name(f"{database.stem}-report.png"))
     store.close()
     return 0 if finished else 1
 
@@ -180,3 +181,18 @@ def _show_history(runtime: Runtime, ids: list[str]) -> None:
     for event in store.history(message.id):
         click.echo(describe(event_record(event)))
     sys.stdout.flush()
+
+
+def _chart(runtime: Runtime, path: Path) -> None:
+    """Draw the report chart of the run, when matplotlib (the ``chart`` extra) is installed."""
+    from datetime import timedelta
+
+    from smeg_actors.report import ChartUnavailableError, draw_chart
+
+    end = utc_now() + timedelta(minutes=1)
+    try:
+        draw_chart(runtime.engine, end - timedelta(hours=3), end, None, path)
+    except ChartUnavailableError as exc:
+        click.echo(f"\n(no chart: {exc})")
+        return
+    click.echo(f"\nreport chart: {path}  (smeg report --chart PATH draws it for any window)")

@@ -6,6 +6,7 @@ and retried on the next ticks, and heartbeats are serviced on every tick.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any
 
@@ -35,6 +36,8 @@ class PublisherActor(Supervised):
         self.publisher, self.children = publisher, children
         self.pending: deque[PublishFailed] = deque()
         self.published = 0
+        self.retry_at = 0.0
+        self.delay = 0.5
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -59,6 +62,8 @@ class PublisherActor(Supervised):
             close()
 
     def _flush(self) -> None:
+        if time.monotonic() < self.retry_at:
+            return
         while self.pending:
             item = self.pending[0]
             with message_context(item.request.message_id, item.request.correlation_id):
@@ -69,8 +74,12 @@ class PublisherActor(Supervised):
                         "failed_publication_deferred",
                         error=str(exc)[:200],
                         queued=len(self.pending),
+                        retry_in_s=self.delay,
                     )
+                    self.retry_at = time.monotonic() + self.delay
+                    self.delay = min(self.delay * 2, 30.0)
                     return
+                self.delay = 0.5
                 log.info("failed_message_published", reason=dict(item.headers).get("x-smeg-reason"))
             self.pending.popleft()
             self.published += 1
