@@ -7,7 +7,6 @@ same objects writes nothing (library-notes G1). Every retry here rebuilds from t
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +28,7 @@ from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import Environment
 from sqlalchemy.engine import make_url
 
+from adapters.group_commit import CommitTimeoutError, GroupCommitter
 from domain.errors import DomainError
 from domain.message import Message
 
@@ -88,6 +88,7 @@ class Outcome:
     conflict: bool = False
     refused: DomainError | None = None
     missing: bool = False
+    error: Exception | None = None
 
     @property
     def saved(self) -> bool:
@@ -142,16 +143,13 @@ class MessageStore:
 
     def __init__(self, url: str, *, recorder: str = CORE, schema: str = "", timeout: float = 15.0) -> None:
         self.url, self.timeout = url, timeout
+        self.committer = GroupCommitter(self._commit)
         env = store_env(url, recorder=recorder, schema=schema)
         env[TIMEOUT_KEY] = str(timeout)
-        try:
-            self.app = Messages(env=env)
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
+        self.app = _open_application(env)
 
     def close(self) -> None:
+        self.committer.close()
         self.app.close()
 
     def ping(self) -> None:
@@ -216,7 +214,13 @@ class MessageStore:
         network that swallows packets); the changes stay replayable, so the caller may simply
         call again: a retry reloads every aggregate from the store.
         """
-        outcomes: list[Outcome] = with_deadline(lambda: self._commit(changes), self.timeout)
+        try:
+            outcomes = self.committer.submit(changes, self.timeout)
+        except CommitTimeoutError as exc:
+            raise StoreUnavailableError(str(exc)) from None
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
         return outcomes
 
     def _commit(self, changes: Sequence[Change]) -> list[Outcome]:
@@ -249,16 +253,18 @@ class MessageStore:
         for change in changes:
             try:
                 message = change.cached if use_cache and change.cached else change.load()
+                change.apply(message)
             except MessageNotFoundError:
                 outcomes.append(Outcome(missing=True))
-                continue
-            try:
-                change.apply(message)
             except DomainError as exc:
                 outcomes.append(Outcome(refused=exc))
-                continue
-            outcomes.append(Outcome(message=message))
-            aggregates.append(message)
+            except StoreError:
+                raise
+            except Exception as exc:
+                outcomes.append(Outcome(error=exc))
+            else:
+                outcomes.append(Outcome(message=message))
+                aggregates.append(message)
         return outcomes, aggregates
 
     def _commit_one(self, change: Change) -> Outcome:
@@ -329,31 +335,20 @@ class BoundedPostgresFactory(PostgresFactory):
         )
 
 
-def with_deadline(operation: Callable[[], Any], timeout: float) -> Any:
-    """Run ``operation`` on a helper thread; StoreUnavailableError if it takes longer than ``timeout``.
-
-    Socket timeouts cannot catch a server that accepts bytes but never answers; this can. A call
-    that overruns is abandoned (its thread ends when the driver gives up): if it committed after
-    all, the caller's retry finds the events there (a conflict, or a refusal by the aggregate).
-    """
-    result: list[Any] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
+def _open_application(env: dict[str, str]) -> Messages:
+    """Open the application; a concurrent first start (two processes creating the tables of a
+    fresh schema at once) loses a race in PostgreSQL's catalog, so that is tried again."""
+    for attempt in range(3):
         try:
-            result.append(operation())
-        except BaseException as exc:
-            failure.append(exc)
-
-    caller = threading.current_thread().name
-    worker = threading.Thread(target=run, name=f"{caller}/store-call", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise StoreUnavailableError(f"no answer from the store within {timeout:g}s")
-    if failure:
-        raise failure[0]
-    return result[0]
+            return Messages(env=env)
+        except StoreError:
+            raise
+        except Exception as exc:
+            racing = "duplicate key" in str(exc) or "already exists" in str(exc)
+            if not racing or attempt == 2:
+                raise StoreUnavailableError(_one_line(exc)) from None
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def retry_until(

@@ -94,7 +94,9 @@ class EventsExchangePublisher:
         record = public_record(event)
         record["message_id"] = self._client_id(event)
         record["aggregate_id"] = str(event.originator_id)
-        channel.basic_publish(
+        # The channel's own publish, without BlockingChannel's flush after every message: the
+        # frames go out together with the transaction's commit (a large saving per event).
+        channel._impl.basic_publish(
             self.topology.events,
             f"message.{record['type'].lower()}",
             json.dumps(record, ensure_ascii=False).encode(),

@@ -7,6 +7,7 @@ a second runner (another node) that applied the same batch first makes ours roll
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -27,7 +28,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from adapters.event_store import MessageStore
 from adapters.sql import metadata
@@ -86,7 +87,7 @@ class ProjectionRunner:
     ) -> None:
         self.store, self.engine, self.projections = store, engine, projections
         self.name, self.batch = name, batch
-        metadata.create_all(engine)
+        create_tables(engine)
 
     def position(self) -> int:
         with self.engine.connect() as connection:
@@ -99,7 +100,10 @@ class ProjectionRunner:
         if not notifications:
             return 0
         events = [self.store.decode(n) for n in notifications]
-        end = notifications[-1].id
+        return self.apply_batch(start, notifications[-1].id, events)
+
+    def apply_batch(self, start: int, end: int, events: Sequence[DomainEvent]) -> int:
+        """Apply ``events`` (positions after ``start`` up to ``end``) and move the position, in one tx."""
         try:
             with self.engine.begin() as connection:
                 if not self._advance(connection, start, end):
@@ -130,6 +134,18 @@ class ProjectionRunner:
         return advance_tracking(connection, self.name, start, end)
 
 
+def create_tables(engine: Engine) -> None:
+    """Create our tables if missing; a concurrent first start by another process is tolerated."""
+    for attempt in range(3):
+        try:
+            metadata.create_all(engine)
+            return
+        except (IntegrityError, ProgrammingError, OperationalError):
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def read_position(connection: Connection, name: str) -> int:
     """The tracked position of ``name`` (0 before its first batch)."""
     value = connection.scalar(select(tracking.c.position).where(tracking.c.projection == name))
@@ -152,6 +168,27 @@ def advance_tracking(connection: Connection, name: str, start: int, end: int) ->
         .values(position=end)
     )
     return result.rowcount == 1
+
+
+def step_together(store: MessageStore, runners: Sequence[ProjectionRunner], batch: int = 1000) -> int:
+    """One batch for several runners with one read and one decode of the log.
+
+    Each runner still applies and advances in its own transaction, from its own position.
+    Returns how many events the furthest-behind runner applied.
+    """
+    positions = [runner.position() for runner in runners]
+    start = min(positions, default=0)
+    notifications = store.read_log(start, batch)
+    if not notifications:
+        return 0
+    decoded = [(n.id, store.decode(n)) for n in notifications]
+    end = notifications[-1].id
+    applied = 0
+    for runner, position in zip(runners, positions, strict=True):
+        events = [event for at, event in decoded if at > position]
+        if events:
+            applied = max(applied, runner.apply_batch(position, end, events))
+    return applied
 
 
 class ShadowRebuild:

@@ -243,11 +243,11 @@ class _MessageInfo:
 
     def __init__(self, table: Table, connection: Connection, events: Sequence[DomainEvent]) -> None:
         self.table = table
-        ids = {e.originator_id for e in events}
-        query = select(table).where(table.c.id.in_(ids))
-        self.rows: dict[UUID, dict[str, Any]] = {
-            row.id: dict(row._mapping) for row in connection.execute(query)
-        }
+        self.rows: dict[UUID, dict[str, Any]] = {}
+        ids = {e.originator_id for e in events} - _received_in(events)
+        if ids:
+            query = select(table).where(table.c.id.in_(ids))
+            self.rows = {row.id: dict(row._mapping) for row in connection.execute(query)}
         self.changed: set[UUID] = set()
 
     def observe(self, event: DomainEvent) -> dict[str, Any]:
@@ -276,6 +276,11 @@ class _MessageInfo:
             set_={c: statement.excluded[c] for c in ("channel", "received_at", "provider")},
         )
         connection.execute(statement, [self.rows[key] for key in sorted(self.changed)])
+
+
+def _received_in(events: Sequence[DomainEvent]) -> set[UUID]:
+    """Messages born in this batch: nothing about them can be in the tables yet."""
+    return {e.originator_id for e in events if isinstance(e, Message.Received)}
 
 
 def _count_latency(counts: Counter[str], latency: timedelta) -> None:

@@ -70,11 +70,12 @@ class MessageStatusProjection:
         return MessageStatusProjection(tables[self.table.name])
 
     def apply(self, connection: Connection, events: Sequence[DomainEvent]) -> None:
-        ids = {e.originator_id for e in events}
-        rows: dict[UUID, dict[str, Any]] = {
-            row.id: dict(row._mapping)
-            for row in connection.execute(select(self.table).where(self.table.c.id.in_(ids)))
-        }
+        born = {e.originator_id for e in events if isinstance(e, Message.Received)}
+        ids = {e.originator_id for e in events} - born
+        rows: dict[UUID, dict[str, Any]] = {}
+        if ids:
+            query = select(self.table).where(self.table.c.id.in_(ids))
+            rows = {row.id: dict(row._mapping) for row in connection.execute(query)}
         for event in events:
             _fold(rows, event)
         if rows:

@@ -214,8 +214,17 @@ class Runtime:
 
     def _specs(self) -> list[ChildSpec]:
         s, children, clock = self.settings, self.children, self.clock
-        specs = [
-            ChildSpec("projector", lambda sup: ProjectorActor.start("projector", sup, runners=self.runners)),
+        inline = s.projector == "inline"
+        specs = (
+            [
+                ChildSpec(
+                    "projector", lambda sup: ProjectorActor.start("projector", sup, runners=self.runners)
+                ),
+            ]
+            if inline
+            else []
+        )
+        specs += [
             ChildSpec(
                 "scheduler",
                 lambda sup: SchedulerActor.start(
@@ -257,7 +266,7 @@ class Runtime:
                 ),
             )
         )
-        if self.events is not None:
+        if self.events is not None and inline:
             events = self.events
             specs.append(
                 ChildSpec("gateway", lambda sup: GatewayActor.start("gateway", sup, publisher=events))

@@ -348,19 +348,28 @@ def runners_ready(store: MessageStore, engine: Any) -> list[Any]:
 @projections.command("run")
 @click.pass_context
 def projections_run(ctx: click.Context) -> None:
-    """Keep the read models up to date until SIGTERM/SIGINT (standalone runner)."""
+    """Keep the read models and the events exchange up to date until SIGTERM/SIGINT.
+
+    Pair it with SMEG_PROJECTOR=external on the ``smeg run`` processes to give the delivery
+    pipeline a core of its own.
+    """
     import signal
     import threading
 
+    from adapters.events_exchange import EventsExchangePublisher
+    from adapters.rabbitmq import Topology
     from smeg_actors.read_models import run_forever
 
-    store, engine = _store_and_engine(_settings(ctx))
+    settings = _settings(ctx)
+    store, engine = _store_and_engine(settings)
+    events = EventsExchangePublisher(store, engine, settings.amqp_url, Topology(settings.queue_prefix))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        run_forever(runners_ready(store, engine), stop)
+        run_forever(store, runners_ready(store, engine), events, stop)
     finally:
+        events.close()
         store.close()
         engine.dispose()
 

@@ -48,6 +48,7 @@ class Settings(BaseModel):
     max_in_flight: int = Field(default=2000, ge=1)
     provider_concurrency: int = Field(default=256, ge=1, le=4096)
     redrive_rate: float = Field(default=20.0, gt=0)
+    projector: Literal["inline", "external"] = "inline"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -7,6 +7,7 @@ was seen before hits the store's uniqueness, is acked and ignored, and is never 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pykka
@@ -64,7 +65,8 @@ class IntakeActor(Supervised):
         return None
 
     def _record(self, deliveries: tuple[Delivery, ...]) -> None:
-        changes = [Change(load=self._receiver(d.request)) for d in deliveries]
+        now = self.clock()
+        changes = [Change(load=self._receiver(d.request, now)) for d in deliveries]
         try:
             outcomes = retry_until(
                 lambda: self.store.commit(changes),
@@ -88,7 +90,7 @@ class IntakeActor(Supervised):
         if ready:
             self.children.tell("dispatcher", DeliverMessages(tuple(ready)))
 
-    def _receiver(self, request: SendRequest) -> Callable[[], Message]:
+    def _receiver(self, request: SendRequest, now: datetime) -> Callable[[], Message]:
         def receive() -> Message:
             return Message.receive(
                 message_id=request.message_id,
@@ -96,7 +98,7 @@ class IntakeActor(Supervised):
                 to=request.to,
                 body=request.body,
                 correlation_id=request.correlation_id,
-                now=self.clock(),
+                now=now,
                 sender=request.sender,
                 metadata=request.metadata,
                 provider=request.provider,

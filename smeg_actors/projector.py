@@ -7,7 +7,7 @@ from typing import Any
 import pykka
 import structlog
 
-from adapters.projections import ProjectionRunner
+from adapters.projections import ProjectionRunner, step_together
 from smeg_actors.messages import Tick
 from smeg_actors.supervisor import Supervised
 
@@ -48,10 +48,9 @@ class ProjectorActor(Supervised):
 
     def _step(self) -> None:
         try:
-            for runner in self.runners:
-                for _ in range(self.max_batches):
-                    if not runner.step():
-                        break
+            for _ in range(self.max_batches):
+                if not step_together(self.runners[0].store, self.runners):
+                    break
         except Exception as exc:
             if not self.failing:
                 log.warning("projection_step_failed", error=f"{type(exc).__name__}: {exc}"[:300])

@@ -7,13 +7,17 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import structlog
 from sqlalchemy import Engine
 
 from adapters.event_store import MessageStore
 from adapters.events_exchange import TRACKING_NAME as EVENTS_TRACKING
-from adapters.projections import Projection, ProjectionRunner, read_position
+from adapters.events_exchange import EventsExchangePublisher
+from adapters.projections import Projection, ProjectionRunner, read_position, step_together
 from adapters.stats_view import stats_projections
 from adapters.status_view import MessageStatusProjection
+
+log = structlog.get_logger(__name__)
 
 
 def all_projections() -> list[Projection]:
@@ -54,10 +58,27 @@ def follower_status(store: MessageStore, engine: Engine) -> list[FollowerStatus]
     return rows
 
 
-def run_forever(runners: list[ProjectionRunner], stop: threading.Event, interval: float = 0.1) -> None:
-    """Apply new events until ``stop`` is set."""
+def run_forever(
+    store: MessageStore,
+    runners: list[ProjectionRunner],
+    events: EventsExchangePublisher | None,
+    stop: threading.Event,
+    interval: float = 0.1,
+) -> None:
+    """Apply new events to the read models and publish them, until ``stop`` is set.
+
+    A broker failure pauses publication (2 s) without stopping the read models.
+    """
+    publish_after = 0.0
     while not stop.is_set():
-        if not sum(runner.step() for runner in runners):
+        busy = step_together(store, runners, batch=2000)
+        if events is not None and time.monotonic() >= publish_after:
+            try:
+                busy += events.publish_pending()
+            except Exception as exc:
+                log.warning("events_publication_deferred", error=f"{type(exc).__name__}: {exc}"[:300])
+                publish_after = time.monotonic() + 2.0
+        if not busy:
             stop.wait(interval)
 
 

@@ -34,7 +34,8 @@ class SchedulerActor(Supervised):
     Args:
         store: to look at recovered messages.
         engine: where ``message_status`` lives.
-        catch_up: brings the read model up to the log's head before a rebuild.
+        catch_up: brings the read model up to the log's head before the start-up rebuild (later,
+            the projector keeps it current).
         children: refs of the dispatcher.
         clock: UTC now.
         stale_after: an attempt older than this with no outcome is deemed interrupted.
@@ -67,6 +68,10 @@ class SchedulerActor(Supervised):
         self.next_sweep = datetime.min.replace(tzinfo=clock().tzinfo)
 
     def on_start(self) -> None:
+        try:
+            self.catch_up()
+        except Exception as exc:
+            log.warning("status_catch_up_failed", error=f"{type(exc).__name__}: {exc}"[:300])
         self._adopt(before=None)
 
     def on_receive(self, message: Any) -> Any:
@@ -119,7 +124,6 @@ class SchedulerActor(Supervised):
     def _adopt(self, *, before: datetime | None) -> None:
         self.next_sweep = self.clock() + self.sweep_every
         try:
-            self.catch_up()
             found = unfinished(self.engine, stale_after=self.stale_after, before=before)
         except Exception as exc:
             log.warning("pending_rebuild_failed", error=f"{type(exc).__name__}: {exc}"[:300])

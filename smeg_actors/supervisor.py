@@ -74,7 +74,8 @@ class Supervised(pykka.ThreadingActor):
         exception_value: BaseException | None,
         traceback_: TracebackType | None,
     ) -> None:
-        error = f"{exception_type.__name__ if exception_type else '?'}: {exception_value}"
+        first_line = (str(exception_value).strip().splitlines() or [""])[0]
+        error = f"{exception_type.__name__ if exception_type else '?'}: {first_line}"
         log.error(
             "actor_crashed",
             actor=self.name,
@@ -166,9 +167,18 @@ class SupervisorActor(pykka.ThreadingActor):
                 period_s=self.period,
             )
             self.stopping = True
-            self.escalate(f"{name} crashed {len(self.restarts)} times in {self.period:g}s: {error}")
+            self.escalate(
+                f"{name} crashed {len(self.restarts)} times in {self.period:g}s: {error.splitlines()[0]}"
+            )
             return
-        self.children.set(name, self.specs[name].start(self.actor_ref))
+        try:
+            self.children.set(name, self.specs[name].start(self.actor_ref))
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            log.critical("child_restart_failed", child=name, error=f"{type(exc).__name__}: {reason}")
+            self.stopping = True
+            self.escalate(f"{name} could not be restarted: {type(exc).__name__}: {reason}")
+            return
         self.restart_counts[name] = self.restart_counts.get(name, 0) + 1
         log.warning("child_restarted", child=name, error=error, restarts=self.restart_counts[name])
         self.on_restart(name)

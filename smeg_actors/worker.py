@@ -20,7 +20,7 @@ import structlog
 from adapters.event_store import Change, MessageStore, Outcome, StoreUnavailableError, retry_until
 from domain.backoff import BackoffPolicy
 from domain.errors import AttemptOutcomePendingError, RetryNotDueError
-from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, Message
+from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, INTERRUPTED, Message
 from domain.ports import (
     OutboundMessage,
     PermanentDeliveryError,
@@ -101,7 +101,8 @@ class WorkerActor(Supervised):
                 log.warning("unknown_message_dropped", message=repr(message))
 
     def _deliver(self, items: tuple[WorkItem, ...]) -> None:
-        started = self._commit([self._begin_change(item) for item in items])
+        now = self.clock()
+        started = self._commit([self._begin_change(item, now) for item in items])
         if started is None:
             return
         attempts = []
@@ -113,16 +114,16 @@ class WorkerActor(Supervised):
         if not attempts:
             return
         results = self._call_all(attempts)
+        now = self.clock()
         finished = self._commit(
-            [self._outcome_change(m, r, ms) for m, (r, ms) in zip(attempts, results, strict=True)]
+            [self._outcome_change(m, r, ms, now) for m, (r, ms) in zip(attempts, results, strict=True)]
         )
         if finished is not None:
             for outcome in finished:
                 self._after(outcome)
 
-    def _begin_change(self, item: WorkItem) -> Change:
+    def _begin_change(self, item: WorkItem, now: datetime) -> Change:
         def begin(message: Message) -> None:
-            now = self.clock()
             if message.status == IN_FLIGHT:
                 stale_at = (message.attempted_at or now) + timedelta(seconds=self.stale_after)
                 if now < stale_at:
@@ -173,9 +174,8 @@ class WorkerActor(Supervised):
             result = TransientDeliveryError(f"provider error: {type(exc).__name__}")
         return result, round((time.perf_counter() - started) * 1000, 3)
 
-    def _outcome_change(self, message: Message, result: Result, latency_ms: float) -> Change:
+    def _outcome_change(self, message: Message, result: Result, latency_ms: float, now: datetime) -> Change:
         def record(target: Message) -> None:
-            now = self.clock()
             if isinstance(result, ProviderReceipt):
                 target.record_delivery(result.provider_message_id, now=now, latency_ms=latency_ms)
             elif isinstance(result, PermanentDeliveryError):
@@ -217,7 +217,7 @@ class WorkerActor(Supervised):
             self.children.tell("scheduler", ScheduleRetry(message.id, message.retry_at))
         elif message.status == FAILED:
             self.children.tell("publisher", PublishFailed(_request(message), _failed_headers(message)))
-        elif message.status == DELIVERED and message.attempts > 1:
+        elif message.status == DELIVERED and message.attempts > 1 and message.last_error != INTERRUPTED:
             self.children.tell_quietly("redriver", ProviderRecovered(message.last_provider or ""))
 
     def _commit(self, changes: list[Change]) -> list[Outcome] | None:
