@@ -250,3 +250,25 @@ def test_store_lost_while_running_exits_6_and_acks_nothing_undurable(
     again.process.send_signal(signal.SIGTERM)
     assert again.wait(timeout=40) == 0
     store.close()
+
+
+def test_queue_deleted_under_the_consumer_makes_run_exit_4(
+    tmp_path: Path, stub: StubProvider, e2e_prefix: str, start_smeg: Any
+) -> None:
+    # Given a running smeg
+    env = smeg_env(
+        SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/smeg.db",
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=stub.url,
+    )
+    smeg = start_smeg(env)
+    smeg.wait_for_log("runtime_started")
+    # When the broker cancels its consumer (the queue is deleted by an operator)
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(env["SMEG_AMQP_URL"]))
+    connection.channel().queue_delete(f"{e2e_prefix}.send")
+    connection.close()
+    # Then it does not live on consuming nothing: exit 4
+    assert smeg.wait(timeout=30) == 4
+    assert "consumer" in smeg.output()

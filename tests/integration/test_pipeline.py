@@ -291,3 +291,55 @@ def test_events_exchange_receives_every_lifecycle_event_in_order(
     assert "body" not in bodies[0] and bodies[0]["to"] == "+44******0123"
     ids = {p.message_id for _m, p, _b in received}
     assert len(ids) == 5
+
+
+def test_auto_redrive_retries_exhausted_failures_once_the_provider_delivers_again(
+    tmp_path: Path, amqp_url: str, prefix: str, rabbit: Any
+) -> None:
+    # Given a message that exhausts its attempts while the provider is down
+    provider = FakeProvider(
+        scripts={"down-1": ["transient", "transient", "transient", "ok"], "up-1": ["transient", "ok"]}
+    )
+    url = f"sqlite:///{tmp_path}/redrive.db"
+    settings = Settings(
+        database_url=url,
+        amqp_url=amqp_url,
+        queue_prefix=prefix,
+        workers=2,
+        backoff_initial=0.1,
+        backoff_factor=2,
+        max_attempts=3,
+        redrive_rate=50,
+    )
+    store = MessageStore(url)
+    topology = Topology(prefix)
+    intake = RabbitIntake(amqp_url, topology, heartbeat=10, known_providers={provider.name})
+    runtime = Runtime(
+        settings,
+        store=store,
+        intake=intake,
+        publisher=RabbitFailurePublisher(amqp_url, topology),
+        providers={provider.name: provider},
+        redrive=True,
+    )
+    intake.hold = runtime.hold_intake
+    runtime.start()
+    try:
+        pipeline = Pipeline(runtime, store, provider)
+        publish(rabbit, prefix, request("down-1"))
+        assert pipeline.wait_final("down-1").status == FAILED
+        # When another message is delivered after a retry (the provider works again)
+        publish(rabbit, prefix, request("up-1"))
+        assert pipeline.wait_final("up-1").status == DELIVERED
+        # Then the exhausted one is redriven from the failed queue and delivered
+        deadline = time.monotonic() + 20
+        while pipeline.status("down-1") != DELIVERED and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pipeline.status("down-1") == DELIVERED
+        kinds = [type(e).__name__ for e in pipeline.events("down-1")]
+        assert kinds.count("RetryRequested") == 1
+        retry = next(e for e in pipeline.events("down-1") if isinstance(e, Message.RetryRequested))
+        assert retry.requested_by == "auto-redrive"
+    finally:
+        runtime.stop(timeout=5)
+        store.close()
