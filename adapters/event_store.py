@@ -15,13 +15,14 @@ from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import (
     IntegrityError,
     JSONTranscoder,
     Notification,
     PersistenceError,
+    Recording,
     Transcoding,
 )
 from eventsourcing.postgres import PostgresFactory
@@ -56,6 +57,22 @@ class Messages(Application[UUID]):
     """The eventsourcing application holding every Message aggregate."""
 
     name = "messages"
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """``Application.save`` for Message aggregates only, without its per-object checks.
+
+        The library tests each object against two runtime-checkable Protocols, which cost about
+        a fifth of the write path's CPU here; every object we save is a Message.
+        """
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        for message in objs:
+            processing_event.events.extend(message.collect_events())
+            processing_event.aggregates[message.id] = message
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        return recordings
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)

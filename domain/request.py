@@ -76,8 +76,9 @@ def parse_send_request(raw: bytes, *, correlation_id: str | None = None) -> Send
     if unknown:
         raise InvalidRequestError(f"unknown field: {unknown[0]}")
     channel = _channel(data.get("channel"))
+    message_id = _message_id(data.get("message_id"))
     return SendRequest(
-        message_id=_message_id(data.get("message_id")),
+        message_id=message_id,
         channel=channel,
         to=_recipient(channel, data.get("to")),
         body=_body(data.get("body")),
