@@ -22,9 +22,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from adapters.event_store import MessageStore
-from adapters.projections import advance_tracking, read_position, tracking
+from adapters.projections import advance_tracking, create_tables, read_position
 from adapters.rabbitmq import BrokerUnavailableError, Topology, connect, describe_error
-from adapters.sql import metadata
 from domain.audit import public_record
 from domain.message import Message
 
@@ -51,7 +50,7 @@ class EventsExchangePublisher:
         self.names: OrderedDict[UUID, str] = OrderedDict()
         self.channel: BlockingChannel | None = None
         self.connection: pika.BlockingConnection | None = None
-        metadata.create_all(engine, tables=[tracking])
+        create_tables(engine)
 
     def position(self) -> int:
         with self.engine.connect() as connection:

@@ -474,6 +474,10 @@ def run_smeg(scenario: Scenario, store: str, args: argparse.Namespace, run_id: s
             SMEG_PROJECTOR=args.projector,
         )
         result.config += f" SMEG_PROJECTOR={args.projector}"
+        for pair in args.smeg_env:
+            key, _, value = pair.partition("=")
+            env[key] = value
+            result.config += f" {key}={value}"
         if scenario.backoff_initial is not None:
             env["SMEG_BACKOFF_INITIAL"] = str(scenario.backoff_initial)
             result.config += f" SMEG_BACKOFF_INITIAL={scenario.backoff_initial:g}"
@@ -819,6 +823,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=",".join(SCENARIOS),
     )
     parser.add_argument("--skip-dramatiq", action="store_true", help="measure smeg only")
+    parser.add_argument(
+        "--smeg-env",
+        action="append",
+        default=[],
+        metavar="SMEG_X=V",
+        help="extra setting for smeg run (repeatable), e.g. SMEG_PREFETCH=2000",
+    )
     parser.add_argument(
         "--projector",
         choices=["inline", "external"],

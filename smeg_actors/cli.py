@@ -448,7 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("SMEG_DEBUG"):
             raise
-        click.echo(f"smeg: internal error: {type(exc).__name__}: {exc} (SMEG_DEBUG=1 for details)", err=True)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        click.echo(
+            f"smeg: internal error: {type(exc).__name__}: {first} (SMEG_DEBUG=1 for details)", err=True
+        )
         return EXIT_REFUSED
     return result if isinstance(result, int) else EXIT_OK
 
