@@ -272,3 +272,61 @@ def test_queue_deleted_under_the_consumer_makes_run_exit_4(
     # Then it does not live on consuming nothing: exit 4
     assert smeg.wait(timeout=30) == 4
     assert "consumer" in smeg.output()
+
+
+def test_external_projector_keeps_read_models_and_events_while_run_only_delivers(
+    tmp_path: Path, stub: StubProvider, e2e_prefix: str, start_smeg: Any
+) -> None:
+    # Given smeg run without read models, and a separate projections runner
+    import pika
+    from sqlalchemy import func, select
+
+    from adapters.sql import make_engine
+    from adapters.status_view import message_status
+
+    db = f"sqlite:///{tmp_path}/smeg.db"
+    env = smeg_env(
+        SMEG_DATABASE_URL=db,
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=stub.url,
+        SMEG_PROJECTOR="external",
+    )
+    connection = pika.BlockingConnection(pika.URLParameters(env["SMEG_AMQP_URL"]))
+    channel = connection.channel()
+    channel.exchange_declare(f"{e2e_prefix}.events", exchange_type="topic", durable=True)
+    events_queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(events_queue, f"{e2e_prefix}.events", routing_key="message.delivered")
+    run = start_smeg(env)
+    run.wait_for_log("runtime_started")
+    projections = start_smeg(env, "projections", "run")
+    # When
+    ids = [f"ext-{i}" for i in range(50)]
+    publish_requests(e2e_prefix, ids)
+    # Then every message is delivered, counted in message_status and announced on the exchange
+    store = MessageStore(db)
+    wait_all_final(store, ids, timeout=30)
+    engine = make_engine(db)
+    deadline = time.monotonic() + 20
+    delivered = 0
+    while time.monotonic() < deadline and delivered < 50:
+        with engine.connect() as db_connection:
+            delivered = db_connection.scalar(
+                select(func.count()).select_from(message_status).where(message_status.c.status == "delivered")
+            )
+        time.sleep(0.1)
+    assert delivered == 50
+    announced = 0
+    while time.monotonic() < deadline and announced < 50:
+        method, _properties, _body = channel.basic_get(events_queue, auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+        else:
+            announced += 1
+    assert announced == 50
+    assert "projection_caught_up" not in run.output()
+    connection.close()
+    for process in (run, projections):
+        process.process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=40) == 0
+    engine.dispose()
+    store.close()
