@@ -190,6 +190,20 @@ class Message(Aggregate):
         """Delivered, or Failed and not yet retried."""
         return self.status in (DELIVERED, FAILED)
 
+    def due_at(self, stale_after: float) -> datetime | None:
+        """When this message should next be looked at; None once it is final.
+
+        Backed off: at ``retry_at``. In flight: when the attempt turns stale (its process may have
+        died). Received or retried: at once (its creation time, which is past).
+        """
+        if self.status == BACKED_OFF:
+            return self.retry_at
+        if self.status == IN_FLIGHT and self.attempted_at is not None:
+            return self.attempted_at + timedelta(seconds=stale_after)
+        if self.is_final:
+            return None
+        return self.created_on
+
     def start_attempt(self, provider: str, *, now: datetime) -> None:
         """Record that an attempt begins now; refused while one is in flight or before ``retry_at``."""
         self._check_not_final()

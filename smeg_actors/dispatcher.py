@@ -92,7 +92,8 @@ class DispatcherActor(Supervised):
             worker = min(self.workers, key=lambda w: len(self.held[w]))
             if len(self.held[worker]) >= self.batches_per_worker:
                 return
-            share = -(-len(self.queue) // len(self.workers))
+            free = sum(max(0, self.batches_per_worker - len(self.held[w])) for w in self.workers)
+            share = -(-len(self.queue) // max(free, 1))
             size = min(self.batch_size, share, len(self.queue))
             batch = tuple(self._take() for _ in range(size))
             self.held[worker].append(tuple(item.id for item in batch))

@@ -23,7 +23,6 @@ from adapters.status_view import unfinished
 from smeg_actors.clock import Clock
 from smeg_actors.messages import DeliverMessages, Recover, ScheduleRetry, Tick, WorkItem
 from smeg_actors.supervisor import Children, Supervised
-from smeg_actors.worker import due_time
 
 log = structlog.get_logger(__name__)
 
@@ -117,7 +116,7 @@ class SchedulerActor(Supervised):
             log.warning("recovery_deferred", aggregate_id=str(aggregate_id), error=str(exc))
             self._push(aggregate_id, self.clock() + timedelta(seconds=5))
             return
-        due = due_time(message, self.stale_after)
+        due = message.due_at(self.stale_after)
         if due is not None:
             self._push(aggregate_id, due)
 

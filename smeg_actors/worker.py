@@ -264,14 +264,3 @@ def _failed_headers(message: Message) -> tuple[tuple[str, str], ...]:
         ("x-smeg-permanent", "true" if message.permanent else "false"),
         ("x-smeg-provider", message.last_provider or ""),
     )
-
-
-def due_time(message: Message, stale_after: float) -> datetime | None:
-    """When a non-final message should next be looked at (None for final ones)."""
-    if message.status == BACKED_OFF:
-        return message.retry_at
-    if message.status == IN_FLIGHT and message.attempted_at is not None:
-        return message.attempted_at + timedelta(seconds=stale_after)
-    if message.is_final:
-        return None
-    return message.created_on

@@ -959,3 +959,18 @@ class MessageCommands(RuleBasedStateMachine):
 
 MessageCommands.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 TestAnyAcceptedCommandSequenceFollowsTheRules = MessageCommands.TestCase
+
+
+def test_due_at_says_when_a_message_should_next_be_looked_at():
+    start = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+    message = Message.receive(
+        message_id="due-1", channel="sms", to="+441234560123", body="x", correlation_id="c", now=start
+    )
+    assert message.due_at(30) == start
+    message.start_attempt("p", now=start)
+    assert message.due_at(30) == start + timedelta(seconds=30)
+    message.record_transient_failure("http 503", error="E", policy=BackoffPolicy(initial=60), now=start)
+    assert message.due_at(30) == start + timedelta(seconds=60)
+    message.start_attempt("p", now=start + timedelta(seconds=60))
+    message.record_delivery("pid", now=start + timedelta(seconds=61))
+    assert message.due_at(30) is None
