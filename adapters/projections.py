@@ -206,10 +206,11 @@ class ShadowRebuild:
         engine: Engine,
         projections: Sequence[Projection],
         *,
-        name: str = "read_models",
-        batch: int = 5000,
+        name: str | None = None,
+        batch: int = 20_000,
     ) -> None:
-        self.store, self.engine, self.name, self.batch = store, engine, name, batch
+        self.store, self.engine, self.batch = store, engine, batch
+        self.names = [name] if name else [projection.name for projection in projections]
         self.token = uuid.uuid4().hex[:8]
         self.shadow_metadata = MetaData()
         self.shadows = {
@@ -222,7 +223,7 @@ class ShadowRebuild:
             store,
             engine,
             [projection.retarget(self.shadows) for projection in projections],
-            name=f"{name}__rebuild",
+            name=f"{name or 'all'}__rebuild",
             batch=batch,
         )
 
@@ -252,8 +253,9 @@ class ShadowRebuild:
                 connection.execute(text(f'ALTER TABLE {prefix}"{shadow}" RENAME TO "{table.name}"'))
                 connection.execute(text(f'DROP TABLE {prefix}"{old}"'))
             connection.execute(tracking.delete().where(tracking.c.projection == self.runner.name))
-            connection.execute(tracking.delete().where(tracking.c.projection == self.name))
-            connection.execute(insert(tracking).values(projection=self.name, position=position))
+            for name in self.names:
+                connection.execute(tracking.delete().where(tracking.c.projection == name))
+                connection.execute(insert(tracking).values(projection=name, position=position))
 
 
 def _shadow(table: Table, token: str, metadata: MetaData) -> Table:

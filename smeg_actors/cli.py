@@ -391,23 +391,22 @@ def projections_rebuild(ctx: click.Context, name: str | None) -> None:
     store, engine = _store_and_engine(_settings(ctx))
     try:
         runners_ready(store, engine)
+        started = time.monotonic()
+        label = name or "all read models"
+
+        def progress(done: int, head: int) -> None:
+            width = 30
+            filled = width * done // max(head, 1)
+            bar = "#" * filled + "-" * (width - filled)
+            click.echo(
+                f"\r{label:<24} [{bar}] {done}/{head} events, {rate(done, started):,.0f} events/s",
+                nl=False,
+                err=True,
+            )
+
+        applied = ShadowRebuild(store, engine, chosen, name=name).run(progress)
+        click.echo("", err=True)
         for projection in chosen:
-            started = time.monotonic()
-
-            def progress(
-                done: int, head: int, started: float = started, label: str = projection.name
-            ) -> None:
-                width = 30
-                filled = width * done // max(head, 1)
-                bar = "#" * filled + "-" * (width - filled)
-                click.echo(
-                    f"\r{label:<24} [{bar}] {done}/{head} events, {rate(done, started):,.0f} events/s",
-                    nl=False,
-                    err=True,
-                )
-
-            applied = ShadowRebuild(store, engine, [projection], name=projection.name).run(progress)
-            click.echo("", err=True)
             click.echo(
                 f"rebuilt {projection.name}: {applied} events in {time.monotonic() - started:.1f}s"
                 f" ({rate(applied, started):,.0f} events/s)"
