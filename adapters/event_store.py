@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
@@ -397,10 +396,6 @@ def retry_until(
 def event_type(event: DomainEvent) -> str:
     """The event's domain name (``Received``, ``Attempted`` …)."""
     return type(event).__name__
-
-
-def event_time(event: DomainEvent) -> datetime:
-    return event.timestamp
 
 
 def _one_line(exc: BaseException) -> str:
