@@ -17,7 +17,8 @@ import pykka
 import structlog
 
 from adapters.event_store import MessageNotFoundError, MessageStore
-from adapters.rabbitmq import FailedQueueReader, Topology
+from adapters.rabbitmq import Topology
+from adapters.rabbitmq_failed import FailedQueueReader
 from domain.errors import InvalidRequestError
 from domain.message import Message
 from domain.request import parse_send_request

@@ -10,7 +10,9 @@ from sqlalchemy import Engine
 from adapters.event_store import MessageStore
 from adapters.events_exchange import EventsExchangePublisher
 from adapters.providers import build_provider
-from adapters.rabbitmq import RabbitFailurePublisher, RabbitIntake, Topology
+from adapters.rabbitmq import Topology
+from adapters.rabbitmq_failed import RabbitFailurePublisher
+from adapters.rabbitmq_intake import RabbitIntake
 from adapters.sql import make_engine
 from domain.ports import Provider
 from smeg_actors.bootstrap import Runtime

@@ -14,7 +14,9 @@ import pytest
 
 from adapters.event_store import MessageNotFoundError, MessageStore
 from adapters.events_exchange import EventsExchangePublisher
-from adapters.rabbitmq import RabbitFailurePublisher, RabbitIntake, Topology
+from adapters.rabbitmq import Topology
+from adapters.rabbitmq_failed import RabbitFailurePublisher
+from adapters.rabbitmq_intake import RabbitIntake
 from adapters.sql import make_engine
 from domain.message import DELIVERED, FAILED, Message
 from smeg_actors.bootstrap import Runtime

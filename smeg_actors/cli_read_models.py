@@ -1,0 +1,210 @@
+"""The read-model commands: ``audit replay``, ``report`` and ``projections status|run|rebuild``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from adapters.event_store import MessageNotFoundError, MessageStore
+from smeg_actors.cli_support import CommandError, open_store, parse_time, settings_of
+from smeg_actors.config import Settings
+from smeg_actors.exit_codes import EXIT_CONFIG
+
+
+@click.command("replay")
+@click.argument("message_id")
+@click.option("--at", "at", required=True, help="ISO 8601: show the state as it was then.")
+@click.option("--json", "as_json", is_flag=True, help="JSON object.")
+@click.pass_context
+def audit_replay(ctx: click.Context, message_id: str, at: str, as_json: bool) -> None:
+    """Replay a message's events up to a moment and show its state then."""
+    from domain.request import mask_address
+
+    moment = parse_time(at, "--at")
+    assert moment is not None
+    store = open_store(settings_of(ctx))
+    try:
+        current = store.get_by_message_id(message_id)
+        events = [e for e in store.history(current.id) if e.timestamp <= moment]
+        if not events:
+            raise CommandError(f"message {message_id} did not exist yet at {moment.isoformat()}")
+        state = store.get_at_version(current.id, events[-1].originator_version)
+    except MessageNotFoundError:
+        raise CommandError(f"unknown message id: {message_id}") from None
+    finally:
+        store.close()
+    record = {
+        "message_id": message_id,
+        "at": moment.isoformat(),
+        "version": state.version,
+        "last_event": type(events[-1]).__name__,
+        "status": state.status,
+        "attempts": state.attempts,
+        "cycle_attempts": state.cycle_attempts,
+        "retry_at": state.retry_at.isoformat() if state.retry_at else None,
+        "last_provider": state.last_provider,
+        "last_error": state.last_error,
+        "permanent": state.permanent,
+        "provider_message_id": state.provider_message_id,
+        "channel": state.channel,
+        "to": state.to,
+        "correlation_id": state.correlation_id,
+    }
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    record["to"] = mask_address(state.to)
+    for key, value in record.items():
+        click.echo(f"{key:<20} {value}")
+
+
+@click.command()
+@click.option("--since", default=None, help="ISO 8601 (default: 24 h before --until).")
+@click.option("--until", default=None, help="ISO 8601 (default: now).")
+@click.option("--provider", default=None, help="Only this provider.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
+)
+@click.option("--chart", "chart", default=None, help="Also draw a PNG chart to this path.")
+@click.pass_context
+def report(
+    ctx: click.Context,
+    since: str | None,
+    until: str | None,
+    provider: str | None,
+    fmt: str,
+    chart: str | None,
+) -> None:
+    """Delivery totals, rates, latency percentiles and top failure reasons, from the read models."""
+    from datetime import timedelta
+
+    from smeg_actors.report import ChartUnavailableError, build_report, draw_chart, render
+
+    end = parse_time(until, "--until") or datetime.now(timezone.utc)
+    start = parse_time(since, "--since") or end - timedelta(hours=24)
+    store, engine = _store_and_engine(settings_of(ctx))
+    try:
+        for runner in runners_ready(store, engine):
+            runner.catch_up()
+        click.echo(render(build_report(engine, start, end, provider), fmt))
+        if chart:
+            try:
+                path = draw_chart(engine, start, end, provider, chart)
+            except ChartUnavailableError as exc:
+                raise CommandError(str(exc), EXIT_CONFIG) from None
+            click.echo(f"chart written to {path}", err=True)
+    finally:
+        store.close()
+        engine.dispose()
+
+
+@click.group()
+def projections() -> None:
+    """Read models that follow the event log."""
+
+
+def _store_and_engine(settings: Settings) -> tuple[MessageStore, Any]:
+    from smeg_actors.wiring import open_engine
+
+    return open_store(settings), open_engine(settings)
+
+
+@projections.command("status")
+@click.pass_context
+def projections_status(ctx: click.Context) -> None:
+    """Each follower's position and lag (events, seconds)."""
+    from smeg_actors.read_models import follower_status
+
+    store, engine = _store_and_engine(settings_of(ctx))
+    try:
+        runners_ready(store, engine)
+        rows = follower_status(store, engine)
+    finally:
+        store.close()
+        engine.dispose()
+    click.echo(f"{'follower':<26} {'position':>10} {'head':>10} {'lag events':>11} {'lag s':>8}")
+    for row in rows:
+        click.echo(
+            f"{row.name:<26} {row.position:>10} {row.head:>10} {row.lag_events:>11} {row.lag_seconds:>8.1f}"
+        )
+
+
+def runners_ready(store: MessageStore, engine: Any) -> list[Any]:
+    """The runners (creating the read-model tables if they are missing)."""
+    from smeg_actors.read_models import runners
+
+    return runners(store, engine)
+
+
+@projections.command("run")
+@click.pass_context
+def projections_run(ctx: click.Context) -> None:
+    """Keep the read models and the events exchange up to date until SIGTERM/SIGINT.
+
+    Pair it with SMEG_PROJECTOR=external on the ``smeg run`` processes to give the delivery
+    pipeline a core of its own.
+    """
+    import signal
+    import threading
+
+    from adapters.events_exchange import EventsExchangePublisher
+    from adapters.rabbitmq import Topology
+    from smeg_actors.read_models import run_forever
+
+    settings = settings_of(ctx)
+    store, engine = _store_and_engine(settings)
+    events = EventsExchangePublisher(store, engine, settings.amqp_url, Topology(settings.queue_prefix))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        run_forever(store, runners_ready(store, engine), events, stop)
+    finally:
+        events.close()
+        store.close()
+        engine.dispose()
+
+
+@projections.command("rebuild")
+@click.argument("name", required=False)
+@click.pass_context
+def projections_rebuild(ctx: click.Context, name: str | None) -> None:
+    """Replay the whole log into fresh tables and swap them in (safe while smeg run runs)."""
+    import time
+
+    from adapters.projections import ShadowRebuild
+    from smeg_actors.read_models import all_projections, rate
+
+    chosen = [p for p in all_projections() if name in (None, p.name)]
+    if not chosen:
+        known = ", ".join(p.name for p in all_projections())
+        raise CommandError(f"unknown projection {name!r} (known: {known})", EXIT_CONFIG)
+    store, engine = _store_and_engine(settings_of(ctx))
+    try:
+        runners_ready(store, engine)
+        started = time.monotonic()
+        label = name or "all read models"
+
+        def progress(done: int, head: int) -> None:
+            width = 30
+            filled = width * done // max(head, 1)
+            bar = "#" * filled + "-" * (width - filled)
+            click.echo(
+                f"\r{label:<24} [{bar}] {done}/{head} events, {rate(done, started):,.0f} events/s",
+                nl=False,
+                err=True,
+            )
+
+        applied = ShadowRebuild(store, engine, chosen, name=name).run(progress)
+        click.echo("", err=True)
+        for projection in chosen:
+            click.echo(
+                f"rebuilt {projection.name}: {applied} events in {time.monotonic() - started:.1f}s"
+                f" ({rate(applied, started):,.0f} events/s)"
+            )
+    finally:
+        store.close()
+        engine.dispose()

@@ -1,0 +1,54 @@
+"""What the CLI's commands share: one-line errors with exit codes, settings, the store, timestamps."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timezone
+
+import click
+
+from adapters.event_store import MessageStore, StoreError
+from smeg_actors.config import Settings
+from smeg_actors.exit_codes import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNHEALTHY
+
+
+class CommandError(Exception):
+    """A one-line failure with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    settings = ctx.obj["settings"]
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def open_store(settings: Settings) -> MessageStore:
+    """The event store, or a CommandError (exit 3) saying why it cannot be opened."""
+    try:
+        from smeg_actors.wiring import open_store as open_configured_store
+
+        return open_configured_store(settings)
+    except StoreError as exc:
+        raise CommandError(f"event store unavailable: {exc}", EXIT_UNHEALTHY) from None
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 timestamp (naive means UTC), or a CommandError naming the option."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise CommandError(f"{option}: not an ISO 8601 timestamp: {value!r}", EXIT_CONFIG) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def quiet_stdout() -> None:
+    """The reader went away (``| head``): that is not an error; stop writing quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
