@@ -486,6 +486,10 @@ def run_smeg(scenario: Scenario, store: str, args: argparse.Namespace, run_id: s
 
         launched = time.monotonic()
         proc = start_process([str(PYTHON), "-m", "smeg_actors", "run"], env, log, stack, "smeg")
+        for extra in range(1, args.smeg_processes):
+            start_process([str(PYTHON), "-m", "smeg_actors", "run"], env, log, stack, f"smeg #{extra + 1}")
+        if args.smeg_processes > 1:
+            result.config += f" x{args.smeg_processes} processes"
         if args.projector == "external":
             start_process(
                 [str(PYTHON), "-m", "smeg_actors", "projections", "run"], env, log, stack, "smeg projections"
@@ -823,6 +827,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=",".join(SCENARIOS),
     )
     parser.add_argument("--skip-dramatiq", action="store_true", help="measure smeg only")
+    parser.add_argument(
+        "--smeg-processes",
+        type=int,
+        default=1,
+        help="smeg run processes sharing the queue and store (PostgreSQL only; default 1)",
+    )
     parser.add_argument(
         "--smeg-env",
         action="append",
