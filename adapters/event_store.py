@@ -246,7 +246,7 @@ class MessageStore:
                 self.app.save(*aggregates)
             return outcomes
         except IntegrityError:
-            return [self._commit_one(change) for change in changes]
+            return self._bisect(changes)
         except PersistenceError as exc:
             raise StoreUnavailableError(_one_line(exc)) from None
         finally:
@@ -282,6 +282,28 @@ class MessageStore:
                 outcomes.append(Outcome(message=message))
                 aggregates.append(message)
         return outcomes, aggregates
+
+    def _bisect(self, changes: Sequence[Change]) -> list[Outcome]:
+        """After a conflict in a batch: commit each half on its own, splitting again where one
+        conflicts, so k conflicts in n changes cost O(k log n) transactions, not n. Every try
+        reloads its aggregates (never the drained objects of the failed save)."""
+        if len(changes) == 1:
+            return [self._commit_one(changes[0])]
+        middle = len(changes) // 2
+        return self._commit_or_split(changes[:middle]) + self._commit_or_split(changes[middle:])
+
+    def _commit_or_split(self, changes: Sequence[Change]) -> list[Outcome]:
+        if len(changes) == 1:
+            return [self._commit_one(changes[0])]
+        try:
+            outcomes, aggregates = self._prepare(changes, use_cache=False)
+            if aggregates:
+                self.app.save(*aggregates)
+            return outcomes
+        except IntegrityError:
+            return self._bisect(changes)
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
 
     def _commit_one(self, change: Change) -> Outcome:
         try:

@@ -787,3 +787,16 @@ def test_retry_until_does_not_retry_other_errors():
         retry_until(operation, grace=60, sleep=clock.sleep, clock=clock)
 
     assert calls == [1]
+
+
+def test_a_batch_with_scattered_conflicts_saves_every_other_change_and_flags_each_conflict(store):
+    # Given three messages already stored
+    received(store, "dup-5", "dup-50", "dup-99")
+    names = [f"dup-{i}" if i in (5, 50, 99) else f"new-{i}" for i in range(100)]
+    # When a batch of 100 receives repeats them at scattered places
+    outcomes = store.commit([receiving(name) for name in names])
+    # Then exactly those three are conflicts and the 97 others are saved
+    conflicts = [name for name, outcome in zip(names, outcomes, strict=True) if outcome.conflict]
+    assert conflicts == ["dup-5", "dup-50", "dup-99"]
+    assert sum(outcome.saved for outcome in outcomes) == 97
+    assert stored_types(store)["Received"] == 100
