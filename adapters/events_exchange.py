@@ -44,7 +44,7 @@ class EventsExchangePublisher:
     """
 
     def __init__(
-        self, store: MessageStore, engine: Engine, url: str, topology: Topology, *, batch: int = 2000
+        self, store: MessageStore, engine: Engine, url: str, topology: Topology, *, batch: int = 500
     ) -> None:
         self.store, self.engine, self.url, self.topology, self.batch = store, engine, url, topology, batch
         self.names: OrderedDict[UUID, str] = OrderedDict()
