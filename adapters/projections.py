@@ -170,24 +170,44 @@ def advance_tracking(connection: Connection, name: str, start: int, end: int) ->
     return result.rowcount == 1
 
 
-def step_together(store: MessageStore, runners: Sequence[ProjectionRunner], batch: int = 1000) -> int:
-    """One batch for several runners with one read and one decode of the log.
+class _RaceLost(Exception):
+    """Another runner advanced one of the positions first: roll the whole batch back."""
 
-    Each runner still applies and advances in its own transaction, from its own position.
+
+def step_together(store: MessageStore, runners: Sequence[ProjectionRunner], batch: int = 1000) -> int:
+    """One batch for several runners: one read and decode of the log, one transaction.
+
+    Each runner applies the events after its own position and advances its own tracking row, all
+    in the same transaction (one commit instead of one per read model). If any runner finds its
+    position moved by another node, the whole batch rolls back and the next step starts afresh.
     Returns how many events the furthest-behind runner applied.
     """
-    positions = [runner.position() for runner in runners]
-    start = min(positions, default=0)
+    if not runners:
+        return 0
+    engine = runners[0].engine
+    with engine.connect() as connection:
+        positions = [read_position(connection, runner.name) for runner in runners]
+    start = min(positions)
     notifications = store.read_log(start, batch)
     if not notifications:
         return 0
     decoded = [(n.id, store.decode(n)) for n in notifications]
     end = notifications[-1].id
     applied = 0
-    for runner, position in zip(runners, positions, strict=True):
-        events = [event for at, event in decoded if at > position]
-        if events:
-            applied = max(applied, runner.apply_batch(position, end, events))
+    try:
+        with engine.begin() as connection:
+            for runner, position in zip(runners, positions, strict=True):
+                events = [event for at, event in decoded if at > position]
+                if not events:
+                    continue
+                if not advance_tracking(connection, runner.name, position, end):
+                    raise _RaceLost(runner.name)
+                for projection in runner.projections:
+                    projection.apply(connection, events)
+                applied = max(applied, len(events))
+    except (_RaceLost, IntegrityError) as exc:
+        log.info("projection_race_lost", projection=str(exc), position=start)
+        return 0
     return applied
 
 
