@@ -152,6 +152,10 @@ class Runtime:
         limit = timeout if timeout is not None else self.settings.shutdown_timeout
         deadline = time.monotonic() + limit
         self.intake.stop()
+        try:
+            self.children.get("dispatcher").ask("drain", timeout=5)
+        except Exception as exc:
+            log.warning("dispatcher_not_drained", error=str(exc)[:200])
         while time.monotonic() < deadline and not self.idle():
             if self.stop_reason.code not in (EXIT_OK,):
                 break
@@ -171,7 +175,9 @@ class Runtime:
         """Hand a batch to the intake actor, waiting out a restart; never drop it."""
         message = RequestsReceived(tuple(deliveries))
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not self.stop_reason.event.is_set():
+        while time.monotonic() < deadline:
+            if self.stop_reason.event.is_set():
+                return  # stopping: the batch stays unacked and the broker requeues it
             try:
                 self.children.get("intake").tell(message)
                 return

@@ -1,7 +1,8 @@
 """The dispatcher actor: hands due messages to the workers in batches, never one twice at once.
 
 It bounds the work in flight (pykka inboxes are unbounded); the intake holds back while the
-backlog is above its limit. When a worker is restarted, every batch it held is sent back to
+backlog is above its limit. On a graceful stop it drains: no new batch starts, the held ones
+finish; queued messages are durable (Received or BackedOff) and the next process adopts them. When a worker is restarted, every batch it held is sent back to
 the scheduler for recovery, so a crash loses nothing.
 """
 
@@ -55,6 +56,7 @@ class DispatcherActor(Supervised):
         self.queued: set[UUID] = set()
         self.held: dict[str, list[tuple[UUID, ...]]] = {w: [] for w in workers}
         self.backlog = 0
+        self.draining = False
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -67,7 +69,9 @@ class DispatcherActor(Supervised):
                     self.children.tell("scheduler", Recover(ids))
                 self.held[name] = []
             case "idle":
-                return not self.queue and not any(self.held.values())
+                return (self.draining or not self.queue) and not any(self.held.values())
+            case "drain":
+                self.draining = True
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))
         self._pump()
@@ -88,7 +92,7 @@ class DispatcherActor(Supervised):
                 return
 
     def _pump(self) -> None:
-        while self.queue:
+        while self.queue and not self.draining:
             worker = min(self.workers, key=lambda w: len(self.held[w]))
             if len(self.held[worker]) >= self.batches_per_worker:
                 return
