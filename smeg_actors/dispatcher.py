@@ -1,9 +1,10 @@
 """The dispatcher actor: hands due messages to the workers in batches, never one twice at once.
 
 It bounds the work in flight (pykka inboxes are unbounded); the intake holds back while the
-backlog is above its limit. On a graceful stop it drains: no new batch starts, the held ones
-finish; queued messages are durable (Received or BackedOff) and the next process adopts them. When a worker is restarted, every batch it held is sent back to
-the scheduler for recovery, so a crash loses nothing.
+backlog is above its limit. When a worker is restarted, every batch it held is sent back to the
+scheduler for recovery, so a crash loses nothing. On a graceful stop it drains: no new batch
+starts, the held ones finish; queued messages are durable (Received or BackedOff) and the next
+process adopts them.
 """
 
 from __future__ import annotations
