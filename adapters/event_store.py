@@ -241,14 +241,7 @@ class MessageStore:
 
     def _commit(self, changes: Sequence[Change]) -> list[Outcome]:
         try:
-            outcomes, aggregates = self._prepare(changes, use_cache=True)
-            if aggregates:
-                self.app.save(*aggregates)
-            return outcomes
-        except IntegrityError:
-            return self._bisect(changes)
-        except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
+            return self._attempt(changes, use_cache=True)
         finally:
             for change in changes:
                 change.cached = None
@@ -283,38 +276,27 @@ class MessageStore:
                 aggregates.append(message)
         return outcomes, aggregates
 
-    def _bisect(self, changes: Sequence[Change]) -> list[Outcome]:
-        """After a conflict in a batch: commit each half on its own, splitting again where one
-        conflicts, so k conflicts in n changes cost O(k log n) transactions, not n. Every try
-        reloads its aggregates (never the drained objects of the failed save)."""
-        if len(changes) == 1:
-            return [self._commit_one(changes[0])]
-        middle = len(changes) // 2
-        return self._commit_or_split(changes[:middle]) + self._commit_or_split(changes[middle:])
+    def _attempt(self, changes: Sequence[Change], *, use_cache: bool) -> list[Outcome]:
+        """One transaction for ``changes``; after a conflict, bisect.
 
-    def _commit_or_split(self, changes: Sequence[Change]) -> list[Outcome]:
-        if len(changes) == 1:
-            return [self._commit_one(changes[0])]
+        Each half is committed on its own, split again where a conflict remains, so k conflicts in
+        n changes cost O(k log n) transactions, not n. Every retry reloads its aggregates (never
+        the drained objects of the failed save, G1); a single change is reloaded once, so a stale
+        cached object is re-decided on the latest version before it counts as a conflict.
+        """
         try:
-            outcomes, aggregates = self._prepare(changes, use_cache=False)
+            outcomes, aggregates = self._prepare(changes, use_cache=use_cache)
             if aggregates:
                 self.app.save(*aggregates)
             return outcomes
         except IntegrityError:
-            return self._bisect(changes)
-        except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
-
-    def _commit_one(self, change: Change) -> Outcome:
-        try:
-            outcomes, aggregates = self._prepare([change], use_cache=False)
-            if aggregates:
-                self.app.save(*aggregates)
-            return outcomes[0]
-        except IntegrityError:
-            return Outcome(conflict=True)
-        except MessageNotFoundError:
-            return Outcome(missing=True)
+            if len(changes) > 1:
+                middle = len(changes) // 2
+                first, second = changes[:middle], changes[middle:]
+                return self._attempt(first, use_cache=False) + self._attempt(second, use_cache=False)
+            if use_cache:
+                return self._attempt(changes, use_cache=False)
+            return [Outcome(conflict=True)]
         except PersistenceError as exc:
             raise StoreUnavailableError(_one_line(exc)) from None
 
