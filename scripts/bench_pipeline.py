@@ -37,7 +37,6 @@ Exit code 1 when a smeg run did not finish every message (or could not run at al
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
@@ -51,15 +50,12 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timezone
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 import pika
 import pika.exceptions
 import psycopg
-from psycopg import sql
 from sqlalchemy import Engine, func, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,15 +64,27 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH_DIR))
 
 import dramatiq_actor as dq  # noqa: E402  (scripts/bench; only constants, no broker on import)
+from support import (  # noqa: E402  (scripts/bench)
+    AMQP_URL,
+    POSTGRES_URL,
+    PYTHON,
+    BenchAborted,
+    choices,
+    clean_env,
+    create_schema,
+    drop_schema,
+    interrupt,
+    one_line,
+    safely,
+    smeg_request,
+    stop_process,
+)
 
 from adapters.rabbitmq import QUEUE_ARGUMENTS  # noqa: E402
 from adapters.sql import make_engine  # noqa: E402
 from adapters.status_view import message_status, status_counts  # noqa: E402
 from domain.message import DELIVERED, FAILED  # noqa: E402
 
-AMQP_URL = os.environ.get("SMEG_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-POSTGRES_URL = os.environ.get("SMEG_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-PYTHON = ROOT / ".venv" / "bin" / "python"
 DRAMATIQ = ROOT / ".venv" / "bin" / "dramatiq"
 
 SQLITE, POSTGRES = "sqlite", "postgres"
@@ -159,30 +167,7 @@ class Run:
         return f"{self.system} {self.scenario}" + (f"/{self.store}" if self.store != "-" else "")
 
 
-class BenchAborted(Exception):
-    """A run could not complete; the message says why."""
-
-
 # --- signals: the first Ctrl-C/SIGTERM interrupts, later ones are ignored while cleaning up ------
-
-
-def _interrupt(signum: int, _frame: FrameType | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print(f"\n{signal.Signals(signum).name}: stopping, cleaning up (further signals ignored) …", flush=True)
-    raise KeyboardInterrupt
-
-
-def safely(what: str, action: Callable[[], Any]) -> Callable[[], None]:
-    """A cleanup callback that reports its failure instead of raising it."""
-
-    def run() -> None:
-        try:
-            action()
-        except Exception as exc:
-            print(f"  cleanup: {what} failed: {one_line(exc)}", flush=True)
-
-    return run
 
 
 # --- RabbitMQ -----------------------------------------------------------------------------------
@@ -288,21 +273,6 @@ def wait_for_start(
 # --- PostgreSQL schemas -------------------------------------------------------------------------
 
 
-def libpq_conninfo(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def create_schema(schema: str) -> None:
-    with psycopg.connect(libpq_conninfo(POSTGRES_URL), autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-
-
-def drop_schema(schema: str) -> None:
-    with psycopg.connect(libpq_conninfo(POSTGRES_URL), autocommit=True, connect_timeout=5) as conn:
-        conn.execute("SET lock_timeout = '30s'")
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-
-
 # --- subprocesses -------------------------------------------------------------------------------
 
 
@@ -315,22 +285,6 @@ def start_process(
     )
     stack.callback(safely(f"stopping {what} (pid {proc.pid})", lambda: stop_process(proc, 15.0)))
     return proc
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """SIGTERM, wait, then SIGKILL its process group (only this child's own session)."""
-    if proc.poll() is None:
-        with suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            print(
-                f"  pid {proc.pid} ignored SIGTERM for {timeout:g} s: killing its process group", flush=True
-            )
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    return proc.wait(10)
 
 
 def group_cpu(pgid: int) -> float:
@@ -356,22 +310,7 @@ def tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
     return text.splitlines()[-lines:]
 
 
-def clean_env() -> dict[str, str]:
-    """The environment without any SMEG_* setting of the caller's (they would change the run)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("SMEG_")}
-
-
 # --- smeg ---------------------------------------------------------------------------------------
-
-
-def smeg_request(message_id: str) -> bytes:
-    request = {
-        "message_id": message_id,
-        "channel": "sms",
-        "to": "+447700900123",
-        "body": "Your code is 123456",
-    }
-    return json.dumps(request).encode()
 
 
 def provider_toml(scenario: Scenario) -> str:
@@ -787,20 +726,7 @@ def print_problems(runs: list[Run]) -> None:
         print("!" * 100)
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 # --- main ---------------------------------------------------------------------------------------
-
-
-def choices(value: str, allowed: tuple[str, ...]) -> list[str]:
-    picked = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [v for v in picked if v not in allowed]
-    if unknown or not picked:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)} (got {value!r})")
-    return picked
 
 
 def thread_map(value: str) -> dict[str, int]:
@@ -864,7 +790,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @contextmanager
 def interruptible() -> Iterator[None]:
-    previous = signal.signal(signal.SIGINT, _interrupt), signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGINT, interrupt), signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:

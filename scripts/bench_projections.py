@@ -45,7 +45,6 @@ removed on exit, Ctrl-C included.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
@@ -61,20 +60,34 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 import pika
 import pika.exceptions
 import psycopg
 from eventsourcing.domain import DomainEvent
-from psycopg import sql
 from sqlalchemy import Connection, Engine, Table, func, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+
+from support import (  # noqa: E402  (scripts/bench)
+    AMQP_URL,
+    POSTGRES_URL,
+    PYTHON,
+    BenchAborted,
+    choices,
+    clean_env,
+    create_schema,
+    drop_schema,
+    interrupt,
+    one_line,
+    safely,
+    smeg_request,
+    stop_process,
+)
 
 from adapters.event_store import Change, MessageStore, StoreError  # noqa: E402
 from adapters.events_exchange import TRACKING_NAME as EVENTS_TRACKING  # noqa: E402
@@ -86,10 +99,6 @@ from adapters.status_view import message_status, status_counts  # noqa: E402
 from domain.backoff import BackoffPolicy  # noqa: E402
 from domain.message import DELIVERED, FAILED, Message  # noqa: E402
 from smeg_actors.read_models import all_projections, follower_status  # noqa: E402
-
-AMQP_URL = os.environ.get("SMEG_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-POSTGRES_URL = os.environ.get("SMEG_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-PYTHON = ROOT / ".venv" / "bin" / "python"
 
 SQLITE, POSTGRES = "sqlite", "postgres"
 STORES = (SQLITE, POSTGRES)
@@ -114,24 +123,13 @@ TARGET_LAG_SECONDS = 1.0
 JUDGED = ("message_status", "delivery_stats_hourly", "failures_by_reason")
 
 
-class BenchAborted(Exception):
-    """A run could not complete; the message says why."""
-
-
 # --- signals and cleanup ------------------------------------------------------------------------
-
-
-def _interrupt(signum: int, _frame: FrameType | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print(f"\n{signal.Signals(signum).name}: stopping, cleaning up (further signals ignored) …", flush=True)
-    raise KeyboardInterrupt
 
 
 @contextmanager
 def interruptible() -> Iterator[None]:
     """The first Ctrl-C / SIGTERM raises KeyboardInterrupt; later ones are ignored while cleaning up."""
-    previous = signal.signal(signal.SIGINT, _interrupt), signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGINT, interrupt), signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
@@ -139,39 +137,7 @@ def interruptible() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous[1])
 
 
-def safely(what: str, action: Callable[[], Any]) -> Callable[[], None]:
-    """A cleanup callback that reports its failure instead of raising it."""
-
-    def run() -> None:
-        try:
-            action()
-        except Exception as exc:
-            print(f"  cleanup: {what} failed: {one_line(exc)}", flush=True)
-
-    return run
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 # --- PostgreSQL schemas -------------------------------------------------------------------------
-
-
-def libpq_conninfo(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def create_schema(schema: str) -> None:
-    with psycopg.connect(libpq_conninfo(POSTGRES_URL), autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-
-
-def drop_schema(schema: str) -> None:
-    with psycopg.connect(libpq_conninfo(POSTGRES_URL), autocommit=True, connect_timeout=5) as conn:
-        conn.execute("SET lock_timeout = '30s'")
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 @contextmanager
@@ -618,16 +584,6 @@ def delete_topology(prefix: str) -> None:
         rabbit.close()
 
 
-def smeg_request(message_id: str) -> bytes:
-    request = {
-        "message_id": message_id,
-        "channel": "sms",
-        "to": "+447700900123",
-        "body": "Your code is 123456",
-    }
-    return json.dumps(request).encode()
-
-
 PROVIDER_TOML = (
     "[providers.sim]\n"
     'type = "simulated"\n'
@@ -641,11 +597,6 @@ PROVIDER_TOML = (
 # --- part 2: subprocesses -----------------------------------------------------------------------
 
 
-def clean_env() -> dict[str, str]:
-    """The environment without any SMEG_* setting of the caller's (they would change the run)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("SMEG_")}
-
-
 def start_process(
     cmd: list[str], env: dict[str, str], log: TextIO, stack: ExitStack, what: str
 ) -> subprocess.Popen[bytes]:
@@ -655,22 +606,6 @@ def start_process(
     )
     stack.callback(safely(f"stopping {what} (pid {proc.pid})", lambda: stop_process(proc, 15.0)))
     return proc
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """SIGTERM, wait, then SIGKILL its process group (only this child's own session)."""
-    if proc.poll() is None:
-        with suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            print(
-                f"  pid {proc.pid} ignored SIGTERM for {timeout:g} s: killing its process group", flush=True
-            )
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    return proc.wait(10)
 
 
 def tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
@@ -1032,14 +967,6 @@ def report_live(results: list[LiveResult], args: argparse.Namespace) -> None:
 
 
 # --- main ---------------------------------------------------------------------------------------
-
-
-def choices(value: str, allowed: tuple[str, ...]) -> list[str]:
-    picked = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [v for v in picked if v not in allowed]
-    if unknown or not picked:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)} (got {value!r})")
-    return picked
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -24,7 +24,6 @@ core/sqlalchemy ratios printed at the end (same run), not the absolute figures a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -42,6 +41,9 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+
+from support import POSTGRES_URL, choices, one_line
 
 from adapters.event_store import CORE, SQLALCHEMY, Change, MessageStore
 from domain.message import DELIVERED, Message
@@ -55,7 +57,6 @@ BACKENDS = (SQLITE, POSTGRES)
 RECORDERS = (CORE, SQLALCHEMY)
 MODES = (PER_EVENT, BATCHED)
 
-POSTGRES_URL = os.environ.get("SMEG_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 EVENTS_PER_MESSAGE = 3
 
 
@@ -307,19 +308,6 @@ def print_ratios(rows: list[Row]) -> None:
             found = True
     if not found:
         print("  (no backend/mode has both recorders)")
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def choices(value: str, allowed: tuple[str, ...]) -> list[str]:
-    picked = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [v for v in picked if v not in allowed]
-    if unknown or not picked:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)} (got {value!r})")
-    return picked
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
