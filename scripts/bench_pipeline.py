@@ -69,6 +69,7 @@ from support import (  # noqa: E402  (scripts/bench)
     POSTGRES_URL,
     PYTHON,
     BenchAborted,
+    Rabbit,
     choices,
     clean_env,
     create_schema,
@@ -171,76 +172,6 @@ class Run:
 
 
 # --- RabbitMQ -----------------------------------------------------------------------------------
-
-
-class Rabbit:
-    """A small pika client for the bench itself: declare, publish, poll depth, delete."""
-
-    def __init__(self, url: str = AMQP_URL) -> None:
-        self.url = url
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: Any = None
-
-    def channel(self) -> Any:
-        if self._connection is None or not self._connection.is_open:
-            params = pika.URLParameters(self.url)
-            params.client_properties = {"connection_name": "smeg-bench"}
-            self._connection = pika.BlockingConnection(params)
-            self._channel = None
-        if self._channel is None or not self._channel.is_open:
-            self._channel = self._connection.channel()
-        return self._channel
-
-    def declare(self, queue: str, arguments: dict[str, Any]) -> None:
-        self.channel().queue_declare(queue, durable=True, arguments=arguments)
-
-    def publish(self, queue: str, bodies: Iterator[bytes]) -> int:
-        channel, sent = self.channel(), 0
-        properties = pika.BasicProperties(
-            delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json"
-        )
-        for body in bodies:
-            channel.basic_publish("", queue, body, properties)
-            sent += 1
-        return sent
-
-    def depth(self, queue: str) -> int | None:
-        """Ready messages in ``queue`` (None if it does not exist)."""
-        try:
-            result = self.channel().queue_declare(queue, passive=True)
-        except pika.exceptions.ChannelClosedByBroker:
-            self._channel = None
-            return None
-        return int(result.method.message_count)
-
-    def wait_depth(self, queue: str, expected: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        seen: int | None = None
-        while time.monotonic() < deadline:
-            seen = self.depth(queue)
-            if seen == expected:
-                return
-            time.sleep(0.05)
-        raise BenchAborted(f"queue {queue} holds {seen} messages, expected {expected}")
-
-    def delete_queues(self, *queues: str) -> None:
-        for queue in queues:
-            try:
-                self.channel().queue_delete(queue)
-            except pika.exceptions.ChannelClosedByBroker:
-                self._channel = None
-
-    def delete_exchange(self, exchange: str) -> None:
-        try:
-            self.channel().exchange_delete(exchange)
-        except pika.exceptions.ChannelClosedByBroker:
-            self._channel = None
-
-    def close(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            with suppress(Exception):
-                connection.close()
 
 
 def delete_queues(*queues: str, exchange: str | None = None) -> None:

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import pika
 import pika.exceptions
@@ -78,6 +78,7 @@ from support import (  # noqa: E402  (scripts/bench)
     POSTGRES_URL,
     PYTHON,
     BenchAborted,
+    Rabbit,
     choices,
     clean_env,
     create_schema,
@@ -504,79 +505,9 @@ def run_rebuild(store_kind: str, args: argparse.Namespace, run_id: str, workdir:
 # --- part 2: RabbitMQ ---------------------------------------------------------------------------
 
 
-class Rabbit:
-    """A small pika client for the bench itself: declare, publish, poll depth, delete."""
-
-    def __init__(self, url: str = AMQP_URL) -> None:
-        self.url = url
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: Any = None
-
-    def channel(self) -> Any:
-        if self._connection is None or not self._connection.is_open:
-            params = pika.URLParameters(self.url)
-            params.client_properties = {"connection_name": "smeg-bench-projections"}
-            self._connection = pika.BlockingConnection(params)
-            self._channel = None
-        if self._channel is None or not self._channel.is_open:
-            self._channel = self._connection.channel()
-        return self._channel
-
-    def declare(self, queue: str, arguments: dict[str, Any]) -> None:
-        self.channel().queue_declare(queue, durable=True, arguments=arguments)
-
-    def publish(self, queue: str, bodies: Iterator[bytes]) -> int:
-        channel, sent = self.channel(), 0
-        properties = pika.BasicProperties(
-            delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json"
-        )
-        for body in bodies:
-            channel.basic_publish("", queue, body, properties)
-            sent += 1
-        return sent
-
-    def depth(self, queue: str) -> int | None:
-        """Ready messages in ``queue`` (None if it does not exist)."""
-        try:
-            result = self.channel().queue_declare(queue, passive=True)
-        except pika.exceptions.ChannelClosedByBroker:
-            self._channel = None
-            return None
-        return int(result.method.message_count)
-
-    def wait_depth(self, queue: str, expected: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        seen: int | None = None
-        while time.monotonic() < deadline:
-            seen = self.depth(queue)
-            if seen == expected:
-                return
-            time.sleep(0.05)
-        raise BenchAborted(f"queue {queue} holds {seen} messages, expected {expected}")
-
-    def delete_queues(self, *queues: str) -> None:
-        for queue in queues:
-            try:
-                self.channel().queue_delete(queue)
-            except pika.exceptions.ChannelClosedByBroker:
-                self._channel = None
-
-    def delete_exchange(self, exchange: str) -> None:
-        try:
-            self.channel().exchange_delete(exchange)
-        except pika.exceptions.ChannelClosedByBroker:
-            self._channel = None
-
-    def close(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            with suppress(Exception):
-                connection.close()
-
-
 def delete_topology(prefix: str) -> None:
     """Delete ``{prefix}.send/.failed/.rejected`` and ``{prefix}.events`` on a fresh connection."""
-    rabbit = Rabbit()
+    rabbit = Rabbit(name="smeg-bench-projections")
     try:
         rabbit.delete_queues(f"{prefix}.send", f"{prefix}.failed", f"{prefix}.rejected")
         rabbit.delete_exchange(f"{prefix}.events")
@@ -765,7 +696,7 @@ def run_live(
     prefix = f"smegbench-proj-{run_id}-{store_kind}-{projector}"
     send_queue = f"{prefix}.send"
     log_path = workdir / f"{prefix}.log"
-    rabbit = Rabbit()
+    rabbit = Rabbit(name="smeg-bench-projections")
     with ExitStack() as stack, log_path.open("w") as log:
         stack.callback(rabbit.close)
         stack.callback(safely(f"deleting queues/exchange {prefix}.*", lambda: delete_topology(prefix)))
