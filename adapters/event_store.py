@@ -22,12 +22,14 @@ from eventsourcing.persistence import (
     Notification,
     PersistenceError,
     Recording,
+    Transcoder,
     Transcoding,
 )
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import Environment
 from sqlalchemy.engine import make_url
 
+from adapters.event_log import FastJSONTranscoder, LogEntry, LogReader, Partition
 from adapters.group_commit import CommitTimeoutError, GroupCommitter
 from domain.errors import DomainError
 from domain.message import Message
@@ -72,6 +74,12 @@ class Messages(Application[UUID]):
         self._take_snapshots(processing_event)
         self._notify(recordings)
         return recordings
+
+    def construct_transcoder(self) -> Transcoder:
+        """The library's JSON format, decoded with orjson (``adapters.event_log``)."""
+        transcoder = FastJSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -163,6 +171,7 @@ class MessageStore:
         env = store_env(url, recorder=recorder, schema=schema)
         env[TIMEOUT_KEY] = str(timeout)
         self.app = _open_application(env)
+        self.log = LogReader(self.app)
 
     def close(self) -> None:
         self.committer.close()
@@ -319,15 +328,31 @@ class MessageStore:
     def decode(self, notification: Notification) -> DomainEvent:
         return cast(DomainEvent, self.app.mapper.to_domain_event(notification))
 
-    def iter_log(self, *, after: int = 0, page: int = 1000) -> Iterator[tuple[int, DomainEvent]]:
+    def read_events(
+        self, after: int, limit: int, *, until: int | None = None, partition: Partition | None = None
+    ) -> tuple[list[LogEntry], int]:
+        """Up to ``limit`` log rows after ``after`` (at most ``until``), decoded, in store order.
+
+        Returns the ``(position, event)`` entries — only those of originators ``partition``
+        accepts, when given — and the position of the last row read (``after`` when none).
+        """
+        try:
+            return self.log.read(after, limit, until=until, partition=partition)
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+        except Exception as exc:
+            if _is_database_error(exc):
+                raise StoreUnavailableError(_one_line(exc)) from None
+            raise
+
+    def iter_log(self, *, after: int = 0, page: int = 1000) -> Iterator[LogEntry]:
         """Every event after ``after`` in store order, page by page (constant memory)."""
         while True:
-            batch = self.read_log(after, page)
-            if not batch:
+            entries, last = self.read_events(after, page)
+            if last == after:
                 return
-            for notification in batch:
-                yield notification.id, self.decode(notification)
-            after = batch[-1].id
+            yield from entries
+            after = last
 
 
 TIMEOUT_KEY = "SMEG_STORE_TIMEOUT"
@@ -400,6 +425,11 @@ def retry_until(
 def event_type(event: DomainEvent) -> str:
     """The event's domain name (``Received``, ``Attempted`` …)."""
     return type(event).__name__
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """A driver error (sqlite3 or psycopg) raised by a raw read outside the recorder's wrapping."""
+    return type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg_pool")
 
 
 def _one_line(exc: BaseException) -> str:

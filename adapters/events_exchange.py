@@ -59,20 +59,19 @@ class EventsExchangePublisher:
     def publish_pending(self) -> int:
         """Publish one batch after the tracked position; return how many events it held."""
         start = self.position()
-        notifications = self.store.read_log(start, self.batch)
-        if not notifications:
+        entries, end = self.store.read_events(start, self.batch)
+        if end == start:
             return 0
         channel = self._channel()
         try:
-            for notification in notifications:
-                event = self.store.decode(notification)
+            for _position, event in entries:
                 self._publish(channel, event)
             channel.tx_commit()
         except pika.exceptions.AMQPError as exc:
             self.close()
             raise BrokerUnavailableError(describe_error(exc)) from None
-        self._advance(start, notifications[-1].id)
-        return len(notifications)
+        self._advance(start, end)
+        return len(entries)
 
     def close(self) -> None:
         connection, self.connection, self.channel = self.connection, None, None

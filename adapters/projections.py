@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 import structlog
@@ -43,6 +44,18 @@ tracking = Table(
 )
 
 
+#: The writes a projection prepared, made inside the runner's transaction.
+Write = Callable[[Connection], None]
+
+
+def apply_all(
+    connection: Connection, projections: Sequence[Projection], events: Sequence[DomainEvent]
+) -> None:
+    """Every projection's reads and folds first, then every write (short SQLite write locks)."""
+    for write in [projection.prepare(connection, events) for projection in projections]:
+        write(connection)
+
+
 class Projection(Protocol):
     """A read model: its name, its tables, and how a batch of events changes them."""
 
@@ -57,8 +70,12 @@ class Projection(Protocol):
         """The same projection writing to ``tables`` (keyed by live table name)."""
         ...
 
-    def apply(self, connection: Connection, events: Sequence[DomainEvent]) -> None:
-        """Apply the events (store order) inside the caller's transaction."""
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent]) -> Write:
+        """Read what the events (store order) need and fold them; return the write to make.
+
+        Reads only: on SQLite the write lock is taken by the first write, so the runner calls
+        every projection's ``prepare`` before any write and holds the lock for the writes alone.
+        """
         ...
 
     def clear(self, connection: Connection) -> None:
@@ -96,20 +113,20 @@ class ProjectionRunner:
     def step(self) -> int:
         """Apply one batch; return how many events it held (0 when caught up or lost a race)."""
         start = self.position()
-        notifications = self.store.read_log(start, self.batch)
-        if not notifications:
+        entries, end = self.store.read_events(start, self.batch)
+        if end == start:
             return 0
-        events = [self.store.decode(n) for n in notifications]
-        return self.apply_batch(start, notifications[-1].id, events)
+        return self.apply_batch(start, end, [event for _at, event in entries])
 
     def apply_batch(self, start: int, end: int, events: Sequence[DomainEvent]) -> int:
         """Apply ``events`` (positions after ``start`` up to ``end``) and move the position, in one tx."""
         try:
             with self.engine.begin() as connection:
+                writes = [projection.prepare(connection, events) for projection in self.projections]
                 if not self._advance(connection, start, end):
                     return 0
-                for projection in self.projections:
-                    projection.apply(connection, events)
+                for write in writes:
+                    write(connection)
         except IntegrityError:
             log.info("projection_race_lost", projection=self.name, position=start)
             return 0
@@ -174,6 +191,11 @@ class _RaceLost(Exception):
     """Another runner advanced one of the positions first: roll the whole batch back."""
 
 
+def _advance_or_raise(connection: Connection, *, name: str, start: int, end: int) -> None:
+    if not advance_tracking(connection, name, start, end):
+        raise _RaceLost(name)
+
+
 def step_together(store: MessageStore, runners: Sequence[ProjectionRunner], batch: int = 1000) -> int:
     """One batch for several runners: one read and decode of the log, one transaction.
 
@@ -188,23 +210,22 @@ def step_together(store: MessageStore, runners: Sequence[ProjectionRunner], batc
     with engine.connect() as connection:
         positions = [read_position(connection, runner.name) for runner in runners]
     start = min(positions)
-    notifications = store.read_log(start, batch)
-    if not notifications:
+    decoded, end = store.read_events(start, batch)
+    if end == start:
         return 0
-    decoded = [(n.id, store.decode(n)) for n in notifications]
-    end = notifications[-1].id
     applied = 0
     try:
         with engine.begin() as connection:
+            writes: list[Write] = []
             for runner, position in zip(runners, positions, strict=True):
                 events = [event for at, event in decoded if at > position]
                 if not events:
                     continue
-                if not advance_tracking(connection, runner.name, position, end):
-                    raise _RaceLost(runner.name)
-                for projection in runner.projections:
-                    projection.apply(connection, events)
+                writes += [projection.prepare(connection, events) for projection in runner.projections]
+                writes.append(partial(_advance_or_raise, name=runner.name, start=position, end=end))
                 applied = max(applied, len(events))
+            for write in writes:
+                write(connection)
     except (_RaceLost, IntegrityError) as exc:
         log.info("projection_race_lost", projection=str(exc), position=start)
         return 0

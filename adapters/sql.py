@@ -5,9 +5,10 @@ One place decides timeouts and schema for every SQL connection smeg opens throug
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 
 metadata = MetaData()
@@ -45,3 +46,46 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+_COMPILED: dict[tuple[Any, ...], tuple[str, list[str], list[Any], bool]] = {}
+
+
+def execute_many(
+    connection: Connection, key: Hashable, build: Callable[[], Insert], rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """``connection.execute(build(), rows)`` for many rows, at a fraction of the CPU.
+
+    SQLAlchemy builds and type-processes a parameter dict per row inside ``execute``; here the
+    statement is compiled once per ``key`` and dialect, each column's bind processor is looked up
+    once, and the rows go to the driver's ``executemany`` as tuples (or dicts for named
+    paramstyles). The stored values are the ones SQLAlchemy itself would write.
+    """
+    if not rows:
+        return
+    dialect = connection.dialect
+    translate = connection.get_execution_options().get("schema_translate_map")
+    cache_key = (key, dialect.name, tuple(sorted((translate or {}).items(), key=str)))
+    entry = _COMPILED.get(cache_key)
+    if entry is None:
+        statement = build()
+        compiled = statement.compile(
+            dialect=dialect, schema_translate_map=translate, render_schema_translate=bool(translate)
+        )
+        names = list(compiled.positiontup or compiled.binds)
+        table = statement.table
+        processors = [
+            table.c[name].type.dialect_impl(dialect).bind_processor(dialect) if name in table.c else None
+            for name in names
+        ]
+        entry = _COMPILED[cache_key] = (str(compiled), names, processors, compiled.positiontup is not None)
+    sql, names, processors, positional = entry
+    pairs = list(zip(names, processors, strict=True))
+    params: list[Any] = []
+    for row in rows:
+        values = [
+            row[name] if process is None or row[name] is None else process(row[name])
+            for name, process in pairs
+        ]
+        params.append(tuple(values) if positional else dict(zip(names, values, strict=True)))
+    connection.exec_driver_sql(sql, params)

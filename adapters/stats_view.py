@@ -68,8 +68,8 @@ from eventsourcing.domain import DomainEvent
 from sqlalchemy import BigInteger, Column, Connection, Date, DateTime, Integer, String, Table, Uuid, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from adapters.projections import Projection
-from adapters.sql import metadata
+from adapters.projections import Projection, Write
+from adapters.sql import execute_many, metadata
 from domain.message import Message
 
 #: Histogram columns and their upper bounds in ms (the last bucket is unbounded).
@@ -176,8 +176,8 @@ class DeliveryStatsProjection(_CountingProjection):
     def __init__(self, table: Table = delivery_stats_hourly, info: Table = stats_message_info) -> None:
         super().__init__(table, info)
 
-    def apply(self, connection: Connection, events: Sequence[DomainEvent]) -> None:
-        """Add the batch's counts to the hourly rows, inside the caller's transaction."""
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent]) -> Write:
+        """Sum the batch's counts per hour; the write adds them to the hourly rows."""
         info = _MessageInfo(self.info, connection, events)
         sums: dict[tuple[datetime, str, str], Counter[str]] = defaultdict(Counter)
         for event in events:
@@ -198,9 +198,14 @@ class DeliveryStatsProjection(_CountingProjection):
                 counts["delivered_retried"] += int(event.attempt > 1)
                 if row["received_at"] is not None:
                     _count_latency(counts, _utc(event.timestamp) - _utc(row["received_at"]))
-        info.save(connection)
-        columns = [c.name for c in self.table.columns if c.name not in HOURLY_KEY]
-        _add(connection, self.table, HOURLY_KEY, columns, sums)
+        table = self.table
+        columns = [c.name for c in table.columns if c.name not in HOURLY_KEY]
+
+        def write(connection: Connection) -> None:
+            info.save(connection)
+            _add(connection, table, HOURLY_KEY, columns, sums)
+
+        return write
 
 
 class FailureReasonsProjection(_CountingProjection):
@@ -216,8 +221,8 @@ class FailureReasonsProjection(_CountingProjection):
     def __init__(self, table: Table = failures_by_reason, info: Table = failures_message_info) -> None:
         super().__init__(table, info)
 
-    def apply(self, connection: Connection, events: Sequence[DomainEvent]) -> None:
-        """Add the batch's Failed / BackedOff counts per reason, inside the caller's transaction."""
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent]) -> Write:
+        """Sum the batch's Failed / BackedOff counts per reason; the write adds them."""
         info = _MessageInfo(self.info, connection, events)
         sums: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
         for event in events:
@@ -229,8 +234,13 @@ class FailureReasonsProjection(_CountingProjection):
                 else:
                     sums[key]["failed"] += 1
                     sums[key]["permanent" if event.permanent else "exhausted"] += 1
-        info.save(connection)
-        _add(connection, self.table, REASON_KEY, REASON_COUNTERS, sums)
+        table = self.table
+
+        def write(connection: Connection) -> None:
+            info.save(connection)
+            _add(connection, table, REASON_KEY, REASON_COUNTERS, sums)
+
+        return write
 
 
 def stats_projections() -> list[Projection]:
@@ -270,12 +280,17 @@ class _MessageInfo:
     def save(self, connection: Connection) -> None:
         if not self.changed:
             return
-        statement = _insert(connection, self.table)
-        statement = statement.on_conflict_do_update(
-            index_elements=[self.table.c.id],
-            set_={c: statement.excluded[c] for c in ("channel", "received_at", "provider")},
+
+        def upsert() -> Any:
+            statement = _insert(connection, self.table)
+            return statement.on_conflict_do_update(
+                index_elements=[self.table.c.id],
+                set_={c: statement.excluded[c] for c in ("channel", "received_at", "provider")},
+            )
+
+        execute_many(
+            connection, (self.table, "upsert"), upsert, [self.rows[key] for key in sorted(self.changed)]
         )
-        connection.execute(statement, [self.rows[key] for key in sorted(self.changed)])
 
 
 def _received_in(events: Sequence[DomainEvent]) -> set[UUID]:
@@ -303,13 +318,16 @@ def _add(
     """One upsert adding ``sums`` (key tuple → column counts) to the stored counters."""
     if not sums:
         return
-    statement = _insert(connection, table)
-    statement = statement.on_conflict_do_update(
-        index_elements=[table.c[k] for k in key],
-        set_={c: table.c[c] + statement.excluded[c] for c in columns},
-    )
+
+    def upsert() -> Any:
+        statement = _insert(connection, table)
+        return statement.on_conflict_do_update(
+            index_elements=[table.c[k] for k in key],
+            set_={c: table.c[c] + statement.excluded[c] for c in columns},
+        )
+
     rows = [dict(zip(key, k, strict=True)) | {c: sums[k][c] for c in columns} for k in sorted(sums)]
-    connection.execute(statement, rows)
+    execute_many(connection, (table, "add", tuple(columns)), upsert, rows)
 
 
 def _insert(connection: Connection, table: Table) -> Any:

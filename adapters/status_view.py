@@ -28,7 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from adapters.sql import metadata
+from adapters.projections import Write
+from adapters.sql import execute_many, metadata
 from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, RECEIVED, Message
 
 message_status = Table(
@@ -69,7 +70,8 @@ class MessageStatusProjection:
         """The same projection writing to other tables (keyed by live name), for a rebuild."""
         return MessageStatusProjection(tables[self.table.name])
 
-    def apply(self, connection: Connection, events: Sequence[DomainEvent]) -> None:
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent]) -> Write:
+        """Read the batch's known messages, fold the events; the write upserts the rows."""
         born = {e.originator_id for e in events if isinstance(e, Message.Received)}
         ids = {e.originator_id for e in events} - born
         rows: dict[UUID, dict[str, Any]] = {}
@@ -78,8 +80,12 @@ class MessageStatusProjection:
             rows = {row.id: dict(row._mapping) for row in connection.execute(query)}
         for event in events:
             _fold(rows, event)
-        if rows:
-            connection.execute(_upsert(connection, self.table), list(rows.values()))
+        table, changed = self.table, list(rows.values())
+
+        def write(connection: Connection) -> None:
+            execute_many(connection, (table, "upsert"), lambda: _upsert(connection, table), changed)
+
+        return write
 
     def clear(self, connection: Connection) -> None:
         connection.execute(self.table.delete())

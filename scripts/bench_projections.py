@@ -92,7 +92,7 @@ from support import (  # noqa: E402  (scripts/bench)
 
 from adapters.event_store import Change, MessageStore, StoreError  # noqa: E402
 from adapters.events_exchange import TRACKING_NAME as EVENTS_TRACKING  # noqa: E402
-from adapters.projections import Projection, ProjectionRunner, ShadowRebuild  # noqa: E402
+from adapters.projections import Projection, ProjectionRunner, ShadowRebuild, Write  # noqa: E402
 from adapters.rabbitmq import QUEUE_ARGUMENTS  # noqa: E402
 from adapters.sql import make_engine  # noqa: E402
 from adapters.stats_view import delivery_stats_hourly, failures_by_reason  # noqa: E402
@@ -347,10 +347,17 @@ class TimedProjection:
     def retarget(self, tables: dict[str, Table]) -> Projection:
         return TimedProjection(self.inner.retarget(tables))
 
-    def apply(self, connection: Connection, events: Sequence[DomainEvent]) -> None:
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent]) -> Write:
         started = time.perf_counter()
-        self.inner.apply(connection, events)
+        write = self.inner.prepare(connection, events)
         self.seconds += time.perf_counter() - started
+
+        def timed_write(connection: Connection) -> None:
+            started = time.perf_counter()
+            write(connection)
+            self.seconds += time.perf_counter() - started
+
+        return timed_write
 
     def clear(self, connection: Connection) -> None:
         self.inner.clear(connection)

@@ -604,6 +604,56 @@ def test_the_log_keeps_the_order_of_events_within_one_batch(store):
     ]
 
 
+def test_read_events_builds_the_same_events_as_the_library_mapper(store):
+    # Given every event type, every optional field filled in, and a delivered message
+    message = every_event_type(utcnow())
+    delivered = new_message("m-ok")
+    attempt(delivered)
+    delivered.record_delivery("p-1", now=utcnow(), latency_ms=12.5)
+    store.commit([Change(load=lambda: message), Change(load=lambda: delivered)])
+
+    # When
+    entries, last = store.read_events(0, 100)
+
+    # Then: event for event what eventsourcing's own Mapper decodes, same class, same fields
+    library = [(n.id, store.decode(n)) for n in store.read_log(0, 100)]
+    assert [at for at, _ in entries] == [at for at, _ in library] and last == library[-1][0]
+    for (_, fast), (_, slow) in zip(entries, library, strict=True):
+        assert type(fast) is type(slow)
+        assert vars(fast) == vars(slow)
+        assert all(type(vars(fast)[key]) is type(value) for key, value in vars(slow).items())
+
+
+def test_read_events_pages_until_a_position_and_by_partition(store):
+    # Given
+    ten_events(store)
+    positions = [n.id for n in store.read_log(0, 100)]
+
+    # When
+    bounded, bounded_last = store.read_events(positions[1], 100, until=positions[4])
+    odd, odd_last = store.read_events(0, 100, partition=lambda oid: oid.int % 2 == 1)
+    even, _ = store.read_events(0, 100, partition=lambda oid: oid.int % 2 == 0)
+
+    # Then
+    assert [at for at, _ in bounded] == positions[2:5] and bounded_last == positions[4]
+    assert odd_last == positions[-1]
+    assert sorted(at for at, _ in odd + even) == positions
+    assert all(e.originator_id.int % 2 == 1 for _, e in odd)
+    assert store.read_events(positions[-1], 10) == ([], positions[-1])
+
+
+def test_read_events_reports_the_last_row_read_even_when_the_partition_takes_none(store):
+    # Given
+    ten_events(store)
+    positions = [n.id for n in store.read_log(0, 100)]
+
+    # When
+    entries, last = store.read_events(0, 3, partition=lambda _oid: False)
+
+    # Then
+    assert entries == [] and last == positions[2]
+
+
 def test_max_position_is_zero_for_an_empty_store(store):
     assert store.max_position() == 0
 

@@ -14,7 +14,7 @@ from eventsourcing.domain import DomainEvent
 from sqlalchemy import Connection, Engine, Table, select
 
 from adapters.event_store import Change, MessageStore
-from adapters.projections import ProjectionRunner, ShadowRebuild
+from adapters.projections import ProjectionRunner, ShadowRebuild, Write
 from adapters.sql import make_engine
 from adapters.status_view import MessageStatusProjection, message_status
 from domain.backoff import BackoffPolicy
@@ -126,11 +126,16 @@ class Exploding:
     def retarget(self, tables: dict[str, Table]) -> Any:
         return self.inner.retarget(tables)
 
-    def apply(self, connection: Connection, events: Sequence[DomainEvent]) -> None:
-        self.inner.apply(connection, events)
-        if self.armed:
-            self.armed = False
-            raise RuntimeError("killed mid-batch")
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent]) -> Write:
+        write = self.inner.prepare(connection, events)
+
+        def write_then_fail(connection: Connection) -> None:
+            write(connection)
+            if self.armed:
+                self.armed = False
+                raise RuntimeError("killed mid-batch")
+
+        return write_then_fail
 
     def clear(self, connection: Connection) -> None:
         self.inner.clear(connection)
