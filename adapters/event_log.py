@@ -12,7 +12,7 @@ refuses — goes through the library's Mapper instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 from uuid import UUID
 
@@ -26,8 +26,14 @@ from psycopg.rows import tuple_row
 #: (position, event) in store order.
 LogEntry = tuple[int, DomainEvent]
 
-#: An optional predicate on the originator id: only its events are decoded (partitioned replay).
-Partition = Callable[[UUID], bool]
+#: (index, count): only the events of originators whose id's last hex digit % count == index.
+Partition = tuple[int, int]
+
+
+def in_partition(originator_id: UUID, partition: Partition) -> bool:
+    """Whether ``originator_id`` belongs to ``partition`` (the rule the SQL filters apply)."""
+    index, count = partition
+    return originator_id.int % 16 % count == index
 
 
 class FastJSONTranscoder(JSONTranscoder):
@@ -84,15 +90,44 @@ class LogReader:
         Returns the entries (only those ``partition`` accepts, when given) and the position of the
         last row read, so a caller can page on even when a page holds none of its partition.
         """
-        rows = self._rows(after, limit, until)
-        if not rows:
+        if partition is None:
+            rows = self._rows(after, limit, until, None)
+            return [(row[0], self._event(row)) for row in rows], rows[-1][0] if rows else after
+        index, count = partition
+        if not 0 <= index < count <= 16:
+            raise ValueError(f"bad partition {partition}: 0 <= index < count <= 16")
+        # The last row read bounds the page: a page of the whole log, filtered in the database.
+        bound = self._last_position(after, limit, until)
+        if bound == after:
             return [], after
-        last = rows[-1][0]
-        if partition is not None:
-            rows = [row for row in rows if partition(self._id(row[1]))]
-        return [(row[0], self._event(row)) for row in rows], last
+        rows = self._rows(after, limit, bound, partition)
+        return [(row[0], self._event(row)) for row in rows], bound
 
-    def _rows(self, after: int, limit: int, until: int | None) -> Sequence[tuple[Any, ...]]:
+    def _last_position(self, after: int, limit: int, until: int | None) -> int:
+        """The position of the ``limit``-th row after ``after`` (or the last one, up to ``until``)."""
+        if self.module == "eventsourcing.sqlite":
+            statement = (
+                f"SELECT max(rowid) FROM (SELECT rowid FROM {self.recorder.events_table_name} WHERE rowid>?"
+            )
+            params: list[int] = [after]
+            if until is not None:
+                statement += " AND rowid<=?"
+                params.append(until)
+            statement += " ORDER BY rowid LIMIT ?)"
+            with self.recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(statement, [*params, limit])
+                value = cursor.fetchone()[0]
+        elif self.module == "eventsourcing.postgres":
+            rows = self._postgres_rows(after, limit, until, None, columns="notification_id")
+            value = rows[-1][0] if rows else None
+        else:
+            rows = self._rows(after, limit, until, None)
+            value = rows[-1][0] if rows else None
+        return after if value is None else int(value)
+
+    def _rows(
+        self, after: int, limit: int, until: int | None, partition: Partition | None
+    ) -> Sequence[tuple[Any, ...]]:
         recorder = self.recorder
         if self.module == "eventsourcing.sqlite":
             statement = (
@@ -103,30 +138,45 @@ class LogReader:
             if until is not None:
                 statement += " AND rowid<=?"
                 params.append(until)
+            if partition is not None:
+                statement += " AND (instr('0123456789abcdef', lower(substr(originator_id, -1))) - 1) % ? = ?"
+                params += [partition[1], partition[0]]
             statement += " ORDER BY rowid LIMIT ?"
             params.append(limit)
             with recorder.datastore.transaction(commit=False) as cursor:
                 cursor.execute(statement, params)
                 return [tuple(row) for row in cursor.fetchall()]
         if self.module == "eventsourcing.postgres":
-            return self._postgres_rows(after, limit, until)
+            return self._postgres_rows(after, limit, until, partition)
         notifications = recorder.select_notifications(
             start=after, limit=limit, stop=until, inclusive_of_start=False
         )
-        return [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in notifications]
+        rows = [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in notifications]
+        if partition is not None:
+            rows = [row for row in rows if in_partition(self._id(row[1]), partition)]
+        return rows
 
-    def _postgres_rows(self, after: int, limit: int, until: int | None) -> Sequence[tuple[Any, ...]]:
+    def _postgres_rows(
+        self,
+        after: int,
+        limit: int,
+        until: int | None,
+        partition: Partition | None,
+        columns: str = "notification_id, originator_id, originator_version, topic, state",
+    ) -> Sequence[tuple[Any, ...]]:
         from psycopg.sql import SQL, Identifier
 
         recorder = self.recorder
-        statement = SQL(
-            "SELECT notification_id, originator_id, originator_version, topic, state "
-            "FROM {schema}.{table} WHERE notification_id>%s"
-        ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
+        statement = SQL("SELECT " + columns + " FROM {schema}.{table} WHERE notification_id>%s").format(
+            schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name)
+        )
         params: list[int] = [after]
         if until is not None:
             statement += SQL(" AND notification_id<=%s")
             params.append(until)
+        if partition is not None:
+            statement += SQL(" AND get_byte(uuid_send(originator_id), 15) %% 16 %% %s = %s")
+            params += [partition[1], partition[0]]
         statement += SQL(" ORDER BY notification_id LIMIT %s")
         params.append(limit)
         with (
@@ -134,7 +184,8 @@ class LogReader:
             connection.cursor(row_factory=tuple_row) as cursor,
         ):
             cursor.execute(statement, params, prepare=True)
-            return cursor.fetchall()
+            rows: Sequence[tuple[Any, ...]] = cursor.fetchall()
+            return rows
 
     @staticmethod
     def _id(value: UUID | str) -> UUID:

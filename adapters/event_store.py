@@ -166,7 +166,7 @@ class MessageStore:
     """
 
     def __init__(self, url: str, *, recorder: str = CORE, schema: str = "", timeout: float = 15.0) -> None:
-        self.url, self.timeout = url, timeout
+        self.url, self.schema, self.timeout = url, schema, timeout
         self.committer = GroupCommitter(self._commit)
         env = store_env(url, recorder=recorder, schema=schema)
         env[TIMEOUT_KEY] = str(timeout)
@@ -389,7 +389,9 @@ def _open_application(env: dict[str, str]) -> Messages:
         except StoreError:
             raise
         except Exception as exc:
-            racing = "duplicate key" in str(exc) or "already exists" in str(exc)
+            racing = any(
+                sign in str(exc) for sign in ("duplicate key", "already exists", "concurrently updated")
+            )
             if not racing or attempt == 2:
                 raise StoreUnavailableError(_one_line(exc)) from None
             time.sleep(0.2 * (attempt + 1))

@@ -7,9 +7,12 @@ a second runner (another node) that applied the same batch first makes ours roll
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
@@ -29,7 +32,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, InternalError, OperationalError, ProgrammingError
 
 from adapters.event_store import MessageStore
 from adapters.sql import metadata
@@ -157,7 +160,7 @@ def create_tables(engine: Engine) -> None:
         try:
             metadata.create_all(engine)
             return
-        except (IntegrityError, ProgrammingError, OperationalError):
+        except (IntegrityError, ProgrammingError, OperationalError, InternalError):
             if attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))
@@ -239,6 +242,13 @@ class ShadowRebuild:
     tables into place and sets the live tracking position to the shadow's, so the live runner
     continues from exactly where the rebuild stopped (its in-flight batch, if any, finds the
     position moved and rolls back).
+
+    With ``workers`` > 1 the log up to its head at the start is replayed by that many processes,
+    each taking the messages whose id falls in its partition (``event_log.in_partition``): a
+    message's events stay in order within one process, per-message rows are disjoint, and the
+    counters only ever add, so the partitions' sums add up to the one-process result. The events
+    written meanwhile are then applied by this process before the swap. The shadow tables get
+    their secondary indexes after the bulk load.
     """
 
     def __init__(
@@ -249,17 +259,16 @@ class ShadowRebuild:
         *,
         name: str | None = None,
         batch: int = 20_000,
+        workers: int = 1,
+        token: str | None = None,
     ) -> None:
-        self.store, self.engine, self.batch = store, engine, batch
+        self.store, self.engine, self.batch, self.workers = store, engine, batch, workers
+        self.projections = list(projections)
         self.names = [name] if name else [projection.name for projection in projections]
-        self.token = uuid.uuid4().hex[:8]
+        self.token = token or uuid.uuid4().hex[:8]
         self.shadow_metadata = MetaData()
-        self.shadows = {
-            table.name: _shadow(table, self.token, self.shadow_metadata)
-            for projection in projections
-            for table in projection.tables
-        }
         self.live = [table for projection in projections for table in projection.tables]
+        self.shadows = {table.name: _shadow(table, self.shadow_metadata) for table in self.live}
         self.runner = ProjectionRunner(
             store,
             engine,
@@ -275,11 +284,47 @@ class ShadowRebuild:
         with self.engine.begin() as connection:
             connection.execute(tracking.delete().where(tracking.c.projection == self.runner.name))
         head, total = self.store.max_position(), 0
-        while applied := self.runner.step():
+        if self.workers > 1 and head > 0:
+            total = self._replay_partitioned(head, progress)
+        while self.runner.position() < head and (applied := self.runner.step()):
             total += applied
             progress(self.runner.position(), max(head, self.runner.position()))
+        for table in self.live:
+            for index in _indexes(table, self.shadows[table.name], self.token):
+                index.create(self.engine)
         total += self.runner.catch_up()
         self._swap()
+        return total
+
+    def _replay_partitioned(self, head: int, progress: Callable[[int, int], None]) -> int:
+        """Replay positions 1..head in ``workers`` processes; leave the shadow position at head."""
+        job = _Partitions(
+            url=self.store.url,
+            schema=self.store.schema,
+            projections=[type(projection) for projection in self.projections],
+            name=self.runner.name,
+            count=self.workers,
+            head=head,
+            batch=self.batch,
+        )
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
+            futures = [pool.submit(_replay_partition, job, index) for index in range(self.workers)]
+            while not all(future.done() for future in futures):
+                wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
+                if any(future.done() and future.exception() for future in futures):
+                    break
+                with self.engine.connect() as connection:
+                    done = min(read_position(connection, job.partition_name(i)) for i in range(job.count))
+                progress(done, head)
+            total = sum(future.result() for future in futures)
+        with self.engine.begin() as connection:
+            for index in range(job.count):
+                connection.execute(
+                    tracking.delete().where(tracking.c.projection == job.partition_name(index))
+                )
+            connection.execute(insert(tracking).values(projection=self.runner.name, position=head))
+        progress(head, head)
         return total
 
     def _swap(self) -> None:
@@ -299,13 +344,68 @@ class ShadowRebuild:
                 connection.execute(insert(tracking).values(projection=name, position=position))
 
 
-def _shadow(table: Table, token: str, metadata: MetaData) -> Table:
+@dataclass(frozen=True)
+class _Partitions:
+    """What a partition process needs to rebuild its share (picklable: no live objects)."""
+
+    url: str
+    schema: str
+    projections: list[type[Projection]]
+    name: str
+    count: int
+    head: int
+    batch: int
+
+    def partition_name(self, index: int) -> str:
+        return f"{self.name}#{index}"
+
+
+def _replay_partition(job: _Partitions, index: int) -> int:
+    """In a spawned process: apply the events of partition ``index`` up to ``job.head``."""
+    from adapters.sql import make_engine
+
+    store = MessageStore(job.url, schema=job.schema, timeout=300)
+    engine = make_engine(job.url, schema=job.schema, statement_timeout_s=300)
+    try:
+        live = [projection() for projection in job.projections]
+        shadows = {table.name: _shadow(table, MetaData()) for p in live for table in p.tables}
+        runner = ProjectionRunner(
+            store,
+            engine,
+            [projection.retarget(shadows) for projection in live],
+            name=job.partition_name(index),
+            batch=job.batch,
+        )
+
+        position, applied = 0, 0
+        while position < job.head:
+            entries, last = store.read_events(
+                position, job.batch, until=job.head, partition=(index, job.count)
+            )
+            if last == position:
+                break
+            applied += runner.apply_batch(position, last, [event for _at, event in entries])
+            position = last
+        return applied
+    finally:
+        store.close()
+        engine.dispose()
+
+
+def _shadow(table: Table, metadata: MetaData) -> Table:
+    """A copy of ``table`` named ``<name>_next``, without its secondary indexes (see ``_indexes``)."""
     columns = []
     for column in table.columns:
         copy = column._copy()
         copy.index = None
         columns.append(copy)
-    shadow = Table(f"{table.name}_next", metadata, *columns)
-    for index in table.indexes:
+    return Table(f"{table.name}_next", metadata, *columns)
+
+
+def _indexes(table: Table, shadow: Table, token: str) -> list[Index]:
+    """``table``'s secondary indexes on ``shadow``: built once after the bulk load, which is
+    cheaper than keeping them up to date row by row while it runs."""
+    return [
         Index(f"{index.name}_{token}", *[shadow.c[c.name] for c in index.columns], unique=bool(index.unique))
-    return shadow
+        for index in table.indexes
+    ]

@@ -6,10 +6,13 @@ One place decides timeouts and schema for every SQL connection smeg opens throug
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, MetaData, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.dialects.sqlite import DATETIME as SQLITE_DATETIME
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.types import TypeEngine
 
 metadata = MetaData()
 
@@ -75,8 +78,7 @@ def execute_many(
         names = list(compiled.positiontup or compiled.binds)
         table = statement.table
         processors = [
-            table.c[name].type.dialect_impl(dialect).bind_processor(dialect) if name in table.c else None
-            for name in names
+            _bind_processor(table.c[name].type, dialect) if name in table.c else None for name in names
         ]
         entry = _COMPILED[cache_key] = (str(compiled), names, processors, compiled.positiontup is not None)
     sql, names, processors, positional = entry
@@ -89,3 +91,19 @@ def execute_many(
         ]
         params.append(tuple(values) if positional else dict(zip(names, values, strict=True)))
     connection.exec_driver_sql(sql, params)
+
+
+def _sqlite_datetime(value: datetime) -> str:
+    return value.isoformat(" ", "microseconds")[:26]
+
+
+def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    """The column type's bind processor; for SQLite's default DATETIME format, a C-speed equal.
+
+    SQLAlchemy's formats ``%04d-%02d-%02d %02d:%02d:%02d.%06d`` from the fields (tzinfo ignored);
+    ``isoformat(" ", "microseconds")`` cut before the offset is the same text (tested).
+    """
+    impl = type_.dialect_impl(dialect)
+    if isinstance(impl, SQLITE_DATETIME) and impl._storage_format == SQLITE_DATETIME._storage_format:
+        return _sqlite_datetime
+    return impl.bind_processor(dialect)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from typing import Any
 
@@ -170,8 +171,15 @@ def projections_run(ctx: click.Context) -> None:
 
 @projections.command("rebuild")
 @click.argument("name", required=False)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=lambda: min(16, os.cpu_count() or 1),
+    show_default="the number of CPUs",
+    help="processes replaying the log, each a partition of the messages",
+)
 @click.pass_context
-def projections_rebuild(ctx: click.Context, name: str | None) -> None:
+def projections_rebuild(ctx: click.Context, name: str | None, workers: int) -> None:
     """Replay the whole log into fresh tables and swap them in (safe while smeg run runs)."""
     import time
 
@@ -198,7 +206,7 @@ def projections_rebuild(ctx: click.Context, name: str | None) -> None:
                 err=True,
             )
 
-        applied = ShadowRebuild(store, engine, chosen, name=name).run(progress)
+        applied = ShadowRebuild(store, engine, chosen, name=name, workers=workers).run(progress)
         click.echo("", err=True)
         for projection in chosen:
             click.echo(

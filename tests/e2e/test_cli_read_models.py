@@ -55,6 +55,17 @@ def test_projections_rebuild_and_status_report_positions_without_lag(tmp_path: P
     assert unknown.returncode == 2 and "known: message_status" in unknown.stderr
 
 
+def test_projections_rebuild_in_several_processes(tmp_path: Path) -> None:
+    env = seeded(tmp_path)
+    rebuilt = run_cli(env, "projections", "rebuild", "--workers", "2")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "rebuilt failures_by_reason: 8 events" in rebuilt.stdout
+    report = json.loads(run_cli(env, "report", "--since", at(-3600).isoformat(), "--format", "json").stdout)
+    assert '"delivered": 1' in json.dumps(report)
+    refused = run_cli(env, "projections", "rebuild", "--workers", "0")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+
+
 def test_report_totals_formats_and_chart(tmp_path: Path) -> None:
     env = seeded(tmp_path)
     window = ["--since", at(-3600).isoformat(), "--until", at(7200).isoformat()]

@@ -16,6 +16,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from adapters.event_log import in_partition
 from adapters.event_store import (
     Change,
     MessageNotFoundError,
@@ -631,14 +632,17 @@ def test_read_events_pages_until_a_position_and_by_partition(store):
 
     # When
     bounded, bounded_last = store.read_events(positions[1], 100, until=positions[4])
-    odd, odd_last = store.read_events(0, 100, partition=lambda oid: oid.int % 2 == 1)
-    even, _ = store.read_events(0, 100, partition=lambda oid: oid.int % 2 == 0)
+    odd, odd_last = store.read_events(0, 100, partition=(1, 2))
+    even, _ = store.read_events(0, 100, partition=(0, 2))
+    thirds = [store.read_events(0, 100, partition=(k, 3))[0] for k in range(3)]
 
     # Then
     assert [at for at, _ in bounded] == positions[2:5] and bounded_last == positions[4]
     assert odd_last == positions[-1]
     assert sorted(at for at, _ in odd + even) == positions
     assert all(e.originator_id.int % 2 == 1 for _, e in odd)
+    assert sorted(at for part in thirds for at, _ in part) == positions
+    assert all(in_partition(e.originator_id, (k, 3)) for k, part in enumerate(thirds) for _, e in part)
     assert store.read_events(positions[-1], 10) == ([], positions[-1])
 
 
@@ -648,7 +652,9 @@ def test_read_events_reports_the_last_row_read_even_when_the_partition_takes_non
     positions = [n.id for n in store.read_log(0, 100)]
 
     # When
-    entries, last = store.read_events(0, 3, partition=lambda _oid: False)
+    first_three = {e.originator_id for _, e in store.read_events(0, 3)[0]}
+    empty = next(k for k in range(16) if not any(in_partition(i, (k, 16)) for i in first_three))
+    entries, last = store.read_events(0, 3, partition=(empty, 16))
 
     # Then
     assert entries == [] and last == positions[2]

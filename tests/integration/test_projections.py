@@ -11,14 +11,15 @@ from typing import Any
 
 import pytest
 from eventsourcing.domain import DomainEvent
-from sqlalchemy import Connection, Engine, Table, select
+from sqlalchemy import Connection, Engine, Table, inspect, select
 
 from adapters.event_store import Change, MessageStore
-from adapters.projections import ProjectionRunner, ShadowRebuild, Write
+from adapters.projections import ProjectionRunner, ShadowRebuild, Write, read_position, tracking
 from adapters.sql import make_engine
 from adapters.status_view import MessageStatusProjection, message_status
 from domain.backoff import BackoffPolicy
 from domain.message import Message
+from smeg_actors.read_models import all_projections
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 POLICY = BackoffPolicy(initial=1, factor=3, max_delay=60, max_attempts=3)
@@ -253,3 +254,34 @@ def test_stepping_all_read_models_together_from_two_threads_applies_each_event_o
     assert rows(engine) == together and len(together) == 500
     assert rows(engine, delivery_stats_hourly) == stats and stats
     assert rows(engine, reasons_table) == reasons
+
+
+def test_partitioned_rebuild_equals_a_one_process_rebuild_table_for_table(
+    backend: tuple[MessageStore, Engine],
+) -> None:
+    # Given a history of every kind, rebuilt by one process
+    store, engine = backend
+    seed(store, 900, seed_value=11)
+    projections = all_projections()
+    ShadowRebuild(store, engine, projections, batch=97).run()
+    one_process = {table.name: rows(engine, table) for p in projections for table in p.tables}
+    # When three processes rebuild it, partitioned by message id
+    done: list[tuple[int, int]] = []
+    applied = ShadowRebuild(store, engine, projections, batch=97, workers=3).run(
+        lambda position, head: done.append((position, head))
+    )
+    # Then every table holds the same rows, the position is the head, and the indexes are back
+    assert applied == store.max_position()
+    assert {table.name: rows(engine, table) for p in projections for table in p.tables} == one_process
+    assert all(len(rows) > 0 for rows in one_process.values())
+    assert done[-1] == (store.max_position(), store.max_position())
+    with engine.connect() as connection:
+        positions = {p.name: read_position(connection, p.name) for p in projections}
+        leftovers = connection.execute(
+            select(tracking.c.projection).where(tracking.c.projection.like("%rebuild%"))
+        ).all()
+    assert set(positions.values()) == {store.max_position()} and leftovers == []
+    schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
+    found = inspect(engine).get_indexes("message_status", schema=schema)
+    indexed = {str(index["name"]).rsplit("_", 1)[0] for index in found}
+    assert indexed == {index.name for index in message_status.indexes}
