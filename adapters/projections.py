@@ -355,6 +355,7 @@ class _Partitions:
     count: int
     head: int
     batch: int
+    apply_every: int = 200_000
 
     def partition_name(self, index: int) -> str:
         return f"{self.name}#{index}"
@@ -377,15 +378,21 @@ def _replay_partition(job: _Partitions, index: int) -> int:
             batch=job.batch,
         )
 
-        position, applied = 0, 0
-        while position < job.head:
+        position, applied, read_to = 0, 0, 0
+        pending: list[DomainEvent] = []
+        while read_to < job.head:
             entries, last = store.read_events(
-                position, job.batch, until=job.head, partition=(index, job.count)
+                read_to, job.batch, until=job.head, partition=(index, job.count)
             )
-            if last == position:
+            if last == read_to:
                 break
-            applied += runner.apply_batch(position, last, [event for _at, event in entries])
-            position = last
+            pending += [event for _at, event in entries]
+            read_to = last
+            if len(pending) >= job.apply_every or read_to >= job.head:
+                applied += runner.apply_batch(position, read_to, pending)
+                position, pending = read_to, []
+        if pending:
+            applied += runner.apply_batch(position, read_to, pending)
         return applied
     finally:
         store.close()

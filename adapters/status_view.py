@@ -80,7 +80,7 @@ class MessageStatusProjection:
             rows = {row.id: dict(row._mapping) for row in connection.execute(query)}
         for event in events:
             _fold(rows, event)
-        table, changed = self.table, list(rows.values())
+        table, changed = self.table, [rows[key] for key in sorted(rows)]
 
         def write(connection: Connection) -> None:
             execute_many(connection, (table, "upsert"), lambda: _upsert(connection, table), changed)
