@@ -699,9 +699,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--projector",
-        choices=["inline", "external"],
+        choices=["inline", "process", "external"],
         default="inline",
-        help="read models in the smeg run process (inline) or in a second `smeg projections run` process",
+        help="read models in the smeg run process (inline), in its child process (process), or in a"
+        " second `smeg projections run` process started by the bench (external)",
     )
     parser.add_argument("--dramatiq-processes", type=int, default=2, help="dramatiq --processes (default 2)")
     parser.add_argument(

@@ -26,6 +26,7 @@ from smeg_actors.gateway import GatewayActor
 from smeg_actors.intake import IntakeActor
 from smeg_actors.messages import RequestsReceived
 from smeg_actors.projector import ProjectorActor
+from smeg_actors.projector_process import ProjectorProcessActor
 from smeg_actors.publisher import PublisherActor
 from smeg_actors.read_models import runners
 from smeg_actors.redrive import RedriverActor, failed_queue_reader
@@ -220,16 +221,18 @@ class Runtime:
 
     def _specs(self) -> list[ChildSpec]:
         s, children, clock = self.settings, self.children, self.clock
-        inline = s.projector == "inline"
-        specs = (
-            [
+        inline = s.projector_mode == "inline"
+        specs: list[ChildSpec] = []
+        if inline:
+            specs.append(
                 ChildSpec(
                     "projector", lambda sup: ProjectorActor.start("projector", sup, runners=self.runners)
-                ),
-            ]
-            if inline
-            else []
-        )
+                )
+            )
+        elif s.projector_mode == "process":
+            specs.append(
+                ChildSpec("projector", lambda sup: ProjectorProcessActor.start("projector", sup, settings=s))
+            )
         specs += [
             ChildSpec(
                 "scheduler",

@@ -146,14 +146,15 @@ def projections_run(ctx: click.Context) -> None:
     """Keep the read models and the events exchange up to date until SIGTERM/SIGINT.
 
     Pair it with SMEG_PROJECTOR=external on the ``smeg run`` processes to give the delivery
-    pipeline a core of its own.
+    pipeline a core of its own (SMEG_PROJECTOR=process makes ``smeg run`` start it as a child).
     """
     import signal
     import threading
 
     from adapters.events_exchange import EventsExchangePublisher
     from adapters.rabbitmq import Topology
-    from smeg_actors.read_models import run_forever
+    from smeg_actors.projector_process import PARENT_PID_VARIABLE
+    from smeg_actors.read_models import run_forever, stop_when_orphaned
 
     settings = settings_of(ctx)
     store, engine = _store_and_engine(settings)
@@ -161,6 +162,8 @@ def projections_run(ctx: click.Context) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if parent := os.environ.get(PARENT_PID_VARIABLE):
+        threading.Thread(target=stop_when_orphaned, args=(int(parent), stop), daemon=True).start()
     try:
         run_forever(store, runners_ready(store, engine), events, stop)
     finally:

@@ -48,10 +48,18 @@ class Settings(BaseModel):
     max_in_flight: int = Field(default=2000, ge=1)
     provider_concurrency: int = Field(default=256, ge=1, le=4096)
     redrive_rate: float = Field(default=20.0, gt=0)
-    projector: Literal["inline", "external"] = "inline"
+    projector: Literal["auto", "inline", "process", "external"] = "auto"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @property
+    def projector_mode(self) -> str:
+        """``auto`` resolved: a child process on PostgreSQL; in-process on SQLite, whose single
+        write lock a second writing process would compete for."""
+        if self.projector != "auto":
+            return self.projector
+        return "process" if self.database_url.startswith("postgresql") else "inline"
 
     @field_validator("database_url")
     @classmethod

@@ -50,7 +50,7 @@ def run_demo(database: Path, messages: int, deadline_s: float = 50.0) -> int:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{database}{suffix}").unlink(missing_ok=True)
     url = f"sqlite:///{database}"
-    settings = Settings(database_url=url, workers=8, log_level="warning", **DEMO_BACKOFF)
+    settings = Settings(database_url=url, workers=8, log_level="warning", projector="inline", **DEMO_BACKOFF)
     store = MessageStore(url)
     intake = MemoryIntake(known_providers={"sim"})
     publisher = MemoryFailurePublisher()

@@ -362,3 +362,86 @@ def test_sigterm_under_load_then_a_fresh_run_loses_nothing(
     assert second.wait(timeout=40) == 0
     store.close()
     stub.close()
+
+
+def projector_pids(output: str) -> list[int]:
+    pids = []
+    for line in output.splitlines():
+        if '"projector_process_started"' in line:
+            pids.append(int(json.loads(line)["pid"]))
+    return pids
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie counts: it runs nothing)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def delivered_in_read_model(db: str) -> int:
+    from sqlalchemy import func, select
+
+    from adapters.sql import make_engine
+    from adapters.status_view import message_status
+
+    engine = make_engine(db)
+    try:
+        with engine.connect() as connection:
+            query = (
+                select(func.count()).select_from(message_status).where(message_status.c.status == "delivered")
+            )
+            return int(connection.scalar(query) or 0)
+    except Exception:
+        return 0
+    finally:
+        engine.dispose()
+
+
+def wait_delivered_in_read_model(db: str, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if delivered_in_read_model(db) >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"message_status shows {delivered_in_read_model(db)} delivered, expected {count}")
+
+
+def test_run_keeps_its_projector_process_alive_and_takes_it_down_with_it(
+    tmp_path: Path, stub: StubProvider, e2e_prefix: str, start_smeg: Any
+) -> None:
+    # Given smeg run with its projector in a child process (the default on PostgreSQL)
+    import os
+
+    db = f"sqlite:///{tmp_path}/smeg.db"
+    env = smeg_env(
+        SMEG_DATABASE_URL=db,
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=stub.url,
+        SMEG_PROJECTOR="process",
+    )
+    smeg = start_smeg(env)
+    smeg.wait_for_log("projector_process_started")
+    smeg.wait_for_log("runtime_started")
+    [first] = projector_pids(smeg.output())
+    # When requests arrive, the child keeps the read models
+    publish_requests(e2e_prefix, [f"proc-{i}" for i in range(20)])
+    wait_delivered_in_read_model(db, 20)
+    # When the child dies, the supervisor starts another, which carries on
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(projector_pids(smeg.output())) < 2:
+        time.sleep(0.1)
+    pids = projector_pids(smeg.output())
+    assert len(pids) == 2 and pids[1] != first, smeg.output()[-2000:]
+    publish_requests(e2e_prefix, [f"proc-late-{i}" for i in range(10)])
+    wait_delivered_in_read_model(db, 30)
+    # When smeg run is killed outright, its child does not outlive it
+    smeg.process.kill()
+    smeg.process.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not gone(pids[1]):
+        time.sleep(0.1)
+    assert gone(pids[1]), "the projector process outlived smeg run"

@@ -64,6 +64,7 @@ def start_pipeline(tmp_path: Path, amqp_url: str, prefix: str) -> Iterator[Calla
             backoff_factor=3,
             backoff_max=5,
             max_attempts=3,
+            projector="inline",  # in-process: the read models' effects are asserted right away
         )
         options.update(overrides)
         settings = Settings(**options)
@@ -312,6 +313,7 @@ def test_auto_redrive_retries_exhausted_failures_once_the_provider_delivers_agai
         backoff_factor=2,
         max_attempts=3,
         redrive_rate=50,
+        projector="inline",
     )
     store = MessageStore(url)
     topology = Topology(prefix)

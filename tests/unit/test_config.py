@@ -332,3 +332,12 @@ def test_backoff_is_the_policy_the_settings_describe() -> None:
 
 def test_load_settings_returns_settings() -> None:
     assert isinstance(load_settings({}), Settings)
+
+
+def test_the_projector_runs_in_a_child_process_on_postgresql_and_in_process_on_sqlite() -> None:
+    postgres = load_settings({"SMEG_DATABASE_URL": "postgresql+psycopg://u@h/db"})
+    assert postgres.projector_mode == "process"
+    assert load_settings({"SMEG_DATABASE_URL": "sqlite:///x.db"}).projector_mode == "inline"
+    chosen = load_settings({"SMEG_DATABASE_URL": "sqlite:///x.db", "SMEG_PROJECTOR": "process"})
+    assert chosen.projector_mode == "process"
+    assert load_settings({"SMEG_PROJECTOR": "external"}).projector_mode == "external"

@@ -1,0 +1,107 @@
+"""The projector process actor: the read models and the events exchange in a child process.
+
+With ``SMEG_PROJECTOR=process`` (the default) ``smeg run`` starts ``smeg projections run`` as its
+own child. The read models then get a core of their own instead of sharing the delivery
+pipeline's interpreter lock (in one process, a busy pipeline starved the projector: seconds of
+lag on PostgreSQL), and the operator still runs one command. The child is supervised like any
+actor: when it exits, this actor fails, and the supervisor restarts it (a new child), within the
+restart intensity. The child exits by itself when its parent is gone, even after a ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pykka
+import structlog
+
+from smeg_actors.config import Settings
+from smeg_actors.messages import Tick
+from smeg_actors.supervisor import Supervised
+
+log = structlog.get_logger(__name__)
+
+#: Set in the child's environment: the pid whose death ends the child.
+PARENT_PID_VARIABLE = "SMEG_PARENT_PID"
+
+#: The settings the child needs, passed explicitly (the parent may have read them from a file).
+CHILD_SETTINGS = (
+    "database_url",
+    "database_schema",
+    "database_timeout",
+    "amqp_url",
+    "queue_prefix",
+    "heartbeat",
+    "log_format",
+    "log_level",
+)
+
+
+def child_environment(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The parent's environment, with the settings the child needs and the parent's pid."""
+    env = dict(os.environ if environ is None else environ)
+    env.pop("SMEG_CONFIG", None)
+    for name in CHILD_SETTINGS:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"SMEG_{name.upper()}"] = str(value)
+    env[PARENT_PID_VARIABLE] = str(os.getpid())
+    return env
+
+
+class ProjectorProcessActor(Supervised):
+    """Owns one ``smeg projections run`` child; fails (to be restarted) when the child exits."""
+
+    def __init__(
+        self,
+        name: str,
+        supervisor: pykka.ActorRef[Any] | None,
+        *,
+        settings: Settings,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(name, supervisor)
+        self.settings, self.stop_timeout = settings, stop_timeout
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def on_start(self) -> None:
+        command = [sys.executable, "-m", "smeg_actors", "projections", "run"]
+        self.child = subprocess.Popen(command, env=child_environment(self.settings), stdin=subprocess.DEVNULL)
+        log.info("projector_process_started", pid=self.child.pid)
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Tick():
+                self._check()
+            case "pid":
+                return self.child.pid if self.child else None
+            case _:
+                log.warning("unknown_message_dropped", message=repr(message))
+        return None
+
+    def _check(self) -> None:
+        if self.child is not None and (code := self.child.poll()) is not None:
+            self.child = None
+            raise RuntimeError(f"projector process exited with code {code}")
+
+    def on_stop(self) -> None:
+        self._end_child()
+
+    def on_failure(self, *args: Any) -> None:
+        self._end_child()
+        super().on_failure(*args)
+
+    def _end_child(self) -> None:
+        child, self.child = self.child, None
+        if child is None or child.poll() is not None:
+            return
+        child.terminate()
+        try:
+            child.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("projector_process_killed", pid=child.pid)
+            child.kill()
+            child.wait()
