@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timezone
@@ -510,7 +510,7 @@ def fmt_rate(run: Run | None) -> str:
     return f"{run.rate:,.0f}" if run.ok else "FAILED"
 
 
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], right_from: int) -> None:
+def print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], right_from: int) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for i, row in enumerate([header, *rows]):
         cells = [
@@ -593,11 +593,11 @@ def report(smeg_runs: list[Run], dramatiq_runs: dict[str, Run], args: argparse.N
             if not run.ok or other is None or not other.ok:
                 verdict = "n/a (a run failed or Dramatiq was skipped)"
             else:
-                ratio = run.rate / other.rate
+                measured = run.rate / other.rate
                 verdict = (
-                    f"{ratio:.2f}x: "
-                    + ("MET" if ratio >= TARGET_INSTANT_RATIO else "MISSED")
-                    + (", aim MET" if ratio >= AIM_INSTANT_RATIO else ", aim missed")
+                    f"{measured:.2f}x: "
+                    + ("MET" if measured >= TARGET_INSTANT_RATIO else "MISSED")
+                    + (", aim MET" if measured >= AIM_INSTANT_RATIO else ", aim missed")
                 )
             print(
                 f"  instant/{run.store}: smeg >= {TARGET_INSTANT_RATIO:.1f}x Dramatiq"

@@ -10,6 +10,6 @@ scripts/start_services.sh
 
 .venv/bin/ruff check domain adapters smeg_actors tests scripts
 .venv/bin/ruff format --check domain adapters smeg_actors tests scripts
-.venv/bin/mypy domain adapters smeg_actors
+.venv/bin/mypy domain adapters smeg_actors scripts
 .venv/bin/lint-imports
 CI=${CI:-true} .venv/bin/python -m pytest "$@"

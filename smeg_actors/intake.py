@@ -2,6 +2,8 @@
 
 A request is acked only once its Received event is committed. A request whose ``message_id``
 was seen before hits the store's uniqueness, is acked and ignored, and is never delivered twice.
+Anything else that kept a request from being recorded is logged as an error and the request is
+handed back to the broker unacked.
 """
 
 from __future__ import annotations
@@ -76,17 +78,28 @@ class IntakeActor(Supervised):
         except StoreUnavailableError as exc:
             self.on_store_lost(str(exc))
             return
-        ready = []
+        ready: list[WorkItem] = []
+        done: list[int] = []
+        unrecorded: list[int] = []
         for delivery, outcome in zip(deliveries, outcomes, strict=True):
+            request = delivery.request
             if outcome.message is not None:
                 ready.append(WorkItem(outcome.message.id, outcome.message))
-                continue
-            self.duplicates += 1
-            request = delivery.request
-            with message_context(request.message_id, request.correlation_id):
-                log.info("duplicate_request_ignored", to=mask_address(request.to))
+                done.append(delivery.tag)
+            elif outcome.conflict:
+                self.duplicates += 1
+                done.append(delivery.tag)
+                with message_context(request.message_id, request.correlation_id):
+                    log.info("duplicate_request_ignored", to=mask_address(request.to))
+            else:
+                unrecorded.append(delivery.tag)
+                with message_context(request.message_id, request.correlation_id):
+                    log.error("request_not_recorded", why=str(outcome.refused or "not found")[:200])
         self.received += len(ready)
-        self.intake.ack([d.tag for d in deliveries])
+        self.intake.ack(done)
+        if unrecorded:
+            # Not durable, so not acked: the broker keeps it (and redelivers it) — never a silent drop.
+            self.intake.release(unrecorded)
         if ready:
             self.children.tell("dispatcher", DeliverMessages(tuple(ready)))
 
