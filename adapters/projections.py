@@ -51,14 +51,6 @@ tracking = Table(
 Write = Callable[[Connection], None]
 
 
-def apply_all(
-    connection: Connection, projections: Sequence[Projection], events: Sequence[DomainEvent]
-) -> None:
-    """Every projection's reads and folds first, then every write (short SQLite write locks)."""
-    for write in [projection.prepare(connection, events) for projection in projections]:
-        write(connection)
-
-
 class Projection(Protocol):
     """A read model: its name, its tables, and how a batch of events changes them."""
 
@@ -260,12 +252,11 @@ class ShadowRebuild:
         name: str | None = None,
         batch: int = 20_000,
         workers: int = 1,
-        token: str | None = None,
     ) -> None:
         self.store, self.engine, self.batch, self.workers = store, engine, batch, workers
         self.projections = list(projections)
         self.names = [name] if name else [projection.name for projection in projections]
-        self.token = token or uuid.uuid4().hex[:8]
+        self.token = uuid.uuid4().hex[:8]
         self.shadow_metadata = MetaData()
         self.live = [table for projection in projections for table in projection.tables]
         self.shadows = {table.name: _shadow(table, self.shadow_metadata) for table in self.live}

@@ -1,11 +1,12 @@
 """The projector process actor: the read models and the events exchange in a child process.
 
-With ``SMEG_PROJECTOR=process`` (the default) ``smeg run`` starts ``smeg projections run`` as its
-own child. The read models then get a core of their own instead of sharing the delivery
-pipeline's interpreter lock (in one process, a busy pipeline starved the projector: seconds of
-lag on PostgreSQL), and the operator still runs one command. The child is supervised like any
-actor: when it exits, this actor fails, and the supervisor restarts it (a new child), within the
-restart intensity. The child exits by itself when its parent is gone, even after a ``kill -9``.
+With ``SMEG_PROJECTOR=process`` (what ``auto`` picks on PostgreSQL) ``smeg run`` starts
+``smeg projections run`` as its own child. The read models then get a core of their own instead
+of sharing the delivery pipeline's interpreter lock (in one process, a busy pipeline starved the
+projector: seconds of lag on PostgreSQL), and the operator still runs one command. The child is
+supervised like any actor: when it exits, this actor fails, and the supervisor restarts it (a new
+child), within the restart intensity. The child exits by itself when its parent is gone, even
+after a ``kill -9``.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ CHILD_SETTINGS = (
 )
 
 
-def child_environment(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+def child_environment(settings: Settings) -> dict[str, str]:
     """The parent's environment, with the settings the child needs and the parent's pid."""
-    env = dict(os.environ if environ is None else environ)
+    env = dict(os.environ)
     env.pop("SMEG_CONFIG", None)
     for name in CHILD_SETTINGS:
         value = getattr(settings, name)

@@ -51,9 +51,9 @@ def follower_status(store: MessageStore, engine: Engine) -> list[FollowerStatus]
         positions = {name: read_position(connection, name) for name in names}
     for name, position in positions.items():
         lag_seconds = 0.0
-        pending = store.read_log(position, 1) if position < head else []
+        pending = store.read_events(position, 1)[0] if position < head else []
         if pending:
-            oldest = store.decode(pending[0]).timestamp
+            oldest = pending[0][1].timestamp
             lag_seconds = max(0.0, (datetime.now(timezone.utc) - oldest).total_seconds())
         rows.append(FollowerStatus(name, position, head, max(0, head - position), lag_seconds))
     return rows

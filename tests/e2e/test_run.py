@@ -279,10 +279,6 @@ def test_external_projector_keeps_read_models_and_events_while_run_only_delivers
 ) -> None:
     # Given smeg run without read models, and a separate projections runner
     import pika
-    from sqlalchemy import func, select
-
-    from adapters.sql import make_engine
-    from adapters.status_view import message_status
 
     db = f"sqlite:///{tmp_path}/smeg.db"
     env = smeg_env(
@@ -305,16 +301,9 @@ def test_external_projector_keeps_read_models_and_events_while_run_only_delivers
     # Then every message is delivered, counted in message_status and announced on the exchange
     store = MessageStore(db)
     wait_all_final(store, ids, timeout=30)
-    engine = make_engine(db)
-    deadline = time.monotonic() + 20
-    delivered = 0
-    while time.monotonic() < deadline and delivered < 50:
-        with engine.connect() as db_connection:
-            delivered = db_connection.scalar(
-                select(func.count()).select_from(message_status).where(message_status.c.status == "delivered")
-            )
-        time.sleep(0.1)
+    delivered = wait_delivered_in_read_model(db, 50, timeout=20)
     assert delivered == 50
+    deadline = time.monotonic() + 20
     announced = 0
     while time.monotonic() < deadline and announced < 50:
         method, _properties, _body = channel.basic_get(events_queue, auto_ack=True)
@@ -328,7 +317,6 @@ def test_external_projector_keeps_read_models_and_events_while_run_only_delivers
     for process in (run, projections):
         process.process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=40) == 0
-    engine.dispose()
     store.close()
 
 
@@ -400,13 +388,14 @@ def delivered_in_read_model(db: str) -> int:
         engine.dispose()
 
 
-def wait_delivered_in_read_model(db: str, count: int, timeout: float = 30) -> None:
+def wait_delivered_in_read_model(db: str, count: int, timeout: float = 30) -> int:
+    """Poll message_status until it shows ``count`` delivered (or ``timeout``); return what it shows."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if delivered_in_read_model(db) >= count:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"message_status shows {delivered_in_read_model(db)} delivered, expected {count}")
+    delivered = delivered_in_read_model(db)
+    while delivered < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+        delivered = delivered_in_read_model(db)
+    return delivered
 
 
 def test_run_keeps_its_projector_process_alive_and_takes_it_down_with_it(
@@ -428,7 +417,7 @@ def test_run_keeps_its_projector_process_alive_and_takes_it_down_with_it(
     [first] = projector_pids(smeg.output())
     # When requests arrive, the child keeps the read models
     publish_requests(e2e_prefix, [f"proc-{i}" for i in range(20)])
-    wait_delivered_in_read_model(db, 20)
+    assert wait_delivered_in_read_model(db, 20) >= 20
     # When the child dies, the supervisor starts another, which carries on
     os.kill(first, signal.SIGKILL)
     deadline = time.monotonic() + 20
@@ -437,7 +426,7 @@ def test_run_keeps_its_projector_process_alive_and_takes_it_down_with_it(
     pids = projector_pids(smeg.output())
     assert len(pids) == 2 and pids[1] != first, smeg.output()[-2000:]
     publish_requests(e2e_prefix, [f"proc-late-{i}" for i in range(10)])
-    wait_delivered_in_read_model(db, 30)
+    assert wait_delivered_in_read_model(db, 30) >= 30
     # When smeg run is killed outright, its child does not outlive it
     smeg.process.kill()
     smeg.process.wait(10)
