@@ -12,7 +12,7 @@ refuses — goes through the library's Mapper instead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, cast
 from uuid import UUID
 
@@ -102,6 +102,56 @@ class LogReader:
             return [], after
         rows = self._rows(after, limit, bound, partition)
         return [(row[0], self._event(row)) for row in rows], bound
+
+    def histories(self, ids: Collection[UUID]) -> dict[UUID, list[DomainEvent]]:
+        """Every stored event of each message in ``ids``, in version order (one query per 500 ids).
+
+        For projections that need facts from a message's earlier events (its channel, its latest
+        attempt's provider) without keeping a table of their own: the history is immutable, so
+        any event already in the log reads the same here as when it was applied.
+        """
+        found: dict[UUID, list[DomainEvent]] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), 500):
+            for row in self._history_rows(unique[start : start + 500]):
+                event = self._event(row)
+                found.setdefault(event.originator_id, []).append(event)
+        return found
+
+    def _history_rows(self, ids: Sequence[UUID]) -> Sequence[tuple[Any, ...]]:
+        recorder = self.recorder
+        if self.module == "eventsourcing.sqlite":
+            marks = ",".join("?" * len(ids))
+            statement = (
+                "SELECT rowid, originator_id, originator_version, topic, state "
+                f"FROM {recorder.events_table_name} WHERE originator_id IN ({marks}) "
+                "ORDER BY originator_id, originator_version"
+            )
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(statement, [i.hex for i in ids])
+                return [tuple(row) for row in cursor.fetchall()]
+        if self.module == "eventsourcing.postgres":
+            from psycopg.sql import SQL, Identifier
+
+            query = SQL(
+                "SELECT notification_id, originator_id, originator_version, topic, state "
+                "FROM {schema}.{table} WHERE originator_id = ANY(%s) "
+                "ORDER BY originator_id, originator_version"
+            ).format(
+                schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name)
+            )
+            with (
+                recorder.datastore.get_connection() as connection,
+                connection.cursor(row_factory=tuple_row) as cursor,
+            ):
+                cursor.execute(query, [list(ids)], prepare=True)
+                rows: Sequence[tuple[Any, ...]] = cursor.fetchall()
+                return rows
+        return [
+            (0, stored.originator_id, stored.originator_version, stored.topic, stored.state)
+            for originator_id in ids
+            for stored in recorder.select_events(originator_id)
+        ]
 
     def _last_position(self, after: int, limit: int, until: int | None) -> int:
         """The position of the ``limit``-th row after ``after`` (or the last one, up to ``until``)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
@@ -338,6 +338,17 @@ class MessageStore:
         """
         try:
             return self.log.read(after, limit, until=until, partition=partition)
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+        except Exception as exc:
+            if _is_database_error(exc):
+                raise StoreUnavailableError(_one_line(exc)) from None
+            raise
+
+    def histories(self, ids: Collection[UUID]) -> dict[UUID, list[DomainEvent]]:
+        """Every event of each message in ``ids``, in version order (absent ids are left out)."""
+        try:
+            return self.log.histories(ids)
         except PersistenceError as exc:
             raise StoreUnavailableError(_one_line(exc)) from None
         except Exception as exc:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import multiprocessing
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
+from uuid import UUID
 
 import structlog
 from eventsourcing.domain import DomainEvent
@@ -50,6 +51,9 @@ tracking = Table(
 #: The writes a projection prepared, made inside the runner's transaction.
 Write = Callable[[Connection], None]
 
+#: Every stored event of each of these messages, in version order (``MessageStore.histories``).
+History = Callable[[Collection[UUID]], Mapping[UUID, Sequence[DomainEvent]]]
+
 
 class Projection(Protocol):
     """A read model: its name, its tables, and how a batch of events changes them."""
@@ -65,11 +69,13 @@ class Projection(Protocol):
         """The same projection writing to ``tables`` (keyed by live table name)."""
         ...
 
-    def prepare(self, connection: Connection, events: Sequence[DomainEvent]) -> Write:
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
         """Read what the events (store order) need and fold them; return the write to make.
 
         Reads only: on SQLite the write lock is taken by the first write, so the runner calls
         every projection's ``prepare`` before any write and holds the lock for the writes alone.
+        ``history`` reads messages' earlier events from the store, for facts a projection does
+        not keep in a table of its own.
         """
         ...
 
@@ -117,7 +123,10 @@ class ProjectionRunner:
         """Apply ``events`` (positions after ``start`` up to ``end``) and move the position, in one tx."""
         try:
             with self.engine.begin() as connection:
-                writes = [projection.prepare(connection, events) for projection in self.projections]
+                writes = [
+                    projection.prepare(connection, events, self.store.histories)
+                    for projection in self.projections
+                ]
                 if not self._advance(connection, start, end):
                     return 0
                 for write in writes:
@@ -216,7 +225,10 @@ def step_together(store: MessageStore, runners: Sequence[ProjectionRunner], batc
                 events = [event for at, event in decoded if at > position]
                 if not events:
                     continue
-                writes += [projection.prepare(connection, events) for projection in runner.projections]
+                writes += [
+                    projection.prepare(connection, events, store.histories)
+                    for projection in runner.projections
+                ]
                 writes.append(partial(_advance_or_raise, name=runner.name, start=position, end=end))
                 applied = max(applied, len(events))
             for write in writes:
@@ -354,8 +366,10 @@ class _Partitions:
 
 def _replay_partition(job: _Partitions, index: int) -> int:
     """In a spawned process: apply the events of partition ``index`` up to ``job.head``."""
+    from adapters.gc_policy import collect_less
     from adapters.sql import make_engine
 
+    collect_less()
     store = MessageStore(job.url, schema=job.schema, timeout=300)
     engine = make_engine(job.url, schema=job.schema, statement_timeout_s=300)
     try:

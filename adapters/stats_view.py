@@ -4,8 +4,8 @@ Two projections follow the event log (see ``adapters.projections``). Each batch'
 summed in Python, then ONE upsert per table *adds* the sums to the stored counters, inside the
 runner's transaction: the tables are exactly-once and a ``rebuild()`` reproduces them row for row.
 Every counter only grows; a row covers the events whose own timestamp falls in its hour / day.
-Give each projection its own ``ProjectionRunner`` named after it (``name=projection.name``): its
-side table belongs to it alone, so either can be rebuilt (or shadow-rebuilt) on its own.
+Give each projection its own ``ProjectionRunner`` named after it (``name=projection.name``), so
+either can be rebuilt (or shadow-rebuilt) on its own.
 
 ``delivery_stats_hourly`` — one row per (hour, provider, channel):
 
@@ -49,10 +49,10 @@ exhausted          int      … of which not permanent (attempts exhausted)
 backed_off         int      BackedOff events with this reason (transient failures)
 =================  =======  ===================================================================
 
-``stats_message_info`` / ``failures_message_info`` — each projection's own side table, one row
-per message: id (uuid, key), channel, received_at (Received's timestamp, NULL if unseen) and
-provider (the latest Attempted's provider, '' before any). Written in the same transaction as the
-counters; nothing is deleted on delivery (a RetryRequested may lead to another delivery).
+What a counter needs to know about an event's message — its channel, when it was received, the
+provider of its latest attempt — comes from the message's own earlier events: kept in memory
+while the message is in progress and read back from the event store after a restart (see
+``_MessageFacts``). The history is immutable, so no table of our own has to keep it.
 """
 
 from __future__ import annotations
@@ -60,15 +60,17 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from itertools import islice
 from typing import Any, Self
 from uuid import UUID
 
 from eventsourcing.domain import DomainEvent
-from sqlalchemy import BigInteger, Column, Connection, Date, DateTime, Integer, String, Table, Uuid, select
+from sqlalchemy import BigInteger, Column, Connection, Date, DateTime, Integer, String, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
-from adapters.projections import Projection, Write
+from adapters.projections import History, Projection, Write
 from adapters.sql import execute_many, metadata
 from domain.message import Message
 
@@ -125,110 +127,84 @@ failures_by_reason = Table(
 )
 
 
-def _info_table(name: str) -> Table:
-    return Table(
-        name,
-        metadata,
-        Column("id", Uuid, primary_key=True),
-        Column("channel", String(8), nullable=False),
-        Column("received_at", DateTime(timezone=True)),
-        Column("provider", String(64), nullable=False),
-    )
-
-
-stats_message_info = _info_table("stats_message_info")
-failures_message_info = _info_table("failures_message_info")
-
-
 class _CountingProjection:
-    """What both projections share: a counters table and a side table, retargetable for a rebuild."""
+    """What both projections share: a counters table (retargetable for a rebuild) and message facts."""
 
     name: str
 
-    def __init__(self, table: Table, info: Table) -> None:
-        self.table, self.info = table, info
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.facts = _MessageFacts()
 
     @property
     def tables(self) -> list[Table]:
         """The tables this projection writes."""
-        return [self.table, self.info]
+        return [self.table]
 
     def retarget(self, tables: dict[str, Table]) -> Self:
-        """The same projection writing to other tables (keyed by live name), for a rebuild."""
-        return type(self)(tables[self.table.name], tables[self.info.name])
+        """The same projection writing to another table (keyed by live name), for a rebuild."""
+        return type(self)(tables[self.table.name])
 
     def clear(self, connection: Connection) -> None:
-        """Delete every row of both tables."""
+        """Delete every row."""
         connection.execute(self.table.delete())
-        connection.execute(self.info.delete())
 
 
 class DeliveryStatsProjection(_CountingProjection):
-    """Keeps ``delivery_stats_hourly`` and ``stats_message_info`` (or shadow copies) in step with the log.
-
-    Args:
-        table: the hourly counters table.
-        info: the side table of per-message facts.
-    """
+    """Keeps ``delivery_stats_hourly`` (or a shadow copy, for a rebuild) in step with the log."""
 
     name = "delivery_stats_hourly"
 
-    def __init__(self, table: Table = delivery_stats_hourly, info: Table = stats_message_info) -> None:
-        super().__init__(table, info)
+    def __init__(self, table: Table = delivery_stats_hourly) -> None:
+        super().__init__(table)
 
-    def prepare(self, connection: Connection, events: Sequence[DomainEvent]) -> Write:
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
         """Sum the batch's counts per hour; the write adds them to the hourly rows."""
-        info = _MessageInfo(self.info, connection, events)
+        self.facts.load(events, history)
         sums: dict[tuple[datetime, str, str], Counter[str]] = defaultdict(Counter)
         for event in events:
-            row = info.observe(event)
+            row = self.facts.observe(event)
             hour = _utc(event.timestamp).replace(minute=0, second=0, microsecond=0)
             if isinstance(event, Message.Received):
                 sums[hour, event.provider or "", event.channel]["received"] += 1
             elif isinstance(event, Message.Attempted):
-                sums[hour, event.provider, row["channel"]]["attempts"] += 1
+                sums[hour, event.provider, row.channel]["attempts"] += 1
             elif isinstance(event, Message.BackedOff):
-                sums[hour, row["provider"], row["channel"]]["backed_off"] += 1
+                sums[hour, row.provider, row.channel]["backed_off"] += 1
             elif isinstance(event, Message.Failed):
                 kind = "failed_permanent" if event.permanent else "failed_exhausted"
-                sums[hour, row["provider"], row["channel"]][kind] += 1
+                sums[hour, row.provider, row.channel][kind] += 1
             elif isinstance(event, Message.Delivered):
-                counts = sums[hour, event.provider, row["channel"]]
+                counts = sums[hour, event.provider, row.channel]
                 counts["delivered"] += 1
                 counts["delivered_retried"] += int(event.attempt > 1)
-                if row["received_at"] is not None:
-                    _count_latency(counts, _utc(event.timestamp) - _utc(row["received_at"]))
+                if row.received_at is not None:
+                    _count_latency(counts, _utc(event.timestamp) - row.received_at)
         table = self.table
         columns = [c.name for c in table.columns if c.name not in HOURLY_KEY]
 
         def write(connection: Connection) -> None:
-            info.save(connection)
             _add(connection, table, HOURLY_KEY, columns, sums)
 
         return write
 
 
 class FailureReasonsProjection(_CountingProjection):
-    """Keeps ``failures_by_reason`` and ``failures_message_info`` (or shadow copies) in step with the log.
-
-    Args:
-        table: the per-reason counters table.
-        info: the side table of per-message facts.
-    """
+    """Keeps ``failures_by_reason`` (or a shadow copy, for a rebuild) in step with the log."""
 
     name = "failures_by_reason"
 
-    def __init__(self, table: Table = failures_by_reason, info: Table = failures_message_info) -> None:
-        super().__init__(table, info)
+    def __init__(self, table: Table = failures_by_reason) -> None:
+        super().__init__(table)
 
-    def prepare(self, connection: Connection, events: Sequence[DomainEvent]) -> Write:
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
         """Sum the batch's Failed / BackedOff counts per reason; the write adds them."""
-        info = _MessageInfo(self.info, connection, events)
+        self.facts.load(events, history)
         sums: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
         for event in events:
-            row = info.observe(event)
+            row = self.facts.observe(event)
             if isinstance(event, Message.Failed | Message.BackedOff):
-                key = (_utc(event.timestamp).date(), row["provider"], event.reason[:REASON_LENGTH])
+                key = (_utc(event.timestamp).date(), row.provider, event.reason[:REASON_LENGTH])
                 if isinstance(event, Message.BackedOff):
                     sums[key]["backed_off"] += 1
                 else:
@@ -237,7 +213,6 @@ class FailureReasonsProjection(_CountingProjection):
         table = self.table
 
         def write(connection: Connection) -> None:
-            info.save(connection)
             _add(connection, table, REASON_KEY, REASON_COUNTERS, sums)
 
         return write
@@ -248,54 +223,69 @@ def stats_projections() -> list[Projection]:
     return [DeliveryStatsProjection(), FailureReasonsProjection()]
 
 
-class _MessageInfo:
-    """A side table's rows for a batch's messages: read in one SELECT, folded, written in one upsert."""
+@dataclass(slots=True)
+class _Facts:
+    """A message as a counter sees it, as of its event ``version``."""
 
-    def __init__(self, table: Table, connection: Connection, events: Sequence[DomainEvent]) -> None:
-        self.table = table
-        self.rows: dict[UUID, dict[str, Any]] = {}
-        ids = {e.originator_id for e in events} - _received_in(events)
-        if ids:
-            query = select(table).where(table.c.id.in_(ids))
-            self.rows = {row.id: dict(row._mapping) for row in connection.execute(query)}
-        self.changed: set[UUID] = set()
+    version: int
+    channel: str
+    received_at: datetime | None
+    provider: str
 
-    def observe(self, event: DomainEvent) -> dict[str, Any]:
-        """Fold the event into its message's info; return the info as of that event."""
+
+class _MessageFacts:
+    """Each in-progress message's facts, in memory; recovered from its own history when missing.
+
+    An entry is trusted only if it is as of the version just before the message's first event in
+    the batch. Otherwise — after a restart, an eviction, or a batch that was folded and then
+    rolled back — the message's earlier events are read from the store (``history``) and folded.
+    An entry is dropped when its message is Delivered (nothing can follow), and the oldest go
+    when more than ``capacity`` are held.
+    """
+
+    def __init__(self, capacity: int = 500_000) -> None:
+        self.known: dict[UUID, _Facts] = {}
+        self.capacity = capacity
+
+    def load(self, events: Sequence[DomainEvent], history: History) -> None:
+        """Make sure every message of ``events`` is known as of just before its first event here."""
+        first: dict[UUID, int] = {}
+        for event in events:
+            first.setdefault(event.originator_id, event.originator_version)
+        known = self.known
+        missing = [
+            key
+            for key, version in first.items()
+            if version > 1 and ((facts := known.get(key)) is None or facts.version != version - 1)
+        ]
+        if missing:
+            for key in missing:
+                known.pop(key, None)
+            for key, earlier in history(missing).items():
+                for event in earlier:
+                    if event.originator_version >= first[key]:
+                        break
+                    self.observe(event)
+        if len(known) > self.capacity:
+            for key in list(islice(known, len(known) - self.capacity // 2)):
+                del known[key]
+
+    def observe(self, event: DomainEvent) -> _Facts:
+        """Fold the event into its message's facts; return them as of that event."""
         key = event.originator_id
         if isinstance(event, Message.Received):
-            self.rows[key] = dict(
-                id=key, channel=event.channel, received_at=_utc(event.timestamp), provider=""
-            )
-            self.changed.add(key)
-        row = self.rows.get(key)
-        if row is None:  # no Received seen (cannot happen when following the log from its start)
-            row = self.rows[key] = dict(id=key, channel="", received_at=None, provider="")
-            self.changed.add(key)
+            received = _Facts(event.originator_version, event.channel, _utc(event.timestamp), "")
+            self.known[key] = received
+            return received
+        facts = self.known.get(key)
+        if facts is None:  # no Received in its history (cannot happen while the log is whole)
+            facts = self.known[key] = _Facts(event.originator_version, "", None, "")
+        facts.version = event.originator_version
         if isinstance(event, Message.Attempted):
-            row["provider"] = event.provider
-            self.changed.add(key)
-        return row
-
-    def save(self, connection: Connection) -> None:
-        if not self.changed:
-            return
-
-        def upsert() -> Any:
-            statement = _insert(connection, self.table)
-            return statement.on_conflict_do_update(
-                index_elements=[self.table.c.id],
-                set_={c: statement.excluded[c] for c in ("channel", "received_at", "provider")},
-            )
-
-        execute_many(
-            connection, (self.table, "upsert"), upsert, [self.rows[key] for key in sorted(self.changed)]
-        )
-
-
-def _received_in(events: Sequence[DomainEvent]) -> set[UUID]:
-    """Messages born in this batch: nothing about them can be in the tables yet."""
-    return {e.originator_id for e in events if isinstance(e, Message.Received)}
+            facts.provider = event.provider
+        elif isinstance(event, Message.Delivered):
+            del self.known[key]
+        return facts
 
 
 def _count_latency(counts: Counter[str], latency: timedelta) -> None:

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from adapters.projections import Write
+from adapters.projections import History, Write
 from adapters.sql import execute_many, metadata
 from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, RECEIVED, Message
 
@@ -70,7 +70,7 @@ class MessageStatusProjection:
         """The same projection writing to other tables (keyed by live name), for a rebuild."""
         return MessageStatusProjection(tables[self.table.name])
 
-    def prepare(self, connection: Connection, events: Sequence[DomainEvent]) -> Write:
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
         """Read the batch's known messages, fold the events; the write upserts the rows."""
         born = {e.originator_id for e in events if isinstance(e, Message.Received)}
         ids = {e.originator_id for e in events} - born

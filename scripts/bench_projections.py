@@ -95,7 +95,8 @@ from support import (  # noqa: E402  (scripts/bench)
 
 from adapters.event_store import Change, MessageStore, StoreError  # noqa: E402
 from adapters.events_exchange import TRACKING_NAME as EVENTS_TRACKING  # noqa: E402
-from adapters.projections import Projection, ProjectionRunner, ShadowRebuild, Write  # noqa: E402
+from adapters.gc_policy import collect_less  # noqa: E402
+from adapters.projections import History, Projection, ProjectionRunner, ShadowRebuild, Write  # noqa: E402
 from adapters.rabbitmq import QUEUE_ARGUMENTS  # noqa: E402
 from adapters.sql import make_engine  # noqa: E402
 from adapters.stats_view import delivery_stats_hourly, failures_by_reason  # noqa: E402
@@ -350,9 +351,9 @@ class TimedProjection:
     def retarget(self, tables: dict[str, Table]) -> Projection:
         return TimedProjection(self.inner.retarget(tables))
 
-    def prepare(self, connection: Connection, events: Sequence[DomainEvent]) -> Write:
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
         started = time.perf_counter()
-        write = self.inner.prepare(connection, events)
+        write = self.inner.prepare(connection, events, history)
         self.seconds += time.perf_counter() - started
 
         def timed_write(connection: Connection) -> None:
@@ -984,6 +985,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    collect_less()  # as the smeg command does: the rebuilds here stand for `smeg projections rebuild`
     run_id = uuid.uuid4().hex[:8]
     print(
         f"smeg projections bench {run_id}:"

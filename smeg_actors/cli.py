@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from adapters.event_store import MessageNotFoundError, MessageStore, StoreError
+from adapters.gc_policy import collect_less
 from domain.audit import describe, event_record
 from smeg_actors.cli_read_models import audit_replay, projections, report
 from smeg_actors.cli_support import CommandError, open_store, parse_time, quiet_stdout, settings_of
@@ -194,6 +195,7 @@ cli.add_command(projections)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
+    collect_less()
     try:
         result: Any = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except CommandError as exc:

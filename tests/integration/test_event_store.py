@@ -856,3 +856,24 @@ def test_a_batch_with_scattered_conflicts_saves_every_other_change_and_flags_eac
     assert conflicts == ["dup-5", "dup-50", "dup-99"]
     assert sum(outcome.saved for outcome in outcomes) == 97
     assert stored_types(store)["Received"] == 100
+
+
+def test_histories_returns_each_messages_events_in_version_order_for_many_ids(store):
+    # Given 600 messages (more than one query's worth of ids), one of them with three events
+    messages = received(store, *(f"h-{k}" for k in range(600)))
+    busy = messages[7]
+    attempt(busy)
+    busy.record_delivery("p-1", now=utcnow(), latency_ms=3.0)
+    store.commit([Change(load=lambda: busy)])
+    unknown = Message.create_id("never-received")
+
+    # When
+    found = store.histories([m.id for m in messages] + [unknown, busy.id])
+
+    # Then: every known message, its events in order, as the log reader decodes them
+    assert set(found) == {m.id for m in messages}
+    assert [event_type(e) for e in found[busy.id]] == ["Received", "Attempted", "Delivered"]
+    assert [e.originator_version for e in found[busy.id]] == [1, 2, 3]
+    assert all(len(found[m.id]) == 1 for m in messages if m is not busy)
+    logged = {(e.originator_id, e.originator_version): vars(e) for _, e in store.iter_log()}
+    assert all(vars(e) == logged[e.originator_id, e.originator_version] for e in found[busy.id])

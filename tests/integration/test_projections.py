@@ -14,7 +14,7 @@ from eventsourcing.domain import DomainEvent
 from sqlalchemy import Connection, Engine, Table, inspect, select
 
 from adapters.event_store import Change, MessageStore
-from adapters.projections import ProjectionRunner, ShadowRebuild, Write, read_position, tracking
+from adapters.projections import History, ProjectionRunner, ShadowRebuild, Write, read_position, tracking
 from adapters.sql import make_engine
 from adapters.status_view import MessageStatusProjection, message_status
 from domain.backoff import BackoffPolicy
@@ -127,8 +127,8 @@ class Exploding:
     def retarget(self, tables: dict[str, Table]) -> Any:
         return self.inner.retarget(tables)
 
-    def prepare(self, connection: Connection, events: Sequence[DomainEvent]) -> Write:
-        write = self.inner.prepare(connection, events)
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
+        write = self.inner.prepare(connection, events, history)
 
         def write_then_fail(connection: Connection) -> None:
             write(connection)

@@ -13,21 +13,19 @@ import pytest
 from sqlalchemy import Engine, Table, select
 
 from adapters.event_store import Change, MessageStore, event_type
-from adapters.projections import ProjectionRunner, ShadowRebuild
+from adapters.projections import ProjectionRunner, ShadowRebuild, tracking
 from adapters.sql import make_engine
 from adapters.stats_view import (
     COUNTER_COLUMNS,
     HISTOGRAM_COLUMNS,
     delivery_stats_hourly,
     failures_by_reason,
-    failures_message_info,
-    stats_message_info,
     stats_projections,
 )
 from domain.backoff import BackoffPolicy
 from domain.message import Message
 
-TABLES = (delivery_stats_hourly, failures_by_reason, stats_message_info, failures_message_info)
+TABLES = (delivery_stats_hourly, failures_by_reason)
 UTC = timezone.utc
 
 
@@ -224,11 +222,6 @@ def test_small_history_counts_match_hand_computed(db: Db, batch: int) -> None:
 
     assert nonzero(db.engine, delivery_stats_hourly, ("hour", "provider", "channel")) == EXPECTED_HOURLY
     assert nonzero(db.engine, failures_by_reason, ("day", "provider", "reason")) == EXPECTED_REASONS
-    for table in (stats_message_info, failures_message_info):
-        info = {row[0]: row[1:] for row in snapshot(db.engine, table)}
-        assert len(info) == 5
-        assert info[Message.create_id("m4")] == ("sms", at(minutes=30), "beta")
-        assert info[Message.create_id("m3")] == ("im", at(minutes=20), "alpha")
 
 
 # --- a scripted history of 2,000 messages ---------------------------------------------------
@@ -343,6 +336,87 @@ def test_incremental_equals_rebuild_and_nothing_applies_twice(db: Db) -> None:
 
     assert db.runners(batch=1000).rebuild() == 2 * len(list(db.store.iter_log()))
     assert snapshots(db.engine) == after_catch_up
+
+
+def test_runners_started_afresh_every_batch_read_what_they_need_from_the_history(db: Db) -> None:
+    """No memory carried between batches (a restart before each): every fact comes from the store."""
+    big_history(db, count=600)
+    db.runners(batch=1000).catch_up()
+    expected = snapshots(db.engine)
+    db.runners().rebuild()
+    for runner in db.runners().runners:
+        with db.engine.begin() as connection:
+            connection.execute(tracking.delete().where(tracking.c.projection == runner.name))
+            for projection in runner.projections:
+                projection.clear(connection)
+
+    while db.runners(batch=53).step():
+        pass
+    assert snapshots(db.engine) == expected
+
+
+class FailingWrite(Exception):
+    pass
+
+
+def test_a_batch_rolled_back_after_folding_is_counted_once_when_applied_again(db: Db) -> None:
+    """The projections' memory ran ahead of the table: it must not be trusted on the retry."""
+    big_history(db, count=600)
+    db.runners(batch=1000).catch_up()
+    expected = snapshots(db.engine)
+    runners = db.runners(batch=41)
+    runners.rebuild()  # the same objects: their memory now holds every message's last facts
+    with db.engine.begin() as connection:
+        for runner in runners.runners:
+            connection.execute(tracking.delete().where(tracking.c.projection == runner.name))
+            for projection in runner.projections:
+                projection.clear(connection)
+
+    steps = 0
+    for n in range(200):
+        if n % 3 == 1:
+            for runner in runners.runners:
+                start = runner.position()
+                entries, _ = db.store.read_events(start, 41)
+                with pytest.raises(FailingWrite), db.engine.begin() as connection:
+                    for projection in runner.projections:
+                        projection.prepare(connection, [e for _, e in entries], db.store.histories)
+                    raise FailingWrite
+        steps += runners.step()
+    runners.catch_up()
+    assert steps > 0
+    assert snapshots(db.engine) == expected
+
+
+def test_a_fold_that_ran_ahead_does_not_lend_a_later_provider_to_an_earlier_failure(db: Db) -> None:
+    """Attempted(alpha) | BackedOff, Attempted(beta), BackedOff: the first BackedOff is alpha's,
+    even when the second batch was folded once (memory now says beta) and rolled back."""
+    message = Message.receive(
+        message_id="ahead", channel="sms", to="+4411", body="hi", correlation_id="c", now=at()
+    )
+    db.save(message)
+    for provider, minute in (("alpha", 0), ("beta", 5)):
+        message.start_attempt(provider, now=at(minutes=minute, seconds=1))
+        db.save(message)
+        failed_at = at(minutes=minute, seconds=2)
+        message.record_transient_failure("throttled", error="e", policy=SHORT, now=failed_at)
+        db.save(message)
+    runners = db.runners(batch=2)
+    assert runners.step() == 2 * 2  # Received, Attempted(alpha)
+    for runner in runners.runners:
+        entries, _ = db.store.read_events(runner.position(), 3)
+        with pytest.raises(FailingWrite), db.engine.begin() as connection:
+            for projection in runner.projections:
+                projection.prepare(connection, [e for _, e in entries], db.store.histories)
+            raise FailingWrite
+    for runner in runners.runners:
+        runner.batch = 3
+    assert runners.step() == 2 * 3
+    reasons = nonzero(db.engine, failures_by_reason, ("day", "provider", "reason"))
+    assert reasons == {
+        (date(2024, 6, 1), "alpha", "throttled"): {"backed_off": 1},
+        (date(2024, 6, 1), "beta", "throttled"): {"failed": 1, "exhausted": 1},
+    }
 
 
 def test_shadow_rebuild_swaps_in_the_same_rows_twice_over(db: Db) -> None:
