@@ -12,7 +12,9 @@ refuses — goes through the library's Mapper instead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
+from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
@@ -37,12 +39,25 @@ def in_partition(originator_id: UUID, partition: Partition) -> bool:
 
 
 class FastJSONTranscoder(JSONTranscoder):
-    """eventsourcing's JSON transcoder, decoding with orjson (same stored bytes, same objects).
+    """eventsourcing's JSON format, written and read with orjson (same documents, same objects).
 
-    Encoding is the library's own. Decoding parses with orjson, then revives every
-    ``{"_type_": name, "_data_": data}`` object with the transcoding registered under ``name``,
-    innermost first, exactly as the library's ``object_hook`` does.
+    Decoding parses with orjson, then revives every ``{"_type_": name, "_data_": data}`` object
+    with the transcoding registered under ``name``, innermost first, exactly as the library's
+    ``object_hook`` does. Encoding uses orjson when the state holds only JSON's own types and
+    plain datetimes (every Message event does): orjson hands each datetime to the library's
+    ``_encode_obj``, which writes it as the library would. Anything else — a UUID or an enum,
+    which orjson would write its own way, a subclass, a non-finite float, an integer beyond 64
+    bits — is encoded by the library. The bytes may differ from the library's only in how a
+    float is spelt (``1e16`` for ``1e+16``); they decode to the same values.
     """
+
+    def encode(self, obj: Any) -> bytes:
+        if _plain(obj):
+            try:
+                return orjson.dumps(obj, default=self._encode_obj, option=_PASSTHROUGH)
+            except orjson.JSONEncodeError:
+                pass
+        return super().encode(obj)
 
     def decode(self, data: bytes) -> Any:
         try:
@@ -63,6 +78,24 @@ class FastJSONTranscoder(JSONTranscoder):
         if kind is list:
             return [self._revive(item) for item in value]
         return value
+
+
+_PASSTHROUGH = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+_SCALARS = frozenset((str, int, bool, type(None), datetime))
+
+
+def _plain(value: Any) -> bool:
+    """Only JSON's own types (str keys) and plain datetimes, so orjson writes what the library writes."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        return all(type(key) is str and _plain(item) for key, item in value.items())
+    if kind is list:
+        return all(_plain(item) for item in value)
+    return False
 
 
 class LogReader:

@@ -303,6 +303,7 @@ class ShadowRebuild:
         """Replay positions 1..head in ``workers`` processes; leave the shadow position at head."""
         job = _Partitions(
             url=self.store.url,
+            engine_url=self.engine.url.render_as_string(hide_password=False),
             schema=self.store.schema,
             projections=[type(projection) for projection in self.projections],
             name=self.runner.name,
@@ -352,6 +353,7 @@ class _Partitions:
     """What a partition process needs to rebuild its share (picklable: no live objects)."""
 
     url: str
+    engine_url: str
     schema: str
     projections: list[type[Projection]]
     name: str
@@ -371,7 +373,7 @@ def _replay_partition(job: _Partitions, index: int) -> int:
 
     collect_less()
     store = MessageStore(job.url, schema=job.schema, timeout=300)
-    engine = make_engine(job.url, schema=job.schema, statement_timeout_s=300)
+    engine = make_engine(job.engine_url, schema=job.schema, statement_timeout_s=300)
     try:
         live = [projection() for projection in job.projections]
         shadows = {table.name: _shadow(table, MetaData()) for p in live for table in p.tables}

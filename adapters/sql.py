@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, MetaData, create_engine, event
@@ -42,6 +43,23 @@ def make_engine(url: str, *, schema: str = "", statement_timeout_s: float = 30.0
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def read_models_beside(url: str) -> str:
+    """Where read models go by default, given the event store's URL.
+
+    PostgreSQL: the same database. SQLite: a file of their own beside the store's
+    (``smeg.db`` → ``smeg.read.db``). SQLite has one write lock per file; the projector and the
+    pipeline writing to one file queued behind each other, and SQLite's busy handler sleeps in
+    steps of milliseconds while it waits. Read models need no transaction with the events: their
+    tracking position lives with them.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return url
+    path = Path(parsed.database)
+    beside = path.with_name(f"{path.stem}.read{path.suffix}" if path.suffix else f"{path.name}.read")
+    return parsed.set(database=str(beside)).render_as_string(hide_password=False)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

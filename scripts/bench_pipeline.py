@@ -82,7 +82,7 @@ from support import (  # noqa: E402  (scripts/bench)
 )
 
 from adapters.rabbitmq import QUEUE_ARGUMENTS  # noqa: E402
-from adapters.sql import make_engine  # noqa: E402
+from adapters.sql import make_engine, read_models_beside  # noqa: E402
 from adapters.status_view import message_status, status_counts  # noqa: E402
 from domain.message import DELIVERED, FAILED  # noqa: E402
 
@@ -351,7 +351,7 @@ def run_smeg(scenario: Scenario, store: str, args: argparse.Namespace, run_id: s
         if scenario.backoff_initial is not None:
             env["SMEG_BACKOFF_INITIAL"] = str(scenario.backoff_initial)
             result.config += f" SMEG_BACKOFF_INITIAL={scenario.backoff_initial:g}"
-        engine = make_engine(database_url, schema=schema)
+        engine = make_engine(read_models_beside(database_url), schema=schema)
         stack.callback(engine.dispose)
 
         launched = time.monotonic()

@@ -98,7 +98,7 @@ from adapters.events_exchange import TRACKING_NAME as EVENTS_TRACKING  # noqa: E
 from adapters.gc_policy import collect_less  # noqa: E402
 from adapters.projections import History, Projection, ProjectionRunner, ShadowRebuild, Write  # noqa: E402
 from adapters.rabbitmq import QUEUE_ARGUMENTS  # noqa: E402
-from adapters.sql import make_engine  # noqa: E402
+from adapters.sql import make_engine, read_models_beside  # noqa: E402
 from adapters.stats_view import delivery_stats_hourly, failures_by_reason  # noqa: E402
 from adapters.status_view import message_status, status_counts  # noqa: E402
 from domain.backoff import BackoffPolicy  # noqa: E402
@@ -461,7 +461,7 @@ def run_rebuild(store_kind: str, args: argparse.Namespace, run_id: str, workdir:
         url, schema = stack.enter_context(fresh_database(store_kind, workdir, f"smeg_bench_proj_{run_id}"))
         store = MessageStore(url, schema=schema, timeout=120)
         stack.callback(store.close)
-        engine = make_engine(url, schema=schema, statement_timeout_s=300)
+        engine = make_engine(read_models_beside(url), schema=schema, statement_timeout_s=300)
         stack.callback(engine.dispose)
 
         print(f"  {store_kind}: writing {args.events:,} events …", flush=True)
@@ -769,7 +769,7 @@ def run_live(
             # Opened once smeg is consuming: its tables exist, so no race to create them.
             store = MessageStore(database_url, schema=schema)
             stack.callback(store.close)
-            engine = make_engine(database_url, schema=schema)
+            engine = make_engine(read_models_beside(database_url), schema=schema)
             stack.callback(engine.dispose)
             sample_until_caught_up(result, store, engine, procs, args)
             result.last_delivery_wall = last_delivery(engine)

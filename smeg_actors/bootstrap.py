@@ -96,7 +96,7 @@ class Runtime:
         self.stop_reason = Stop()
         self.children = Children()
         self.engine = make_engine(
-            settings.database_url,
+            settings.read_models_database_url,
             schema=settings.database_schema,
             statement_timeout_s=settings.database_timeout,
         )

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from adapters.sql import read_models_beside
 from domain.backoff import BackoffPolicy
 
 ENV_PREFIX = "SMEG_"
@@ -28,6 +29,7 @@ class Settings(BaseModel):
 
     database_url: str = "sqlite:///smeg.db"
     database_schema: str = ""
+    read_models_url: str = ""
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     queue_prefix: str = Field(default="smeg", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     workers: int = Field(default=16, ge=1, le=1024)
@@ -55,16 +57,19 @@ class Settings(BaseModel):
 
     @property
     def projector_mode(self) -> str:
-        """``auto`` resolved: a child process on PostgreSQL; in-process on SQLite, whose single
-        write lock a second writing process would compete for."""
-        if self.projector != "auto":
-            return self.projector
-        return "process" if self.database_url.startswith("postgresql") else "inline"
+        """``auto`` resolved: a child process (the read models get a core of their own)."""
+        return "process" if self.projector == "auto" else self.projector
 
-    @field_validator("database_url")
+    @property
+    def read_models_database_url(self) -> str:
+        """Where the read models and their tracking rows live: ``read_models_url`` if set, else
+        the store's PostgreSQL database, or a SQLite file beside the store's (``smeg.read.db``)."""
+        return self.read_models_url or read_models_beside(self.database_url)
+
+    @field_validator("database_url", "read_models_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
-        if not value.startswith(("sqlite:", "postgresql")):
+        if value and not value.startswith(("sqlite:", "postgresql")):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return value
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from adapters.event_store import MessageStore
 from adapters.memory_broker import MemoryFailurePublisher, MemoryIntake
@@ -47,10 +48,12 @@ SIMULATED = {
 
 def run_demo(database: Path, messages: int, deadline_s: float = 50.0) -> int:
     """Run the demo; return 0 when every message ended Delivered or Failed in time."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{database}{suffix}").unlink(missing_ok=True)
     url = f"sqlite:///{database}"
     settings = Settings(database_url=url, workers=8, log_level="warning", projector="inline", **DEMO_BACKOFF)
+    read_models = make_url(settings.read_models_database_url).database or ""
+    for path in (str(database), read_models):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
     store = MessageStore(url)
     intake = MemoryIntake(known_providers={"sim"})
     publisher = MemoryFailurePublisher()

@@ -32,6 +32,7 @@ PARENT_PID_VARIABLE = "SMEG_PARENT_PID"
 CHILD_SETTINGS = (
     "database_url",
     "database_schema",
+    "read_models_url",
     "database_timeout",
     "amqp_url",
     "queue_prefix",

@@ -29,7 +29,7 @@ def open_store(settings: Settings) -> MessageStore:
 def open_engine(settings: Settings) -> Engine:
     """The SQLAlchemy engine for our own tables, with the same timeouts as the store."""
     return make_engine(
-        settings.database_url,
+        settings.read_models_database_url,
         schema=settings.database_schema,
         statement_timeout_s=settings.database_timeout,
     )

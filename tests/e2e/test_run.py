@@ -372,10 +372,10 @@ def gone(pid: int) -> bool:
 def delivered_in_read_model(db: str) -> int:
     from sqlalchemy import func, select
 
-    from adapters.sql import make_engine
+    from adapters.sql import make_engine, read_models_beside
     from adapters.status_view import message_status
 
-    engine = make_engine(db)
+    engine = make_engine(read_models_beside(db))
     try:
         with engine.connect() as connection:
             query = (

@@ -334,10 +334,22 @@ def test_load_settings_returns_settings() -> None:
     assert isinstance(load_settings({}), Settings)
 
 
-def test_the_projector_runs_in_a_child_process_on_postgresql_and_in_process_on_sqlite() -> None:
+def test_the_projector_runs_in_a_child_process_unless_told_otherwise() -> None:
     postgres = load_settings({"SMEG_DATABASE_URL": "postgresql+psycopg://u@h/db"})
     assert postgres.projector_mode == "process"
-    assert load_settings({"SMEG_DATABASE_URL": "sqlite:///x.db"}).projector_mode == "inline"
-    chosen = load_settings({"SMEG_DATABASE_URL": "sqlite:///x.db", "SMEG_PROJECTOR": "process"})
-    assert chosen.projector_mode == "process"
+    assert load_settings({"SMEG_DATABASE_URL": "sqlite:///x.db"}).projector_mode == "process"
+    chosen = load_settings({"SMEG_DATABASE_URL": "sqlite:///x.db", "SMEG_PROJECTOR": "inline"})
+    assert chosen.projector_mode == "inline"
     assert load_settings({"SMEG_PROJECTOR": "external"}).projector_mode == "external"
+
+
+def test_read_models_live_beside_the_store_unless_told_otherwise() -> None:
+    postgres = "postgresql+psycopg://u:secret@h/db"
+    assert load_settings({"SMEG_DATABASE_URL": postgres}).read_models_database_url == postgres
+    sqlite = load_settings({"SMEG_DATABASE_URL": "sqlite:////var/lib/smeg/smeg.db"})
+    assert sqlite.read_models_database_url == "sqlite:////var/lib/smeg/smeg.read.db"
+    assert load_settings({}).read_models_database_url == "sqlite:///smeg.read.db"
+    chosen = load_settings({"SMEG_DATABASE_URL": "sqlite:///x.db", "SMEG_READ_MODELS_URL": postgres})
+    assert chosen.read_models_database_url == postgres
+    with pytest.raises(SettingsError, match="read_models_url"):
+        load_settings({"SMEG_READ_MODELS_URL": "mysql://h/db"})
