@@ -1,6 +1,6 @@
 """The projector process actor: the read models and the events exchange in a child process.
 
-With ``SMEG_PROJECTOR=process`` (what ``auto`` picks on PostgreSQL) ``smeg run`` starts
+With ``SMEG_PROJECTOR=process`` (what ``auto`` picks) ``smeg run`` starts
 ``smeg projections run`` as its own child. The read models then get a core of their own instead
 of sharing the delivery pipeline's interpreter lock (in one process, a busy pipeline starved the
 projector: seconds of lag on PostgreSQL), and the operator still runs one command. The child is
