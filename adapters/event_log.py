@@ -47,8 +47,8 @@ class FastJSONTranscoder(JSONTranscoder):
     plain datetimes (every Message event does): orjson hands each datetime to the library's
     ``_encode_obj``, which writes it as the library would. Anything else — a UUID or an enum,
     which orjson would write its own way, a subclass, a non-finite float, an integer beyond 64
-    bits — is encoded by the library. The bytes may differ from the library's only in how a
-    float is spelt (``1e16`` for ``1e+16``); they decode to the same values.
+    bits — is encoded by the library. The bytes could differ from the library's only in how a
+    float is spelt; they decode to the same values (tested).
     """
 
     def encode(self, obj: Any) -> bytes:

@@ -123,10 +123,8 @@ class ProjectionRunner:
         """Apply ``events`` (positions after ``start`` up to ``end``) and move the position, in one tx."""
         try:
             with self.engine.begin() as connection:
-                writes = [
-                    projection.prepare(connection, events, self.store.histories)
-                    for projection in self.projections
-                ]
+                history = SharedHistory(self.store.histories)
+                writes = [projection.prepare(connection, events, history) for projection in self.projections]
                 if not self._advance(connection, start, end):
                     return 0
                 for write in writes:
@@ -153,6 +151,23 @@ class ProjectionRunner:
 
     def _advance(self, connection: Connection, start: int, end: int) -> bool:
         return advance_tracking(connection, self.name, start, end)
+
+
+class SharedHistory:
+    """One batch's reads of messages' histories, shared by its projections: each message is read
+    from the store at most once per batch, however many projections miss it."""
+
+    def __init__(self, read: History) -> None:
+        self.read = read
+        self.seen: dict[UUID, Sequence[DomainEvent]] = {}
+
+    def __call__(self, ids: Collection[UUID]) -> Mapping[UUID, Sequence[DomainEvent]]:
+        wanted = [key for key in ids if key not in self.seen]
+        if wanted:
+            found = self.read(wanted)
+            for key in wanted:
+                self.seen[key] = found.get(key, ())
+        return {key: self.seen[key] for key in ids if self.seen[key]}
 
 
 def create_tables(engine: Engine) -> None:
@@ -218,6 +233,7 @@ def step_together(store: MessageStore, runners: Sequence[ProjectionRunner], batc
     if end == start:
         return 0
     applied = 0
+    history = SharedHistory(store.histories)
     try:
         with engine.begin() as connection:
             writes: list[Write] = []
@@ -225,10 +241,7 @@ def step_together(store: MessageStore, runners: Sequence[ProjectionRunner], batc
                 events = [event for at, event in decoded if at > position]
                 if not events:
                     continue
-                writes += [
-                    projection.prepare(connection, events, store.histories)
-                    for projection in runner.projections
-                ]
+                writes += [p.prepare(connection, events, history) for p in runner.projections]
                 writes.append(partial(_advance_or_raise, name=runner.name, start=position, end=end))
                 applied = max(applied, len(events))
             for write in writes:

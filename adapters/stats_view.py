@@ -231,6 +231,7 @@ class _Facts:
     channel: str
     received_at: datetime | None
     provider: str
+    ended: bool = False
 
 
 class _MessageFacts:
@@ -239,16 +240,19 @@ class _MessageFacts:
     An entry is trusted only if it is as of the version just before the message's first event in
     the batch. Otherwise — after a restart, an eviction, or a batch that was folded and then
     rolled back — the message's earlier events are read from the store (``history``) and folded.
-    An entry is dropped when its message is Delivered (nothing can follow), and the oldest go
-    when more than ``capacity`` are held.
+    Between batches, entries of messages that ended (Delivered, or Failed: only a rare
+    RetryRequested can follow, and then the history is read) are dropped, and the oldest go when
+    more than ``capacity`` remain; never during a batch, whose entries were checked by ``load``.
     """
 
-    def __init__(self, capacity: int = 500_000) -> None:
+    def __init__(self, capacity: int = 200_000) -> None:
         self.known: dict[UUID, _Facts] = {}
+        self.ended: list[UUID] = []
         self.capacity = capacity
 
     def load(self, events: Sequence[DomainEvent], history: History) -> None:
         """Make sure every message of ``events`` is known as of just before its first event here."""
+        self._evict()
         first: dict[UUID, int] = {}
         for event in events:
             first.setdefault(event.originator_id, event.originator_version)
@@ -266,9 +270,6 @@ class _MessageFacts:
                     if event.originator_version >= first[key]:
                         break
                     self.observe(event)
-        if len(known) > self.capacity:
-            for key in list(islice(known, len(known) - self.capacity // 2)):
-                del known[key]
 
     def observe(self, event: DomainEvent) -> _Facts:
         """Fold the event into its message's facts; return them as of that event."""
@@ -283,9 +284,23 @@ class _MessageFacts:
         facts.version = event.originator_version
         if isinstance(event, Message.Attempted):
             facts.provider = event.provider
-        elif isinstance(event, Message.Delivered):
-            del self.known[key]
+        elif isinstance(event, Message.Delivered | Message.Failed):
+            facts.ended = True
+            self.ended.append(key)
+        elif isinstance(event, Message.RetryRequested):
+            facts.ended = False
         return facts
+
+    def _evict(self) -> None:
+        known = self.known
+        for key in self.ended:
+            facts = known.get(key)
+            if facts is not None and facts.ended:
+                del known[key]
+        self.ended.clear()
+        if len(known) > self.capacity:
+            for key in list(islice(known, len(known) - self.capacity // 2)):
+                del known[key]
 
 
 def _count_latency(counts: Counter[str], latency: timedelta) -> None:

@@ -153,7 +153,7 @@ def fresh_database(store: str, workdir: Path, name: str) -> Iterator[tuple[str, 
         try:
             yield f"sqlite:///{path}", ""
         finally:
-            for leftover in workdir.glob(f"{name}.db*"):
+            for leftover in [*workdir.glob(f"{name}.db*"), *workdir.glob(f"{name}.read.db*")]:
                 with suppress(OSError):
                     leftover.unlink()
         return

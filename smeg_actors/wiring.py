@@ -13,6 +13,7 @@ from adapters.providers import build_provider
 from adapters.rabbitmq import Topology
 from adapters.rabbitmq_failed import RabbitFailurePublisher
 from adapters.rabbitmq_intake import RabbitIntake
+from adapters.read_model_files import move_read_models
 from adapters.sql import make_engine
 from domain.ports import Provider
 from smeg_actors.bootstrap import Runtime
@@ -27,7 +28,11 @@ def open_store(settings: Settings) -> MessageStore:
 
 
 def open_engine(settings: Settings) -> Engine:
-    """The SQLAlchemy engine for our own tables, with the same timeouts as the store."""
+    """The SQLAlchemy engine for our own tables, with the same timeouts as the store.
+
+    Read models an earlier smeg kept in the SQLite store's file are moved to their own file first.
+    """
+    move_read_models(settings.database_url, settings.read_models_database_url)
     return make_engine(
         settings.read_models_database_url,
         schema=settings.database_schema,

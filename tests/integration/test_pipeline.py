@@ -17,7 +17,7 @@ from adapters.events_exchange import EventsExchangePublisher
 from adapters.rabbitmq import Topology
 from adapters.rabbitmq_failed import RabbitFailurePublisher
 from adapters.rabbitmq_intake import RabbitIntake
-from adapters.sql import make_engine
+from adapters.sql import make_engine, read_models_beside
 from domain.message import DELIVERED, FAILED, Message
 from smeg_actors.bootstrap import Runtime
 from smeg_actors.clock import Clock, utc_now
@@ -80,7 +80,7 @@ def start_pipeline(tmp_path: Path, amqp_url: str, prefix: str) -> Iterator[Calla
             batch_size=50,
             known_providers={provider.name},
         )
-        events = EventsExchangePublisher(store, make_engine(url), amqp_url, topology)
+        events = EventsExchangePublisher(store, make_engine(read_models_beside(url)), amqp_url, topology)
         runtime = Runtime(
             settings,
             events=events,

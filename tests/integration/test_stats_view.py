@@ -355,6 +355,19 @@ def test_runners_started_afresh_every_batch_read_what_they_need_from_the_history
     assert snapshots(db.engine) == expected
 
 
+def test_runners_that_keep_only_a_few_messages_in_memory_count_the_same(db: Db) -> None:
+    """Evictions between batches (a capacity of 3 messages) only cost reads of the history."""
+    big_history(db, count=600)
+    db.runners(batch=1000).catch_up()
+    expected = snapshots(db.engine)
+    small = db.runners(batch=37)
+    for runner in small.runners:
+        for projection in runner.projections:
+            projection.facts.capacity = 3  # type: ignore[attr-defined]
+    small.rebuild()
+    assert snapshots(db.engine) == expected
+
+
 class FailingWrite(Exception):
     pass
 
