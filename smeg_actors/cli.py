@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from adapters.event_store import MessageNotFoundError, MessageStore, StoreError
 from adapters.gc_policy import collect_less
@@ -206,6 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except StoreError as exc:
         click.echo(f"smeg: event store failed: {exc}", err=True)
+        return EXIT_UNHEALTHY
+    except SQLAlchemyError as exc:
+        reason = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        first = (" ".join(str(reason).split()) or type(reason).__name__)[:300]
+        click.echo(f"smeg: read-model database failed: {first}", err=True)
         return EXIT_UNHEALTHY
     except click.exceptions.Abort:
         return EXIT_CONFIG

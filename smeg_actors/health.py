@@ -1,4 +1,5 @@
-"""The start-up check: the store (a round trip), the broker (connect and declare), each provider.
+"""The start-up check: the store (a round trip), the read models' database when it is another
+one, the broker (connect and declare), each provider.
 
 ``smeg check`` and ``smeg run`` print one line per dependency and exit 3 on any failure.
 """
@@ -7,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
 from adapters.event_store import MessageStore, StoreError
 from adapters.rabbitmq import BrokerUnavailableError, Topology, check_broker
+from adapters.sql import make_engine
 from domain.ports import Provider, ProviderUnhealthyError
 from smeg_actors.config import Settings
 
@@ -24,10 +29,25 @@ def dependency_checks(
         opened = store()
         opened.ping()
 
-    checks: list[Check] = [
-        ("store", check_store),
-        ("broker", lambda: check_broker(settings.amqp_url, Topology(settings.queue_prefix))),
-    ]
+    def check_read_models() -> None:
+        engine = make_engine(
+            settings.read_models_database_url,
+            schema=settings.database_schema,
+            statement_timeout_s=settings.database_timeout,
+        )
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            reason = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            raise StoreError(_one_line(reason)) from None
+        finally:
+            engine.dispose()
+
+    checks: list[Check] = [("store", check_store)]
+    if settings.read_models_database_url != settings.database_url:
+        checks.append(("read models", check_read_models))
+    checks.append(("broker", lambda: check_broker(settings.amqp_url, Topology(settings.queue_prefix))))
     for name, provider in providers.items():
         checks.append((f"provider {name}", provider.check_health))
     return checks

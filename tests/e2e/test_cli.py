@@ -817,4 +817,32 @@ def test_check_with_store_broker_and_provider_reachable_exits_0_and_says_ok_for_
     result = run_cli(env, "check")
     # Then
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines() == ["store: ok", "broker: ok", "provider default: ok"]
+    assert result.stdout.splitlines() == [
+        "store: ok",
+        "read models: ok",
+        "broker: ok",
+        "provider default: ok",
+    ]
+
+
+def test_read_models_on_an_unreachable_database_fail_the_check_and_the_commands_in_one_line(
+    db: str, e2e_prefix: str, stub: StubProvider
+) -> None:
+    # Given read models on a PostgreSQL that does not answer
+    env = smeg_env(
+        SMEG_DATABASE_URL=db,
+        SMEG_READ_MODELS_URL=f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/test",
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=stub.url,
+    )
+    # When
+    check = run_cli(env, "check")
+    status = run_cli(env, "projections", "status")
+    # Then
+    assert check.returncode == 3, check.stdout + check.stderr
+    assert any(line.startswith("read models: FAILED:") for line in check.stdout.splitlines())
+    assert "store: ok" in check.stdout.splitlines()
+    assert status.returncode == 3, status.stdout + status.stderr
+    assert status.stderr.startswith("smeg: read-model database failed:")
+    assert len(status.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in check.stdout + check.stderr + status.stdout + status.stderr
