@@ -161,8 +161,10 @@ class LogReader:
                 "ORDER BY originator_id, originator_version"
             )
             with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.row_factory = None  # plain tuples, not sqlite3.Row objects
                 cursor.execute(statement, [i.hex for i in ids])
-                return [tuple(row) for row in cursor.fetchall()]
+                found: list[tuple[Any, ...]] = cursor.fetchall()
+                return found
         if self.module == "eventsourcing.postgres":
             from psycopg.sql import SQL, Identifier
 
@@ -227,8 +229,10 @@ class LogReader:
             statement += " ORDER BY rowid LIMIT ?"
             params.append(limit)
             with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.row_factory = None  # plain tuples, not sqlite3.Row objects
                 cursor.execute(statement, params)
-                return [tuple(row) for row in cursor.fetchall()]
+                page: list[tuple[Any, ...]] = cursor.fetchall()
+                return page
         if self.module == "eventsourcing.postgres":
             return self._postgres_rows(after, limit, until, partition)
         notifications = recorder.select_notifications(
