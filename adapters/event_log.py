@@ -116,24 +116,32 @@ class LogReader:
         self.classes: dict[str, type[DomainEvent]] = {}
 
     def read(
-        self, after: int, limit: int, *, until: int | None = None, partition: Partition | None = None
+        self,
+        after: int,
+        limit: int,
+        *,
+        until: int | None = None,
+        partition: Partition | None = None,
+        topic: str | None = None,
     ) -> tuple[list[LogEntry], int]:
         """Up to ``limit`` log rows after ``after`` (and at most ``until``).
 
-        Returns the entries (only those ``partition`` accepts, when given) and the position of the
-        last row read, so a caller can page on even when a page holds none of its partition.
+        Returns the entries (only those ``partition`` accepts and of event ``topic``, when given)
+        and the position of the last row read, so a caller can page on even when a page holds
+        none of what it filters for.
         """
-        if partition is None:
+        if partition is None and topic is None:
             rows = self._rows(after, limit, until, None)
             return [(row[0], self._event(row)) for row in rows], rows[-1][0] if rows else after
-        index, count = partition
-        if not 0 <= index < count <= 16:
-            raise ValueError(f"bad partition {partition}: 0 <= index < count <= 16")
+        if partition is not None:
+            index, count = partition
+            if not 0 <= index < count <= 16:
+                raise ValueError(f"bad partition {partition}: 0 <= index < count <= 16")
         # The last row read bounds the page: a page of the whole log, filtered in the database.
         bound = self._last_position(after, limit, until)
         if bound == after:
             return [], after
-        rows = self._rows(after, limit, bound, partition)
+        rows = self._rows(after, limit, bound, partition, topic)
         return [(row[0], self._event(row)) for row in rows], bound
 
     def histories(self, ids: Collection[UUID]) -> dict[UUID, list[DomainEvent]]:
@@ -211,7 +219,12 @@ class LogReader:
         return after if value is None else int(value)
 
     def _rows(
-        self, after: int, limit: int, until: int | None, partition: Partition | None
+        self,
+        after: int,
+        limit: int,
+        until: int | None,
+        partition: Partition | None,
+        topic: str | None = None,
     ) -> Sequence[tuple[Any, ...]]:
         recorder = self.recorder
         if self.module == "eventsourcing.sqlite":
@@ -219,13 +232,16 @@ class LogReader:
                 "SELECT rowid, originator_id, originator_version, topic, state "
                 f"FROM {recorder.events_table_name} WHERE rowid>?"
             )
-            params: list[int] = [after]
+            params: list[Any] = [after]
             if until is not None:
                 statement += " AND rowid<=?"
                 params.append(until)
             if partition is not None:
                 statement += " AND (instr('0123456789abcdef', lower(substr(originator_id, -1))) - 1) % ? = ?"
                 params += [partition[1], partition[0]]
+            if topic is not None:
+                statement += " AND topic=?"
+                params.append(topic)
             statement += " ORDER BY rowid LIMIT ?"
             params.append(limit)
             with recorder.datastore.transaction(commit=False) as cursor:
@@ -234,13 +250,15 @@ class LogReader:
                 page: list[tuple[Any, ...]] = cursor.fetchall()
                 return page
         if self.module == "eventsourcing.postgres":
-            return self._postgres_rows(after, limit, until, partition)
+            return self._postgres_rows(after, limit, until, partition, topic=topic)
         notifications = recorder.select_notifications(
             start=after, limit=limit, stop=until, inclusive_of_start=False
         )
         rows = [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in notifications]
         if partition is not None:
             rows = [row for row in rows if in_partition(self._id(row[1]), partition)]
+        if topic is not None:
+            rows = [row for row in rows if row[3] == topic]
         return rows
 
     def _postgres_rows(
@@ -250,6 +268,7 @@ class LogReader:
         until: int | None,
         partition: Partition | None,
         columns: str = "notification_id, originator_id, originator_version, topic, state",
+        topic: str | None = None,
     ) -> Sequence[tuple[Any, ...]]:
         from psycopg.sql import SQL, Identifier
 
@@ -257,13 +276,16 @@ class LogReader:
         statement = SQL("SELECT " + columns + " FROM {schema}.{table} WHERE notification_id>%s").format(
             schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name)
         )
-        params: list[int] = [after]
+        params: list[Any] = [after]
         if until is not None:
             statement += SQL(" AND notification_id<=%s")
             params.append(until)
         if partition is not None:
             statement += SQL(" AND get_byte(uuid_send(originator_id), 15) %% 16 %% %s = %s")
             params += [partition[1], partition[0]]
+        if topic is not None:
+            statement += SQL(" AND topic=%s")
+            params.append(topic)
         statement += SQL(" ORDER BY notification_id LIMIT %s")
         params.append(limit)
         with (

@@ -329,15 +329,22 @@ class MessageStore:
         return cast(DomainEvent, self.app.mapper.to_domain_event(notification))
 
     def read_events(
-        self, after: int, limit: int, *, until: int | None = None, partition: Partition | None = None
+        self,
+        after: int,
+        limit: int,
+        *,
+        until: int | None = None,
+        partition: Partition | None = None,
+        topic: str | None = None,
     ) -> tuple[list[LogEntry], int]:
         """Up to ``limit`` log rows after ``after`` (at most ``until``), decoded, in store order.
 
         Returns the ``(position, event)`` entries — only those of originators ``partition``
-        accepts, when given — and the position of the last row read (``after`` when none).
+        accepts and of event ``topic``, when given — and the position of the last row read
+        (``after`` when none).
         """
         try:
-            return self.log.read(after, limit, until=until, partition=partition)
+            return self.log.read(after, limit, until=until, partition=partition, topic=topic)
         except PersistenceError as exc:
             raise StoreUnavailableError(_one_line(exc)) from None
         except Exception as exc:

@@ -16,6 +16,7 @@ import structlog
 
 from adapters.event_store import MessageStore
 from adapters.events_exchange import EventsExchangePublisher
+from adapters.failed_outbox import FailedOutbox
 from adapters.sql import make_engine
 from domain.ports import FailurePublisher, Intake, Provider
 from smeg_actors.clock import Clock, utc_now
@@ -101,6 +102,7 @@ class Runtime:
             statement_timeout_s=settings.database_timeout,
         )
         self.runners = runners(store, self.engine)
+        self.outbox = FailedOutbox(store, self.engine, publisher)
         self.status_runner = self.runners[0]
         self.executor = ThreadPoolExecutor(settings.provider_concurrency, thread_name_prefix="smeg-call")
         self.workers = [f"worker-{i}" for i in range(settings.workers)]
@@ -249,9 +251,7 @@ class Runtime:
             ),
             ChildSpec(
                 "publisher",
-                lambda sup: PublisherActor.start(
-                    "publisher", sup, publisher=self.publisher, children=children
-                ),
+                lambda sup: PublisherActor.start("publisher", sup, outbox=self.outbox, children=children),
             ),
             ChildSpec(
                 "dispatcher",

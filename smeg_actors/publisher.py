@@ -1,20 +1,21 @@
-"""The publisher actor: puts failed messages on the dead-letter queue, with confirms.
+"""The publisher actor: drives the dead-letter outbox (``adapters.failed_outbox``).
 
-It owns its broker connection (pika is not thread-safe); publications that fail are kept
-and retried on the next ticks, and heartbeats are serviced on every tick.
+Failed messages reach ``{prefix}.failed`` from the event log, not from memory: a worker's
+``PublishFailed`` only says "look now", and every tick looks as well. A publication that fails
+is retried on later ticks with a growing pause; nothing is lost meanwhile, because the position
+in the log moves only after a batch is published. The actor owns the broker connection (pika is
+not thread-safe) and services its heartbeats on every tick.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any
 
 import pykka
 import structlog
 
-from domain.ports import FailurePublisher
-from smeg_actors.logs import message_context
+from adapters.failed_outbox import FailedOutbox
 from smeg_actors.messages import PublishFailed, Tick
 from smeg_actors.supervisor import Children, Supervised
 
@@ -22,19 +23,18 @@ log = structlog.get_logger(__name__)
 
 
 class PublisherActor(Supervised):
-    """Publishes to ``{prefix}.failed``; tells the redriver about exhausted failures."""
+    """Publishes the log's failures to ``{prefix}.failed``, in order, at least once."""
 
     def __init__(
         self,
         name: str,
         supervisor: pykka.ActorRef[Any] | None,
         *,
-        publisher: FailurePublisher,
+        outbox: FailedOutbox,
         children: Children,
     ) -> None:
         super().__init__(name, supervisor)
-        self.publisher, self.children = publisher, children
-        self.pending: deque[PublishFailed] = deque()
+        self.outbox, self.children = outbox, children
         self.published = 0
         self.retry_at = 0.0
         self.delay = 0.5
@@ -42,11 +42,10 @@ class PublisherActor(Supervised):
     def on_receive(self, message: Any) -> Any:
         match message:
             case PublishFailed():
-                self.pending.append(message)
                 self._flush()
             case Tick():
                 self._flush()
-                keep_alive = getattr(self.publisher, "keep_alive", None)
+                keep_alive = getattr(self.outbox.publisher, "keep_alive", None)
                 if keep_alive is not None:
                     keep_alive()
             case "published":
@@ -57,29 +56,20 @@ class PublisherActor(Supervised):
 
     def on_stop(self) -> None:
         self._flush()
-        close = getattr(self.publisher, "close", None)
+        close = getattr(self.outbox.publisher, "close", None)
         if close is not None:
             close()
 
     def _flush(self) -> None:
         if time.monotonic() < self.retry_at:
             return
-        while self.pending:
-            item = self.pending[0]
-            with message_context(item.request.message_id, item.request.correlation_id):
-                try:
-                    self.publisher.publish_failed(item.request, dict(item.headers))
-                except Exception as exc:
-                    log.warning(
-                        "failed_publication_deferred",
-                        error=str(exc)[:200],
-                        queued=len(self.pending),
-                        retry_in_s=self.delay,
-                    )
-                    self.retry_at = time.monotonic() + self.delay
-                    self.delay = min(self.delay * 2, 30.0)
-                    return
-                self.delay = 0.5
-                log.info("failed_message_published", reason=dict(item.headers).get("x-smeg-reason"))
-            self.pending.popleft()
-            self.published += 1
+        try:
+            while published := self.outbox.publish_pending():
+                self.published += published
+                log.info("failed_messages_published", count=published)
+        except Exception as exc:
+            log.warning("failed_publication_deferred", error=str(exc)[:200], retry_in_s=self.delay)
+            self.retry_at = time.monotonic() + self.delay
+            self.delay = min(self.delay * 2, 30.0)
+            return
+        self.delay = 0.5

@@ -18,6 +18,7 @@ import pykka
 import structlog
 
 from adapters.event_store import Change, MessageStore, Outcome, StoreUnavailableError, retry_until
+from adapters.failed_outbox import failed_request, failure_headers
 from domain.backoff import BackoffPolicy
 from domain.errors import AttemptOutcomePendingError, RetryNotDueError
 from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, INTERRUPTED, Message
@@ -28,7 +29,7 @@ from domain.ports import (
     ProviderReceipt,
     TransientDeliveryError,
 )
-from domain.request import SendRequest, mask_address
+from domain.request import mask_address
 from smeg_actors.clock import Clock
 from smeg_actors.logs import message_context
 from smeg_actors.messages import (
@@ -216,7 +217,7 @@ class WorkerActor(Supervised):
         if message.status == BACKED_OFF and message.retry_at is not None:
             self.children.tell("scheduler", ScheduleRetry(message.id, message.retry_at))
         elif message.status == FAILED:
-            self.children.tell("publisher", PublishFailed(_request(message), _failed_headers(message)))
+            self.children.tell("publisher", PublishFailed(failed_request(message), failure_headers(message)))
         elif message.status == DELIVERED and message.attempts > 1 and message.last_error != INTERRUPTED:
             self.children.tell_quietly("redriver", ProviderRecovered(message.last_provider or ""))
 
@@ -241,26 +242,4 @@ def _outbound(message: Message) -> OutboundMessage:
         sender=message.sender,
         body=message.body,
         correlation_id=message.correlation_id,
-    )
-
-
-def _request(message: Message) -> SendRequest:
-    return SendRequest(
-        message_id=message.message_id,
-        channel=message.channel,
-        to=message.to,
-        body=message.body,
-        correlation_id=message.correlation_id,
-        sender=message.sender,
-        provider=message.provider,
-        metadata=dict(message.metadata),
-    )
-
-
-def _failed_headers(message: Message) -> tuple[tuple[str, str], ...]:
-    return (
-        ("x-smeg-reason", message.last_error or ""),
-        ("x-smeg-attempts", str(message.attempts)),
-        ("x-smeg-permanent", "true" if message.permanent else "false"),
-        ("x-smeg-provider", message.last_provider or ""),
     )

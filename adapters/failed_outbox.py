@@ -1,0 +1,111 @@
+"""The dead-letter outbox: every ``Failed`` event of the log, published to ``{prefix}.failed``.
+
+A failure is durable as its ``Failed`` event before anything is published, and publication
+follows the log from a tracked position (the ``failed_queue`` row of ``smeg_tracking``). A process
+that dies — or exits because the broker is gone — before publishing leaves the failure to the
+next process instead of losing it. The position row is locked while a batch is published
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so two nodes do not publish the same batch; a crash
+between publishing and moving the position publishes that batch again (at least once: the AMQP
+``message_id`` is the client's). A store without the row starts at the log's head, so failures
+recorded before this outbox existed are not published a second time.
+"""
+
+from __future__ import annotations
+
+from eventsourcing.utils import get_topic
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from adapters.event_store import MessageStore
+from adapters.projections import create_tables, tracking
+from domain.message import Message
+from domain.ports import FailurePublisher
+from domain.request import SendRequest
+
+TRACKING_NAME = "failed_queue"
+FAILED_TOPIC = get_topic(Message.Failed)
+
+
+class FailedOutbox:
+    """Publishes the log's ``Failed`` events after the tracked position, batch by batch.
+
+    Args:
+        store: the event store whose log is followed.
+        engine: where the tracking row lives (the read models' database).
+        publisher: the dead-letter queue (publishes with confirms, or raises).
+        batch: log rows scanned per call.
+    """
+
+    def __init__(
+        self, store: MessageStore, engine: Engine, publisher: FailurePublisher, *, batch: int = 5000
+    ) -> None:
+        self.store, self.engine, self.publisher, self.batch = store, engine, publisher, batch
+        create_tables(engine)
+        self._start_at_head()
+
+    def publish_pending(self) -> int:
+        """Publish the failures of one batch of the log; return how many were published.
+
+        Raises what the publisher raises; the position then stays, and the batch is tried again.
+        """
+        with self.engine.begin() as connection:
+            position = self._lock(connection)
+            if position is None:
+                return 0
+            entries, end = self.store.read_events(position, self.batch, topic=FAILED_TOPIC)
+            if end == position:
+                return 0
+            for _at, event in entries:
+                message = self.store.get_at_version(event.originator_id, event.originator_version)
+                self.publisher.publish_failed(failed_request(message), dict(failure_headers(message)))
+            connection.execute(
+                update(tracking).where(tracking.c.projection == TRACKING_NAME).values(position=end)
+            )
+        return len(entries)
+
+    def position(self) -> int | None:
+        with self.engine.connect() as connection:
+            query = select(tracking.c.position).where(tracking.c.projection == TRACKING_NAME)
+            value = connection.scalar(query)
+        return None if value is None else int(value)
+
+    def _start_at_head(self) -> None:
+        """Create the position at the log's head if there is none (before any failure is recorded)."""
+        if self.position() is not None:
+            return
+        try:
+            with self.engine.begin() as connection:
+                head = self.store.max_position()
+                connection.execute(insert(tracking).values(projection=TRACKING_NAME, position=head))
+        except IntegrityError:  # another node made it first
+            pass
+
+    def _lock(self, connection: Connection) -> int | None:
+        """The position, locked for this transaction; None while another node holds it."""
+        query = select(tracking.c.position).where(tracking.c.projection == TRACKING_NAME)
+        locked = connection.scalar(query.with_for_update(skip_locked=True))
+        return None if locked is None else int(locked)
+
+
+def failed_request(message: Message) -> SendRequest:
+    """The message's original request, as it goes onto the failed queue."""
+    return SendRequest(
+        message_id=message.message_id,
+        channel=message.channel,
+        to=message.to,
+        body=message.body,
+        correlation_id=message.correlation_id,
+        sender=message.sender,
+        provider=message.provider,
+        metadata=dict(message.metadata),
+    )
+
+
+def failure_headers(message: Message) -> tuple[tuple[str, str], ...]:
+    """Why and how it failed, as ``x-smeg-*`` headers."""
+    return (
+        ("x-smeg-reason", message.last_error or ""),
+        ("x-smeg-attempts", str(message.attempts)),
+        ("x-smeg-permanent", "true" if message.permanent else "false"),
+        ("x-smeg-provider", message.last_provider or ""),
+    )
