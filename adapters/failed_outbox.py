@@ -3,8 +3,8 @@
 A failure is durable as its ``Failed`` event before anything is published, and publication
 follows the log from a tracked position (the ``failed_queue`` row of ``smeg_tracking``). A process
 that dies — or exits because the broker is gone — before publishing leaves the failure to the
-next process instead of losing it. The position row is locked while a batch is published
-(``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so two nodes do not publish the same batch; a crash
+next process instead of losing it. On PostgreSQL the position row is locked while a batch is
+published (``FOR UPDATE SKIP LOCKED``), so two nodes do not publish the same batch; a crash
 between publishing and moving the position publishes that batch again (at least once: the AMQP
 ``message_id`` is the client's). A store without the row starts at the log's head, so failures
 recorded before this outbox existed are not published a second time.
@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from adapters.event_store import MessageStore
-from adapters.projections import create_tables, tracking
+from adapters.projections import advance_tracking, create_tables, tracking
 from domain.message import Message
 from domain.ports import FailurePublisher
 from domain.request import SendRequest
@@ -47,21 +47,42 @@ class FailedOutbox:
         """Publish the failures of one batch of the log; return how many were published.
 
         Raises what the publisher raises; the position then stays, and the batch is tried again.
+        On PostgreSQL the position row stays locked while the batch is published. SQLite has one
+        process and a write lock per file, and a read transaction that later writes fails at once
+        if another connection wrote meanwhile (the projector child writes this file all the time),
+        so there the batch is published outside any transaction and the position then moves only
+        from the value it was read at.
         """
+        if self.engine.dialect.name != "postgresql":
+            position = self.position()
+            if position is None:
+                return 0
+            published, end = self._publish_after(position)
+            if published is not None:
+                with self.engine.begin() as connection:
+                    advance_tracking(connection, TRACKING_NAME, position, end)
+            return published or 0
         with self.engine.begin() as connection:
             position = self._lock(connection)
             if position is None:
                 return 0
-            entries, end = self.store.read_events(position, self.batch, topic=FAILED_TOPIC)
-            if end == position:
-                return 0
-            for _at, event in entries:
-                message = self.store.get_at_version(event.originator_id, event.originator_version)
-                self.publisher.publish_failed(failed_request(message), dict(failure_headers(message)))
-            connection.execute(
-                update(tracking).where(tracking.c.projection == TRACKING_NAME).values(position=end)
-            )
-        return len(entries)
+            published, end = self._publish_after(position)
+            if published is not None:
+                connection.execute(
+                    update(tracking).where(tracking.c.projection == TRACKING_NAME).values(position=end)
+                )
+        return published or 0
+
+    def _publish_after(self, position: int) -> tuple[int | None, int]:
+        """Publish the failures of the batch after ``position``: (how many, or None when the log
+        holds nothing new; the position of the last row read)."""
+        entries, end = self.store.read_events(position, self.batch, topic=FAILED_TOPIC)
+        if end == position:
+            return None, position
+        for _at, event in entries:
+            message = self.store.get_at_version(event.originator_id, event.originator_version)
+            self.publisher.publish_failed(failed_request(message), dict(failure_headers(message)))
+        return len(entries), end
 
     def position(self) -> int | None:
         with self.engine.connect() as connection:

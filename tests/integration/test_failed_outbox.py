@@ -8,10 +8,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 
 from adapters.event_store import Change, MessageStore
 from adapters.failed_outbox import FailedOutbox
+from adapters.projections import tracking
 from adapters.sql import make_engine, read_models_beside
 from domain.message import Message
 from domain.request import SendRequest
@@ -148,5 +149,32 @@ def test_two_nodes_do_not_publish_the_same_batch(pg_schema: tuple[str, str]) -> 
     assert [name for name, _ in first_queue.got] == ["n1", "n2"]
     assert second_queue.got == []
     assert second.publish_pending() == 0
+    store.close()
+    engine.dispose()
+
+
+def test_writes_to_the_read_model_file_during_a_publication_do_not_stop_it(tmp_path: Any) -> None:
+    # Given SQLite, where the projector child writes the read-model file all the time
+    url = f"sqlite:///{tmp_path}/smeg.db"
+    store, engine = MessageStore(url), make_engine(read_models_beside(url))
+    queue = Recorder()
+    outbox = FailedOutbox(store, engine, queue)
+    fail(store, "w1", "w2")
+    queue.hold = threading.Event()
+    results: list[int] = []
+    runner = threading.Thread(target=lambda: results.append(outbox.publish_pending()))
+    runner.start()
+    assert queue.holding.wait(10)
+
+    # When another writer commits to the same file while the batch is being published
+    with engine.begin() as connection:
+        connection.execute(insert(tracking).values(projection="someone_else", position=1))
+    queue.hold.set()
+    runner.join(10)
+
+    # Then the batch went out and the position moved past it
+    assert results == [2]
+    assert [name for name, _ in queue.got] == ["w1", "w2"]
+    assert outbox.position() == store.max_position()
     store.close()
     engine.dispose()
