@@ -5,13 +5,16 @@ follows the log from a tracked position (the ``failed_queue`` row of ``smeg_trac
 that dies — or exits because the broker is gone — before publishing leaves the failure to the
 next process instead of losing it. On PostgreSQL the position row is locked while a batch is
 published (``FOR UPDATE SKIP LOCKED``), so two nodes do not publish the same batch; a crash
-between publishing and moving the position publishes that batch again (at least once: the AMQP
-``message_id`` is the client's). A store without the row starts at the log's head, so failures
-recorded before this outbox existed are not published a second time.
+between publishing and moving the position publishes that batch again (at least once). The AMQP
+``message_id`` is the client's, and a message retried and failed again is published again with a
+higher ``x-smeg-attempts``: deduplicate on both. A store without the row starts at the log's head,
+so failures recorded before this outbox existed are not published a second time — nor are any
+left unpublished if the row is lost with the read-model database (a warning says so).
 """
 
 from __future__ import annotations
 
+import structlog
 from eventsourcing.utils import get_topic
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +24,8 @@ from adapters.projections import advance_tracking, create_tables, tracking
 from domain.message import Message
 from domain.ports import FailurePublisher
 from domain.request import SendRequest
+
+log = structlog.get_logger(__name__)
 
 TRACKING_NAME = "failed_queue"
 FAILED_TOPIC = get_topic(Message.Failed)
@@ -99,7 +104,13 @@ class FailedOutbox:
                 head = self.store.max_position()
                 connection.execute(insert(tracking).values(projection=TRACKING_NAME, position=head))
         except IntegrityError:  # another node made it first
-            pass
+            return
+        if head:
+            log.warning(
+                "failed_queue_outbox_started_at_head",
+                position=head,
+                note="Failed events before this position are not published by the outbox",
+            )
 
     def _lock(self, connection: Connection) -> int | None:
         """The position, locked for this transaction; None while another node holds it."""

@@ -30,7 +30,10 @@ def make_engine(url: str, *, schema: str = "", statement_timeout_s: float = 30.0
     else:
         connect_args = {
             "connect_timeout": 5,
-            "options": f"-c statement_timeout={int(statement_timeout_s * 1000)}",
+            # A transaction left idle (a hung broker mid-publication, a frozen process) gives
+            # its locks back instead of holding them until TCP notices.
+            "options": f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+            f" -c idle_in_transaction_session_timeout={int(max(60.0, 10 * statement_timeout_s) * 1000)}",
             "keepalives": 1,
             "keepalives_idle": 10,
             "keepalives_interval": 5,
