@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
@@ -343,25 +344,13 @@ class MessageStore:
         accepts and of event ``topic``, when given — and the position of the last row read
         (``after`` when none).
         """
-        try:
+        with _reading():
             return self.log.read(after, limit, until=until, partition=partition, topic=topic)
-        except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
-        except Exception as exc:
-            if _is_database_error(exc):
-                raise StoreUnavailableError(_one_line(exc)) from None
-            raise
 
     def histories(self, ids: Collection[UUID]) -> dict[UUID, list[DomainEvent]]:
         """Every event of each message in ``ids``, in version order (absent ids are left out)."""
-        try:
+        with _reading():
             return self.log.histories(ids)
-        except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
-        except Exception as exc:
-            if _is_database_error(exc):
-                raise StoreUnavailableError(_one_line(exc)) from None
-            raise
 
     def iter_log(self, *, after: int = 0, page: int = 1000) -> Iterator[LogEntry]:
         """Every event after ``after`` in store order, page by page (constant memory)."""
@@ -371,6 +360,19 @@ class MessageStore:
                 return
             yield from entries
             after = last
+
+
+@contextmanager
+def _reading() -> Iterator[None]:
+    """Raw reads of the log (``adapters.event_log``): any database error is StoreUnavailableError."""
+    try:
+        yield
+    except PersistenceError as exc:
+        raise StoreUnavailableError(_one_line(exc)) from None
+    except Exception as exc:
+        if _is_database_error(exc):
+            raise StoreUnavailableError(_one_line(exc)) from None
+        raise
 
 
 TIMEOUT_KEY = "SMEG_STORE_TIMEOUT"
