@@ -700,9 +700,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--projector",
         choices=["inline", "process", "external"],
-        default="inline",
-        help="read models in the smeg run process (inline), in its child process (process), or in a"
-        " second `smeg projections run` process started by the bench (external)",
+        default="process",
+        help="read models in the smeg run process (inline), in its child process (process, smeg's"
+        " default), or in a second `smeg projections run` process started by the bench (external)",
     )
     parser.add_argument("--dramatiq-processes", type=int, default=2, help="dramatiq --processes (default 2)")
     parser.add_argument(
