@@ -40,6 +40,7 @@ import argparse
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,7 @@ class Run:
     problem: str = ""
     log_tail: list[str] = field(default_factory=list)
     exit_code: int | None = None
+    round: int = 1
 
     def set_times(self, start_wall: float, finish_times: list[float]) -> None:
         """Seconds from the start to the last (and the 99th percentile) terminal event, by its timestamp.
@@ -522,25 +524,86 @@ def print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], right_
             print("  ".join("-" * w for w in widths))
 
 
-def report(smeg_runs: list[Run], dramatiq_runs: dict[str, Run], args: argparse.Namespace) -> None:
+DramatiqRuns = dict[tuple[str, int], Run]
+
+
+def ratio_of(run: Run, dramatiq_runs: DramatiqRuns) -> float | None:
+    """smeg/Dramatiq for one smeg run, against Dramatiq's run of the same scenario and round."""
+    other = dramatiq_runs.get((run.scenario, run.round))
+    if other is None or not run.ok or not other.ok:
+        return None
+    return run.rate / other.rate
+
+
+@dataclass
+class Summary:
+    """One scenario and store over every round: medians, and the spread of the ratios."""
+
+    scenario: str
+    store: str
+    smeg_rates: list[float]
+    dramatiq_rates: list[float]
+    ratios: list[float]
+
+    @property
+    def ratio(self) -> float | None:
+        return statistics.median(self.ratios) if self.ratios else None
+
+
+def summarise(smeg_runs: list[Run], dramatiq_runs: DramatiqRuns) -> list[Summary]:
+    summaries: dict[tuple[str, str], Summary] = {}
+    for run in smeg_runs:
+        summary = summaries.setdefault(
+            (run.scenario, run.store), Summary(run.scenario, run.store, [], [], [])
+        )
+        if run.ok:
+            summary.smeg_rates.append(run.rate)
+        other = dramatiq_runs.get((run.scenario, run.round))
+        if other is not None and other.ok:
+            summary.dramatiq_rates.append(other.rate)
+        ratio = ratio_of(run, dramatiq_runs)
+        if ratio is not None:
+            summary.ratios.append(ratio)
+    return list(summaries.values())
+
+
+def report(smeg_runs: list[Run], dramatiq_runs: DramatiqRuns, args: argparse.Namespace) -> None:
     print()
-    print(f"=== results: {args.messages:,} messages per run ===")
+    print(f"=== results: {args.messages:,} messages per run, {args.rounds} round(s) ===")
     rows = []
     for run in smeg_runs:
-        other = dramatiq_runs.get(run.scenario)
-        ratio = "-"
-        if other is not None and run.ok and other.ok:
-            ratio = f"{run.rate / other.rate:.2f}x"
+        other = dramatiq_runs.get((run.scenario, run.round))
+        ratio = ratio_of(run, dramatiq_runs)
         rows.append(
             (
+                str(run.round),
                 run.scenario,
                 run.store,
                 fmt_rate(run),
                 fmt_rate(other) if not args.skip_dramatiq else "skipped",
-                ratio,
+                f"{ratio:.2f}x" if ratio is not None else "-",
             )
         )
-    print_table(("scenario", "store", "smeg msgs/s", "dramatiq msgs/s", "smeg/dramatiq"), rows, 2)
+    print_table(("round", "scenario", "store", "smeg msgs/s", "dramatiq msgs/s", "smeg/dramatiq"), rows, 3)
+    summaries = summarise(smeg_runs, dramatiq_runs)
+    if args.rounds > 1:
+        print()
+        print(f"medians over {args.rounds} rounds (ratio: the median of each round's smeg/dramatiq)")
+        print_table(
+            ("scenario", "store", "smeg msgs/s", "dramatiq msgs/s", "smeg/dramatiq", "ratio range"),
+            [
+                (
+                    summary.scenario,
+                    summary.store,
+                    f"{statistics.median(summary.smeg_rates):,.0f}" if summary.smeg_rates else "-",
+                    f"{statistics.median(summary.dramatiq_rates):,.0f}" if summary.dramatiq_rates else "-",
+                    f"{summary.ratio:.2f}x" if summary.ratio is not None else "-",
+                    f"{min(summary.ratios):.2f}-{max(summary.ratios):.2f}x" if summary.ratios else "-",
+                )
+                for summary in summaries
+            ],
+            2,
+        )
 
     print()
     print(
@@ -552,6 +615,7 @@ def report(smeg_runs: list[Run], dramatiq_runs: dict[str, Run], args: argparse.N
     for run in [*smeg_runs, *dramatiq_runs.values()]:
         detail_rows.append(
             (
+                str(run.round),
                 run.system,
                 run.scenario,
                 run.store if run.system == "smeg" else "none",
@@ -568,6 +632,7 @@ def report(smeg_runs: list[Run], dramatiq_runs: dict[str, Run], args: argparse.N
         )
     print_table(
         (
+            "round",
             "system",
             "scenario",
             "store",
@@ -582,34 +647,33 @@ def report(smeg_runs: list[Run], dramatiq_runs: dict[str, Run], args: argparse.N
             "dup",
         ),
         detail_rows,
-        4,
+        5,
     )
 
     print()
-    print("targets (from the issue)")
-    for run in smeg_runs:
-        other = dramatiq_runs.get(run.scenario)
-        if run.scenario == "instant":
-            if not run.ok or other is None or not other.ok:
+    print("targets (from the issue" + (", on the medians" if args.rounds > 1 else "") + ")")
+    for summary in summaries:
+        if summary.scenario == "instant":
+            measured = summary.ratio
+            if measured is None:
                 verdict = "n/a (a run failed or Dramatiq was skipped)"
             else:
-                measured = run.rate / other.rate
                 verdict = (
                     f"{measured:.2f}x: "
                     + ("MET" if measured >= TARGET_INSTANT_RATIO else "MISSED")
                     + (", aim MET" if measured >= AIM_INSTANT_RATIO else ", aim missed")
                 )
             print(
-                f"  instant/{run.store}: smeg >= {TARGET_INSTANT_RATIO:.1f}x Dramatiq"
+                f"  instant/{summary.store}: smeg >= {TARGET_INSTANT_RATIO:.1f}x Dramatiq"
                 f" (aim {AIM_INSTANT_RATIO}x): {verdict}"
             )
-        elif run.scenario == "latency100":
-            verdict = (
-                f"{run.rate:,.0f} msgs/s: " + ("MET" if run.rate >= TARGET_LATENCY100_RATE else "MISSED")
-                if run.ok
-                else "n/a (run failed)"
-            )
-            print(f"  latency100/{run.store}: smeg >= {TARGET_LATENCY100_RATE:,.0f} msgs/s: {verdict}")
+        elif summary.scenario == "latency100":
+            if summary.smeg_rates and len(summary.smeg_rates) == args.rounds:
+                rate = statistics.median(summary.smeg_rates)
+                verdict = f"{rate:,.0f} msgs/s: " + ("MET" if rate >= TARGET_LATENCY100_RATE else "MISSED")
+            else:
+                verdict = "n/a (run failed)"
+            print(f"  latency100/{summary.store}: smeg >= {TARGET_LATENCY100_RATE:,.0f} msgs/s: {verdict}")
 
     print()
     print("notes")
@@ -685,6 +749,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-dramatiq", action="store_true", help="measure smeg only")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every run this many times, smeg and Dramatiq alternating, and judge the targets"
+        " on the median of each round's ratio (this machine is noisy; default 1)",
+    )
+    parser.add_argument(
         "--smeg-processes",
         type=int,
         default=1,
@@ -753,28 +824,36 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     smeg_runs: list[Run] = []
-    dramatiq_runs: dict[str, Run] = {}
+    dramatiq_runs: DramatiqRuns = {}
     began = time.monotonic()
     interrupted = False
     with interruptible(), tempfile.TemporaryDirectory(prefix="smeg-bench-pipeline-") as tmp:
         workdir = Path(tmp)
         try:
-            for scenario in scenarios:
-                print(f"scenario {scenario.name} ({scenario.description})", flush=True)
-                for store in args.stores:
-                    try:
-                        run = run_smeg(scenario, store, args, run_id, workdir)
-                    except (BenchAborted, OSError, psycopg.Error, pika.exceptions.AMQPError) as exc:
-                        run = Run("smeg", scenario.name, store, args.messages, problem=one_line(exc))
-                    smeg_runs.append(run)
-                    announce(run)
-                if not args.skip_dramatiq:
-                    try:
-                        run = run_dramatiq(scenario, args, run_id, workdir)
-                    except (BenchAborted, OSError, pika.exceptions.AMQPError) as exc:
-                        run = Run("dramatiq", scenario.name, "-", args.messages, problem=one_line(exc))
-                    dramatiq_runs[scenario.name] = run
-                    announce(run)
+            for round_ in range(1, args.rounds + 1):
+                # Fresh names and files each round: a store or queue of an earlier round is never reused.
+                round_id = run_id if args.rounds == 1 else f"{run_id}r{round_}"
+                round_dir = workdir / f"round{round_}"
+                round_dir.mkdir()
+                for scenario in scenarios:
+                    round_label = f"round {round_}/{args.rounds}, " if args.rounds > 1 else ""
+                    print(f"{round_label}scenario {scenario.name} ({scenario.description})", flush=True)
+                    for store in args.stores:
+                        try:
+                            run = run_smeg(scenario, store, args, round_id, round_dir)
+                        except (BenchAborted, OSError, psycopg.Error, pika.exceptions.AMQPError) as exc:
+                            run = Run("smeg", scenario.name, store, args.messages, problem=one_line(exc))
+                        run.round = round_
+                        smeg_runs.append(run)
+                        announce(run)
+                    if not args.skip_dramatiq:
+                        try:
+                            run = run_dramatiq(scenario, args, round_id, round_dir)
+                        except (BenchAborted, OSError, pika.exceptions.AMQPError) as exc:
+                            run = Run("dramatiq", scenario.name, "-", args.messages, problem=one_line(exc))
+                        run.round = round_
+                        dramatiq_runs[(scenario.name, round_)] = run
+                        announce(run)
         except KeyboardInterrupt:
             interrupted = True
     print(
