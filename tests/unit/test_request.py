@@ -275,6 +275,31 @@ def test_a_body_with_an_unencodable_lone_surrogate_is_refused_as_invalid():
         parse_send_request(data)
 
 
+@given(text=st.text(min_size=1, max_size=50), ascii_only=st.booleans())
+@example(text="\ud83d\ude00", ascii_only=True)
+@example(text="\ud800", ascii_only=True)
+@example(text="a\\ud800", ascii_only=False)
+def test_a_body_is_accepted_exactly_when_it_encodes_as_utf8_however_it_is_escaped(text, ascii_only):
+    """Escaped (``\\uXXXX``) or literal, a body parses iff it would serialise again."""
+    data = json.dumps({"channel": "im", "to": "bob", "body": text}, ensure_ascii=ascii_only)
+    try:
+        raw_bytes = data.encode("utf-8")
+    except UnicodeEncodeError:
+        return  # a literal lone surrogate cannot even be sent as UTF-8
+    decoded = json.loads(data)["body"]  # an escaped surrogate pair decodes to one character
+    try:
+        decoded.encode("utf-8")
+        encodable = True
+    except UnicodeEncodeError:
+        encodable = False
+
+    if encodable:
+        assert parse_send_request(raw_bytes).body == decoded
+    else:
+        with pytest.raises(InvalidRequestError):
+            parse_send_request(raw_bytes)
+
+
 # --- round trip -----------------------------------------------------------------------------
 
 
