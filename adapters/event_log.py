@@ -21,7 +21,7 @@ from uuid import UUID
 import orjson
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEvent
-from eventsourcing.persistence import JSONTranscoder, StoredEvent
+from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
 from eventsourcing.utils import resolve_topic
 from psycopg.rows import tuple_row
 
@@ -110,6 +110,7 @@ class LogReader:
         self.raw = (
             mapper.cipher is None
             and mapper.compressor is None
+            and type(mapper).to_domain_event is Mapper.to_domain_event
             and self.module in ("eventsourcing.sqlite", "eventsourcing.postgres")
         )
         self.recorder = recorder

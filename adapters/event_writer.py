@@ -9,21 +9,31 @@ by the application's own transcoder — in one statement per transaction: on Pos
 arrays under the recorder's own table lock and NOTIFY, so that followers of the log see rows in
 commit order exactly as with the library; on SQLite with ``executemany``. A configuration it does
 not handle (a cipher, a compressor, another recorder) gets no writer, and the library writes.
+
+Like the library's recorder, a write that fails on the connection or the server (not on a taken
+version) is tried again, here twice at most, 0.1 s apart: the transaction rolled back, so the same
+rows are written once or, if a commit's answer was lost, refused as a conflict.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEvent
+from eventsourcing.persistence import InterfaceError, Mapper, OperationalError
 from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Composed, Identifier
 
 #: (originator id, version, topic, encoded state) of one event, as the recorder stores it.
 Row = tuple[UUID, int, str, bytes]
+
+#: Tries of one write before its error reaches the caller, and the pause between them.
+TRIES = 3
+PAUSE = 0.1
 
 
 class EventWriter:
@@ -47,11 +57,14 @@ class EventWriter:
 
     @classmethod
     def for_application(cls, app: Application[UUID]) -> EventWriter | None:
-        """A writer for ``app``, or None where the library must write (encryption, compression,
-        snapshots, a recorder other than eventsourcing's own SQLite or PostgreSQL one)."""
+        """A writer for ``app``, or None where the library must write: encryption, compression, a
+        mapper of its own, snapshots, an aggregate cache (``save`` fills it), a recorder other than
+        eventsourcing's own SQLite or PostgreSQL one."""
         mapper = app.mapper
         module = type(app.recorder).__module__
         if mapper.cipher is not None or mapper.compressor is not None or app.snapshots is not None:
+            return None
+        if type(mapper).to_stored_event is not Mapper.to_stored_event or app.repository.cache is not None:
             return None
         if module not in ("eventsourcing.sqlite", "eventsourcing.postgres"):
             return None
@@ -78,10 +91,15 @@ class EventWriter:
         """Insert ``rows`` in one transaction; eventsourcing's IntegrityError on a taken version."""
         if not rows:
             return
-        if self.insert_postgres is not None:
-            self._write_postgres(rows)
-        else:
-            self._write_sqlite(rows)
+        write = self._write_postgres if self.insert_postgres is not None else self._write_sqlite
+        for attempt in range(1, TRIES + 1):
+            try:
+                write(rows)
+                return
+            except (OperationalError, InterfaceError):
+                if attempt == TRIES:
+                    raise
+                time.sleep(PAUSE)
 
     def _write_sqlite(self, rows: Sequence[Row]) -> None:
         params = [(oid.hex, version, topic, state) for oid, version, topic, state in rows]
