@@ -67,6 +67,7 @@ def run_forever(
     interval: float = 0.1,
     gather: int = 500,
     linger: float = 0.05,
+    defer: float = 1.0,
 ) -> None:
     """Apply new events to the read models and publish them, until ``stop`` is set.
 
@@ -74,12 +75,20 @@ def run_forever(
     fought over the interpreter lock). A broker failure pauses publication (2 s) without
     stopping the read models. After a batch of fewer than ``gather`` events it waits ``linger``
     seconds, so that under load it works in large batches (each batch costs queries and a commit
-    of its own) and leaves the CPU to the pipeline, at the price of that much more lag.
+    of its own) and leaves the CPU to the pipeline, at the price of that much more lag. While a
+    batch of the read models holds ``gather`` events or more they are behind, and publication waits
+    its turn for up to ``defer`` seconds: operators and the scheduler read the read models; the
+    exchange is at least once and catches up when the burst is over.
     """
     publish_after = 0.0
+    publish_due = 0.0
     while not stop.is_set():
-        busy = step_together(store, runners, batch=2000)
-        if events is not None and time.monotonic() >= publish_after:
+        applied = step_together(store, runners, batch=2000)
+        busy = applied
+        now = time.monotonic()
+        # While the read models are behind, they go first; the exchange still gets a turn a second.
+        if events is not None and now >= publish_after and (applied < gather or now >= publish_due):
+            publish_due = now + defer
             try:
                 busy += events.publish_pending()
             except Exception as exc:
