@@ -1,13 +1,18 @@
-"""Fixtures for tests against the real RabbitMQ (127.0.0.1:5672): a prefix per test, cleaned up."""
+"""Fixtures for tests against the real RabbitMQ (127.0.0.1:5672), a prefix per test, cleaned up;
+and the stores of the event store's tests, on a SQLite file and on PostgreSQL."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pika
 import pytest
+
+from adapters.event_store import MessageStore
+from tests.integration.backends import Backend
 
 AMQP_URL = os.environ.get("SMEG_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -50,3 +55,22 @@ def rabbit() -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
     channel.confirm_delivery()
     yield channel
     connection.close()
+
+
+# --- stores: the same tests on a SQLite file and on PostgreSQL ---------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        db = Backend("sqlite", f"sqlite:///{tmp_path}/s.db")
+    else:
+        url, schema = request.getfixturevalue("pg_schema")
+        db = Backend("postgres", url, schema)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def store(backend: Backend) -> MessageStore:
+    return backend.open()

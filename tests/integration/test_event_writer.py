@@ -16,30 +16,8 @@ from psycopg import sql
 
 from adapters.event_store import Change, Messages, MessageStore, store_env
 from adapters.event_writer import EventWriter
-from tests.integration.test_event_store import (
-    Backend,
-    every_event_type,
-    new_message,
-    psycopg_conninfo,
-    state,
-    utcnow,
-)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        db = Backend("sqlite", f"sqlite:///{tmp_path}/s.db")
-    else:
-        url, schema = request.getfixturevalue("pg_schema")
-        db = Backend("postgres", url, schema)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def store(backend: Backend) -> MessageStore:
-    return backend.open()
+from tests.integration.backends import psycopg_conninfo
+from tests.integration.test_event_store import every_event_type, new_message, state, utcnow
 
 
 def test_rows_are_what_the_library_mapper_stores_for_every_event_type(store):
