@@ -8,7 +8,7 @@ PostgreSQL. ``EventWriter`` writes the same rows — the topic the Mapper writes
 by the application's own transcoder — in one statement per transaction: on PostgreSQL as four
 arrays under the recorder's own table lock and NOTIFY, so that followers of the log see rows in
 commit order exactly as with the library; on SQLite with ``executemany``. A configuration it does
-not handle (a cipher, a compressor, another recorder) gets no writer, and the library writes.
+not handle (``for_application`` lists them) gets no writer, and the library writes.
 
 Like the library's recorder, a write that fails on the connection or the server (not on a taken
 version) is tried again, here twice at most, 0.1 s apart: the transaction rolled back, so the same
