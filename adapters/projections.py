@@ -206,6 +206,10 @@ def advance_tracking(connection: Connection, name: str, start: int, end: int) ->
     return result.rowcount == 1
 
 
+#: PostgreSQL's SQLSTATE for a transaction it rolled back to break a deadlock.
+DEADLOCK_DETECTED = "40P01"
+
+
 class _RaceLost(Exception):
     """Another runner advanced one of the positions first: roll the whole batch back."""
 
@@ -248,6 +252,12 @@ def step_together(store: MessageStore, runners: Sequence[ProjectionRunner], batc
                 write(connection)
     except (_RaceLost, IntegrityError) as exc:
         log.info("projection_race_lost", projection=str(exc), position=start)
+        return 0
+    except OperationalError as exc:
+        # Two nodes' runners at different positions may update the same rows in different orders.
+        if getattr(exc.orig, "sqlstate", None) != DEADLOCK_DETECTED:
+            raise
+        log.info("projection_race_lost", projection="deadlock", position=start)
         return 0
     return applied
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, MetaData, Update, create_engine, event
 from sqlalchemy.dialects.sqlite import DATETIME as SQLITE_DATETIME
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.types import TypeEngine
@@ -76,7 +76,10 @@ _COMPILED: dict[tuple[Any, ...], tuple[str, list[str], list[Any], bool]] = {}
 
 
 def execute_many(
-    connection: Connection, key: Hashable, build: Callable[[], Insert], rows: Sequence[Mapping[str, Any]]
+    connection: Connection,
+    key: Hashable,
+    build: Callable[[], Insert | Update],
+    rows: Sequence[Mapping[str, Any]],
 ) -> None:
     """``connection.execute(build(), rows)`` for many rows, at a fraction of the CPU.
 
@@ -97,10 +100,7 @@ def execute_many(
             dialect=dialect, schema_translate_map=translate, render_schema_translate=bool(translate)
         )
         names = list(compiled.positiontup or compiled.binds)
-        table = statement.table
-        processors = [
-            _bind_processor(table.c[name].type, dialect) if name in table.c else None for name in names
-        ]
+        processors = [_bind_processor(compiled.binds[name].type, dialect) for name in names]
         entry = _COMPILED[cache_key] = (str(compiled), names, processors, compiled.positiontup is not None)
     sql, names, processors, positional = entry
     pairs = list(zip(names, processors, strict=True))

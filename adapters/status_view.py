@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -20,11 +21,14 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    Update,
     Uuid,
     and_,
+    bindparam,
     func,
     or_,
     select,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -71,19 +75,33 @@ class MessageStatusProjection:
         return MessageStatusProjection(tables[self.table.name])
 
     def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
-        """Read the batch's known messages, fold the events; the write upserts the rows."""
-        born = {e.originator_id for e in events if isinstance(e, Message.Received)}
-        ids = {e.originator_id for e in events} - born
+        """Fold the batch without reading the table: a whole row for each message received in
+        the batch (upserted), and for each earlier message only the columns its events set
+        (updated). Every column an event sets is a value of that event, never one derived from
+        the row, so the row as it stands is not needed. Reading it back to rewrite it whole was
+        about a third of the projector's time while ``smeg run`` delivered at full speed.
+        """
         rows: dict[UUID, dict[str, Any]] = {}
-        if ids:
-            query = select(self.table).where(self.table.c.id.in_(ids))
-            rows = {row.id: dict(row._mapping) for row in connection.execute(query)}
+        patches: dict[UUID, dict[str, Any]] = {}
         for event in events:
-            _fold(rows, event)
-        table, changed = self.table, [rows[key] for key in sorted(rows)]
+            key = event.originator_id
+            if isinstance(event, Message.Received):
+                rows[key] = _received_row(event)
+                continue
+            row = rows.get(key)
+            _fold(row if row is not None else patches.setdefault(key, {}), event)
+        table = self.table
+        born = [rows[key] for key in sorted(rows)]
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for key in sorted(patches):
+            patch = patches[key]
+            if patch:
+                groups.setdefault(tuple(sorted(patch)), []).append(patch | {"row_id": key})
 
         def write(connection: Connection) -> None:
-            execute_many(connection, (table, "upsert"), lambda: _upsert(connection, table), changed)
+            execute_many(connection, (table, "upsert"), lambda: _upsert(connection, table), born)
+            for columns, group in groups.items():
+                execute_many(connection, (table, "update", columns), partial(_update, table, columns), group)
 
         return write
 
@@ -91,23 +109,21 @@ class MessageStatusProjection:
         connection.execute(self.table.delete())
 
 
-def _fold(rows: dict[UUID, dict[str, Any]], event: DomainEvent) -> None:
-    key = event.originator_id
-    if isinstance(event, Message.Received):
-        rows[key] = dict.fromkeys(_COLUMNS) | {
-            "id": key,
-            "message_id": event.message_id,
-            "channel": event.channel,
-            "status": RECEIVED,
-            "attempts": 0,
-            "permanent": False,
-            "correlation_id": event.correlation_id,
-            "received_at": event.timestamp,
-        }
-        return
-    row = rows.get(key)
-    if row is None:
-        return
+def _received_row(event: Message.Received) -> dict[str, Any]:
+    return dict.fromkeys(_COLUMNS) | {
+        "id": event.originator_id,
+        "message_id": event.message_id,
+        "channel": event.channel,
+        "status": RECEIVED,
+        "attempts": 0,
+        "permanent": False,
+        "correlation_id": event.correlation_id,
+        "received_at": event.timestamp,
+    }
+
+
+def _fold(row: dict[str, Any], event: DomainEvent) -> None:
+    """Set the columns a later event changes (on a whole row, or on a patch of one)."""
     if isinstance(event, Message.Attempted):
         row.update(status=IN_FLIGHT, attempts=event.attempt, last_provider=event.provider)
         row.update(attempted_at=event.timestamp, retry_at=None)
@@ -120,6 +136,11 @@ def _fold(rows: dict[UUID, dict[str, Any]], event: DomainEvent) -> None:
         row.update(permanent=event.permanent, retry_at=None)
     elif isinstance(event, Message.RetryRequested):
         row.update(status=RECEIVED, failed_at=None, permanent=False, retry_at=None)
+
+
+def _update(table: Table, columns: tuple[str, ...]) -> Update:
+    """Set ``columns`` of the row whose id is ``row_id`` (a message unknown here is left alone)."""
+    return update(table).where(table.c.id == bindparam("row_id")).values({c: bindparam(c) for c in columns})
 
 
 def _upsert(connection: Connection, table: Table) -> Any:

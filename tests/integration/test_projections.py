@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from eventsourcing.domain import DomainEvent
 from sqlalchemy import Connection, Engine, Table, inspect, select
+from sqlalchemy.exc import OperationalError
 
 from adapters.event_store import Change, MessageStore
 from adapters.projections import History, ProjectionRunner, ShadowRebuild, Write, read_position, tracking
@@ -285,3 +286,80 @@ def test_partitioned_rebuild_equals_a_one_process_rebuild_table_for_table(
     found = inspect(engine).get_indexes("message_status", schema=schema)
     indexed = {str(index["name"]).rsplit("_", 1)[0] for index in found}
     assert indexed == {index.name for index in message_status.indexes}
+
+
+def test_events_of_a_message_without_a_row_set_nothing_and_create_no_row(
+    backend: tuple[MessageStore, Engine],
+) -> None:
+    # Given two messages applied, then one row lost (say, deleted by hand)
+    store, engine = backend
+    outcomes = store.commit([Change(load=_receiver(m, T0)) for m in ("kept", "lost")])
+    runner = ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status")
+    runner.catch_up()
+    lost = outcomes[1].message
+    assert lost is not None
+    with engine.begin() as connection:
+        connection.execute(message_status.delete().where(message_status.c.id == lost.id))
+    # When both are attempted and delivered, in separate batches from their Received
+    for outcome in outcomes:
+        assert outcome.message is not None
+        message = store.get(outcome.message.id)
+        message.start_attempt("a", now=T0 + timedelta(seconds=1))
+        message.record_delivery("pid", now=T0 + timedelta(seconds=2), latency_ms=3.0)
+        store.commit([Change(load=lambda m=message: store.get(m.id), cached=message)])
+    runner.catch_up()
+    # Then the kept row has every column of its events, and the lost one stays absent
+    with engine.connect() as connection:
+        found = connection.execute(select(message_status)).mappings().all()
+    assert [r["message_id"] for r in found] == ["kept"]
+    kept = found[0]
+    assert (kept["status"], kept["attempts"], kept["last_provider"]) == ("delivered", 1, "a")
+    assert kept["retry_at"] is None and kept["delivered_at"] is not None
+    assert runner.position() == store.max_position()
+
+
+class FailingWrite:
+    """A projection whose write raises a database error with the given SQLSTATE."""
+
+    name = "message_status"
+
+    def __init__(self, sqlstate: str) -> None:
+        self.sqlstate = sqlstate
+        self.inner = MessageStatusProjection()
+
+    @property
+    def tables(self) -> list[Table]:
+        return self.inner.tables
+
+    def retarget(self, tables: dict[str, Table]) -> Any:
+        return self.inner.retarget(tables)
+
+    def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
+        write = self.inner.prepare(connection, events, history)
+        sqlstate = self.sqlstate
+
+        def write_then_fail(connection: Connection) -> None:
+            write(connection)
+            orig = type("DriverError", (Exception,), {"sqlstate": sqlstate})("driver says no")
+            raise OperationalError("UPDATE message_status …", {}, orig)
+
+        return write_then_fail
+
+    def clear(self, connection: Connection) -> None:
+        self.inner.clear(connection)
+
+
+def test_a_deadlock_broken_by_the_database_is_a_lost_race_and_other_errors_are_raised(
+    backend: tuple[MessageStore, Engine],
+) -> None:
+    from adapters.projections import DEADLOCK_DETECTED, step_together
+
+    store, engine = backend
+    seed(store, 50)
+    deadlocked = ProjectionRunner(store, engine, [FailingWrite(DEADLOCK_DETECTED)], name="message_status")
+    assert step_together(store, [deadlocked]) == 0
+    assert deadlocked.position() == 0 and rows(engine) == []
+    broken = ProjectionRunner(store, engine, [FailingWrite("08006")], name="message_status")
+    with pytest.raises(OperationalError):
+        step_together(store, [broken])
+    assert broken.position() == 0 and rows(engine) == []
