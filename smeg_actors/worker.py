@@ -7,6 +7,7 @@ shared thread pool, record every outcome in one transaction. A crash mid-batch i
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -204,6 +205,18 @@ class WorkerActor(Supervised):
         if message is None:
             log.warning("outcome_not_recorded", refused=str(outcome.refused), conflict=outcome.conflict)
             return
+        # Binding the ids costs more than the line itself: skip both when info lines are off.
+        if log.is_enabled_for(logging.INFO):
+            self._log_finished(message)
+        if message.status == BACKED_OFF and message.retry_at is not None:
+            self.children.tell("scheduler", ScheduleRetry(message.id, message.retry_at))
+        elif message.status == FAILED:
+            self.children.tell("publisher", PublishFailed(failed_request(message), failure_headers(message)))
+        elif message.status == DELIVERED and message.attempts > 1 and message.last_error != INTERRUPTED:
+            self.children.tell_quietly("redriver", ProviderRecovered(message.last_provider or ""))
+
+    @staticmethod
+    def _log_finished(message: Message) -> None:
         with message_context(message.message_id, message.correlation_id):
             log.info(
                 "attempt_finished",
@@ -214,12 +227,6 @@ class WorkerActor(Supervised):
                 error=message.last_error if message.status != DELIVERED else None,
                 retry_at=message.retry_at.isoformat() if message.retry_at else None,
             )
-        if message.status == BACKED_OFF and message.retry_at is not None:
-            self.children.tell("scheduler", ScheduleRetry(message.id, message.retry_at))
-        elif message.status == FAILED:
-            self.children.tell("publisher", PublishFailed(failed_request(message), failure_headers(message)))
-        elif message.status == DELIVERED and message.attempts > 1 and message.last_error != INTERRUPTED:
-            self.children.tell_quietly("redriver", ProviderRecovered(message.last_provider or ""))
 
     def _commit(self, changes: list[Change]) -> list[Outcome] | None:
         try:

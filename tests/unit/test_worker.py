@@ -436,3 +436,42 @@ def test_two_workers_given_the_same_message_at_once_make_exactly_one_attempt(rig
     assert rig.history(message_id)[-1] == "Delivered"
     assert rig.provider.calls[message.message_id] == 1
     assert rig.store_lost == []
+
+
+# --- log lines ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", ["info", "warning"])
+def test_each_finished_attempt_is_one_info_line_with_the_message_ids_and_a_masked_number(
+    rig: Rig, level: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import json
+    import logging
+
+    import structlog
+
+    from smeg_actors import worker as worker_module
+    from smeg_actors.logs import configure_logging
+
+    stream, root = io.StringIO(), logging.getLogger()
+    handlers, root_level = root.handlers[:], root.level
+    configure_logging(fmt="json", level=level, stream=stream)
+    # The module's logger may have been cached under another test's configuration.
+    monkeypatch.setattr(worker_module, "log", structlog.get_logger("smeg_actors.worker"))
+    try:
+        message = received(to="+441234567890")
+        [aggregate_id] = rig.seed(message)
+        rig.deliver(rig.worker(), WorkItem(aggregate_id))
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], root.level = handlers, root_level
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    finished = [line for line in lines if line["event"] == "attempt_finished"]
+    if level == "warning":
+        assert finished == [] and lines == []
+        return
+    [line] = finished
+    assert (line["message_id"], line["correlation_id"]) == (message.message_id, message.correlation_id)
+    assert (line["status"], line["attempt"], line["provider"]) == ("delivered", 1, "fake")
+    assert "1234567890" not in json.dumps(line) and "Your code" not in json.dumps(line)
