@@ -5,9 +5,12 @@ event a StoredEvent, a topic lookup, a Recording and a Notification; on SQLite o
 (to collect row ids nobody here reads); on PostgreSQL every event adapted as a composite value in
 text, its bytes escaped by regular expressions. That was half of the committer's CPU on
 PostgreSQL. ``EventWriter`` writes the same rows — the topic the Mapper writes, the state encoded
-by the application's own transcoder — in one statement per transaction: on PostgreSQL as four
-arrays under the recorder's own table lock and NOTIFY, so that followers of the log see rows in
-commit order exactly as with the library; on SQLite with ``executemany``. A configuration it does
+by the application's own transcoder — in one statement per transaction: on PostgreSQL a binary
+``COPY`` under the recorder's own table lock and NOTIFY, so that followers of the log see rows in
+commit order exactly as with the library; on SQLite with ``executemany``. (An ``INSERT … SELECT
+FROM unnest(…)`` of four arrays, before: psycopg dumps arrays in Python and in text, 22 µs of
+client CPU a row against 3 µs for ``COPY``, and the server's part of a 300-row transaction took
+16 ms against 4.5 ms.) A configuration it does
 not handle (``for_application`` lists them) gets no writer, and the library writes.
 
 Like the library's recorder, a write that fails on the connection or the server (not on a taken
@@ -44,15 +47,16 @@ class EventWriter:
         self.recorder = recorder
         self.encode = app.mapper.transcoder.encode
         self.topics: dict[type, str] = {}
-        self.insert_postgres: Composed | None = None
+        self.copy_postgres: Composed | None = None
         if type(recorder).__module__ == "eventsourcing.postgres":
-            self.insert_postgres = SQL(
-                "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-                "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+            self.copy_postgres = SQL(
+                "COPY {schema}.{table} (originator_id, originator_version, topic, state) "
+                "FROM STDIN (FORMAT BINARY)"
             ).format(
                 schema=Identifier(recorder.datastore.schema),
                 table=Identifier(recorder.events_table_name),
             )
+            self.copy_types = [recorder.datastore.originator_id_type, "int8", "text", "bytea"]
             self.notify = SQL("NOTIFY {0}").format(Identifier(recorder.channel_name))
 
     @classmethod
@@ -91,7 +95,7 @@ class EventWriter:
         """Insert ``rows`` in one transaction; eventsourcing's IntegrityError on a taken version."""
         if not rows:
             return
-        write = self._write_postgres if self.insert_postgres is not None else self._write_sqlite
+        write = self._write_postgres if self.copy_postgres is not None else self._write_sqlite
         for attempt in range(1, TRIES + 1):
             try:
                 write(rows)
@@ -107,10 +111,13 @@ class EventWriter:
             cursor.executemany(self.recorder.insert_events_statement, params)
 
     def _write_postgres(self, rows: Sequence[Row]) -> None:
-        ids, versions, topics, states = (list(column) for column in zip(*rows, strict=True))
+        assert self.copy_postgres is not None
         with self.recorder.datastore.transaction(commit=True) as cursor:
             # The library's own serialisation: positions are handed out in commit order.
             for statement in self.recorder.lock_table_statements:
                 cursor.execute(statement, prepare=True)
             cursor.execute(self.notify)
-            cursor.execute(self.insert_postgres, (ids, versions, topics, states), prepare=True)
+            with cursor.copy(self.copy_postgres) as copy:
+                copy.set_types(self.copy_types)
+                for row in rows:
+                    copy.write_row(row)

@@ -157,7 +157,7 @@ def test_two_events_of_one_version_in_one_batch_raise_integrity_error_and_write_
 
 
 def _backend_write(writer: EventWriter) -> str:
-    return "_write_postgres" if writer.insert_postgres is not None else "_write_sqlite"
+    return "_write_postgres" if writer.copy_postgres is not None else "_write_sqlite"
 
 
 def test_a_write_failing_on_the_connection_is_tried_again_and_written_once(store, monkeypatch):
