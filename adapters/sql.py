@@ -5,12 +5,12 @@ One place decides timeouts and schema for every SQL connection smeg opens throug
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, MetaData, Update, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, MetaData, Table, Update, create_engine, event
 from sqlalchemy.dialects.sqlite import DATETIME as SQLITE_DATETIME
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.types import TypeEngine
@@ -112,6 +112,38 @@ def execute_many(
         ]
         params.append(tuple(values) if positional else dict(zip(names, values, strict=True)))
     connection.exec_driver_sql(sql, params)
+
+
+def qualified_name(connection: Connection, table: Table) -> str:
+    """The table's name as this connection's statements see it (schema translation included)."""
+    translate = connection.get_execution_options().get("schema_translate_map") or {}
+    schema = translate.get(table.schema, table.schema)
+    preparer = connection.dialect.identifier_preparer
+    return (
+        f"{preparer.quote_schema(schema)}.{preparer.quote(table.name)}"
+        if schema
+        else preparer.quote(table.name)
+    )
+
+
+def copy_rows(
+    connection: Connection,
+    target: str,
+    columns: Sequence[str],
+    types: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+) -> None:
+    """PostgreSQL only: ``rows`` into ``target`` by binary COPY, inside the connection's transaction.
+
+    psycopg sends the rows of ``executemany`` one statement each (in pipeline mode), and builds
+    every one's parameters in Python; a binary COPY does that in C and the server parses one
+    stream: about a tenth of the CPU on each side for a batch of hundreds of rows.
+    """
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor, cursor.copy(f"COPY {target} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(list(types))
+        for row in rows:
+            copy.write_row(row)
 
 
 def _sqlite_datetime(value: datetime) -> str:

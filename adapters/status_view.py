@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.projections import History, Write
-from adapters.sql import execute_many, metadata
+from adapters.sql import copy_rows, execute_many, metadata, qualified_name
 from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, RECEIVED, Message
 
 message_status = Table(
@@ -97,8 +97,12 @@ class MessageStatusProjection:
             patch = patches[key]
             if patch:
                 groups.setdefault(tuple(sorted(patch)), []).append(patch | {"row_id": key})
+        patches = {key: patch for key, patch in patches.items() if patch}
 
         def write(connection: Connection) -> None:
+            if connection.dialect.name == "postgresql":
+                _write_postgres(connection, table, born, patches)
+                return
             execute_many(connection, (table, "upsert"), lambda: _upsert(connection, table), born)
             for columns, group in groups.items():
                 execute_many(connection, (table, "update", columns), partial(_update, table, columns), group)
@@ -136,6 +140,65 @@ def _fold(row: dict[str, Any], event: DomainEvent) -> None:
         row.update(permanent=event.permanent, retry_at=None)
     elif isinstance(event, Message.RetryRequested):
         row.update(status=RECEIVED, failed_at=None, permanent=False, retry_at=None)
+
+
+#: Binary COPY types of ``message_status``'s columns, in order.
+_TYPES = {
+    "id": "uuid",
+    "attempts": "int4",
+    "permanent": "bool",
+    **{c: "timestamptz" for c in ("received_at", "attempted_at", "delivered_at", "failed_at", "retry_at")},
+}
+#: The columns an event after Received may set (``_fold``), each with its bit in a patch's mask.
+_PATCHED: tuple[str, ...] = ("status", "attempts", "last_provider", "last_error", "permanent")
+_PATCHED += ("attempted_at", "delivered_at", "failed_at", "retry_at")
+
+
+def _write_postgres(
+    connection: Connection, table: Table, born: list[dict[str, Any]], patches: dict[UUID, dict[str, Any]]
+) -> None:
+    """Stage the batch in two temporary tables by binary COPY, then one upsert and one update.
+
+    A patch carries a mask of the columns it sets; the others keep the row's value. (Per-row
+    statements through ``executemany`` were a third of the projector's time on PostgreSQL.)
+    """
+    name = qualified_name(connection, table)
+    if born:
+        stage = f"smeg_born_{table.name}"
+        connection.exec_driver_sql(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {name}) ON COMMIT DELETE ROWS"
+        )
+        types = [_TYPES.get(c, "text") for c in _COLUMNS]
+        copy_rows(
+            connection, f"pg_temp.{stage}", _COLUMNS, types, ([row[c] for c in _COLUMNS] for row in born)
+        )
+        columns = ", ".join(_COLUMNS)
+        sets = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "id")
+        connection.exec_driver_sql(
+            f"INSERT INTO {name} ({columns}) SELECT {columns} FROM pg_temp.{stage} "
+            f"ON CONFLICT (id) DO UPDATE SET {sets}"
+        )
+    if patches:
+        stage = f"smeg_patch_{table.name}"
+        patched = ", ".join(_PATCHED)
+        connection.exec_driver_sql(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+            f"SELECT id, 0 AS mask, {patched} FROM {name} WITH NO DATA"
+        )
+        rows = (
+            [key, sum(1 << i for i, c in enumerate(_PATCHED) if c in patch)]
+            + [patch.get(c) for c in _PATCHED]
+            for key, patch in sorted(patches.items())
+        )
+        types = ["uuid", "int4", *(_TYPES.get(c, "text") for c in _PATCHED)]
+        copy_rows(connection, f"pg_temp.{stage}", ("id", "mask", *_PATCHED), types, rows)
+        sets = ", ".join(
+            f"{c} = CASE WHEN p.mask & {1 << i} <> 0 THEN p.{c} ELSE m.{c} END"
+            for i, c in enumerate(_PATCHED)
+        )
+        connection.exec_driver_sql(
+            f"UPDATE {name} AS m SET {sets} FROM pg_temp.{stage} AS p WHERE m.id = p.id"
+        )
 
 
 def _update(table: Table, columns: tuple[str, ...]) -> Update:
