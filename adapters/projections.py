@@ -105,6 +105,9 @@ class ProjectionRunner:
     ) -> None:
         self.store, self.engine, self.projections = store, engine, projections
         self.name, self.batch = name, batch
+        #: The position ``step_together`` last committed, so its next step need not read it back;
+        #: a move by anyone else makes that step's advance fail, and the position is read again.
+        self.known_position: int | None = None
         create_tables(engine)
 
     def position(self) -> int:
@@ -225,41 +228,61 @@ def step_together(store: MessageStore, runners: Sequence[ProjectionRunner], batc
     Each runner applies the events after its own position and advances its own tracking row, all
     in the same transaction (one commit instead of one per read model). If any runner finds its
     position moved by another node, the whole batch rolls back and the next step starts afresh.
+    Positions this function committed are kept on the runners and not read back (four queries a
+    step, a sixth of the projector child's time); the advance's check catches a stale one.
     Returns how many events the furthest-behind runner applied.
     """
     if not runners:
         return 0
     engine = runners[0].engine
-    with engine.connect() as connection:
-        positions = [read_position(connection, runner.name) for runner in runners]
-    start = min(positions)
+    positions = [runner.known_position for runner in runners]
+    if None in positions:
+        with engine.connect() as connection:
+            positions = [read_position(connection, runner.name) for runner in runners]
+    known = [position for position in positions if position is not None]
+    start = min(known)
     decoded, end = store.read_events(start, batch)
     if end == start:
         return 0
     applied = 0
+    advanced: list[ProjectionRunner] = []
     history = SharedHistory(store.histories)
     try:
         with engine.begin() as connection:
             writes: list[Write] = []
-            for runner, position in zip(runners, positions, strict=True):
+            for runner, position in zip(runners, known, strict=True):
                 events = [event for at, event in decoded if at > position]
+                runner.known_position = position
                 if not events:
                     continue
                 writes += [p.prepare(connection, events, history) for p in runner.projections]
                 writes.append(partial(_advance_or_raise, name=runner.name, start=position, end=end))
+                advanced.append(runner)
                 applied = max(applied, len(events))
             for write in writes:
                 write(connection)
     except (_RaceLost, IntegrityError) as exc:
+        _forget(runners)
         log.info("projection_race_lost", projection=str(exc), position=start)
         return 0
     except OperationalError as exc:
+        _forget(runners)
         # Two nodes' runners at different positions may update the same rows in different orders.
         if getattr(exc.orig, "sqlstate", None) != DEADLOCK_DETECTED:
             raise
         log.info("projection_race_lost", projection="deadlock", position=start)
         return 0
+    except BaseException:
+        _forget(runners)
+        raise
+    for runner in advanced:
+        runner.known_position = end
     return applied
+
+
+def _forget(runners: Sequence[ProjectionRunner]) -> None:
+    for runner in runners:
+        runner.known_position = None
 
 
 class ShadowRebuild:

@@ -363,3 +363,41 @@ def test_a_deadlock_broken_by_the_database_is_a_lost_race_and_other_errors_are_r
     with pytest.raises(OperationalError):
         step_together(store, [broken])
     assert broken.position() == 0 and rows(engine) == []
+
+
+def test_step_together_keeps_its_positions_and_a_stale_one_loses_the_race_without_double_applying(
+    backend: tuple[MessageStore, Engine],
+) -> None:
+    from sqlalchemy import event as sa_event
+
+    from adapters.projections import step_together
+
+    store, engine = backend
+    seed(store, 200)
+    ours = ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status")
+    assert step_together(store, [ours], batch=100) == 100
+    # A second step does not read its position back from the tracking table
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "smeg_tracking" in statement:
+            reads.append(statement)
+
+    sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert step_together(store, [ours], batch=100) == 100
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count)
+    assert reads == []
+    # When another node's runner moves the position on, our kept position is stale: the step
+    # rolls back, the next one reads the position again, and nothing is applied twice
+    assert store.max_position() > 250
+    theirs = ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status", batch=50)
+    assert theirs.step() == 50
+    assert step_together(store, [ours], batch=100) == 0
+    while step_together(store, [ours], batch=100):
+        pass
+    assert ours.position() == store.max_position()
+    after = rows(engine)
+    ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status").rebuild()
+    assert rows(engine) == after
