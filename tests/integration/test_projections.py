@@ -112,14 +112,13 @@ def test_incremental_projection_equals_full_rebuild(backend: tuple[MessageStore,
     assert {r[3] for r in step_by_step} <= {"delivered", "failed", "received"}
 
 
-class Exploding:
-    """Wraps a projection and fails once, after writing, inside the runner's transaction."""
+class WrappedStatus:
+    """``message_status``'s projection, wrapped so a test can make its writes misbehave."""
 
     name = "message_status"
 
     def __init__(self) -> None:
         self.inner = MessageStatusProjection()
-        self.armed = True
 
     @property
     def tables(self) -> list[Table]:
@@ -127,6 +126,17 @@ class Exploding:
 
     def retarget(self, tables: dict[str, Table]) -> Any:
         return self.inner.retarget(tables)
+
+    def clear(self, connection: Connection) -> None:
+        self.inner.clear(connection)
+
+
+class Exploding(WrappedStatus):
+    """Wraps a projection and fails once, after writing, inside the runner's transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = True
 
     def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
         write = self.inner.prepare(connection, events, history)
@@ -138,9 +148,6 @@ class Exploding:
                 raise RuntimeError("killed mid-batch")
 
         return write_then_fail
-
-    def clear(self, connection: Connection) -> None:
-        self.inner.clear(connection)
 
 
 def test_runner_killed_mid_batch_double_counts_nothing(backend: tuple[MessageStore, Engine]) -> None:
@@ -318,21 +325,12 @@ def test_events_of_a_message_without_a_row_set_nothing_and_create_no_row(
     assert runner.position() == store.max_position()
 
 
-class FailingWrite:
+class FailingWrite(WrappedStatus):
     """A projection whose write raises a database error with the given SQLSTATE."""
 
-    name = "message_status"
-
     def __init__(self, sqlstate: str) -> None:
+        super().__init__()
         self.sqlstate = sqlstate
-        self.inner = MessageStatusProjection()
-
-    @property
-    def tables(self) -> list[Table]:
-        return self.inner.tables
-
-    def retarget(self, tables: dict[str, Table]) -> Any:
-        return self.inner.retarget(tables)
 
     def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
         write = self.inner.prepare(connection, events, history)
@@ -344,9 +342,6 @@ class FailingWrite:
             raise OperationalError("UPDATE message_status …", {}, orig)
 
         return write_then_fail
-
-    def clear(self, connection: Connection) -> None:
-        self.inner.clear(connection)
 
 
 def test_a_deadlock_broken_by_the_database_is_a_lost_race_and_other_errors_are_raised(
