@@ -92,20 +92,13 @@ class MessageStatusProjection:
             _fold(row if row is not None else patches.setdefault(key, {}), event)
         table = self.table
         born = [rows[key] for key in sorted(rows)]
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for key in sorted(patches):
-            patch = patches[key]
-            if patch:
-                groups.setdefault(tuple(sorted(patch)), []).append(patch | {"row_id": key})
-        patches = {key: patch for key, patch in patches.items() if patch}
+        changed = {key: patches[key] for key in sorted(patches) if patches[key]}
 
         def write(connection: Connection) -> None:
             if connection.dialect.name == "postgresql":
-                _write_postgres(connection, table, born, patches)
-                return
-            execute_many(connection, (table, "upsert"), lambda: _upsert(connection, table), born)
-            for columns, group in groups.items():
-                execute_many(connection, (table, "update", columns), partial(_update, table, columns), group)
+                _write_postgres(connection, table, born, changed)
+            else:
+                _write_sqlite(connection, table, born, changed)
 
         return write
 
@@ -154,6 +147,18 @@ _PATCHED: tuple[str, ...] = ("status", "attempts", "last_provider", "last_error"
 _PATCHED += ("attempted_at", "delivered_at", "failed_at", "retry_at")
 
 
+def _write_sqlite(
+    connection: Connection, table: Table, born: list[dict[str, Any]], patches: dict[UUID, dict[str, Any]]
+) -> None:
+    """One upsert of the whole rows, then one ``UPDATE`` through ``executemany`` per set of columns."""
+    execute_many(connection, (table, "upsert"), lambda: _upsert(connection, table), born)
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for key, patch in patches.items():
+        groups.setdefault(tuple(sorted(patch)), []).append(patch | {"row_id": key})
+    for columns, group in groups.items():
+        execute_many(connection, (table, "update", columns), partial(_update, table, columns), group)
+
+
 def _write_postgres(
     connection: Connection, table: Table, born: list[dict[str, Any]], patches: dict[UUID, dict[str, Any]]
 ) -> None:
@@ -188,7 +193,7 @@ def _write_postgres(
         rows = (
             [key, sum(1 << i for i, c in enumerate(_PATCHED) if c in patch)]
             + [patch.get(c) for c in _PATCHED]
-            for key, patch in sorted(patches.items())
+            for key, patch in patches.items()
         )
         types = ["uuid", "int4", *(_TYPES.get(c, "text") for c in _PATCHED)]
         copy_rows(connection, f"pg_temp.{stage}", ("id", "mask", *_PATCHED), types, rows)

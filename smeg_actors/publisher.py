@@ -6,8 +6,8 @@ tick looks as well every ``sweep_every`` seconds, for failures no local worker a
 node's, a dead process's). Looking on every tick, ten times a second, cost a tenth of the
 interpreter lock on PostgreSQL, for nothing. A publication that fails is retried on later ticks
 with a growing pause; nothing is lost meanwhile, because the position in the log moves only after
-a batch is published. The actor owns the broker connection (pika is
-not thread-safe) and services its heartbeats on every tick.
+a batch is published. The actor owns the broker connection (pika is not thread-safe) and
+services its heartbeats on every tick.
 """
 
 from __future__ import annotations
