@@ -7,14 +7,17 @@ same objects writes nothing (library-notes G1). Every retry here rebuilds from t
 
 from __future__ import annotations
 
+import select
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import (
@@ -28,10 +31,11 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import Environment
+from psycopg_pool import ConnectionPool
 from sqlalchemy.engine import make_url
 
 from adapters.event_log import FastJSONTranscoder, LogEntry, LogReader, Partition
-from adapters.event_writer import EventWriter
+from adapters.event_writer import EventWriter, Row
 from adapters.group_commit import CommitTimeoutError, GroupCommitter
 from domain.errors import DomainError
 from domain.message import Message
@@ -116,6 +120,17 @@ class Change:
 
 
 @dataclass
+class Decided:
+    """A change as its caller decided it, on the caller's thread: the outcome of its first try
+    and the rows to write for it. ``outcome`` is None where the library writes (no
+    ``EventWriter``): the committer then applies the change itself."""
+
+    change: Change
+    outcome: Outcome | None = None
+    rows: list[Row] = field(default_factory=list)
+
+
+@dataclass
 class Outcome:
     """What happened to one change: saved (with the new state), conflict, or refused by the domain."""
 
@@ -178,7 +193,7 @@ class MessageStore:
 
     def __init__(self, url: str, *, recorder: str = CORE, schema: str = "", timeout: float = 15.0) -> None:
         self.url, self.schema, self.timeout = url, schema, timeout
-        self.committer = GroupCommitter(self._commit)
+        self.committer: GroupCommitter[Decided, Outcome] = GroupCommitter(self._commit)
         env = store_env(url, recorder=recorder, schema=schema)
         env[TIMEOUT_KEY] = str(timeout)
         self.app = _open_application(env)
@@ -251,7 +266,7 @@ class MessageStore:
         call again: a retry reloads every aggregate from the store.
         """
         try:
-            outcomes = self.committer.submit(changes, self.timeout)
+            outcomes = self.committer.submit(self._decide(changes), self.timeout)
         except CommitTimeoutError as exc:
             raise StoreUnavailableError(str(exc)) from None
         for outcome in outcomes:
@@ -259,12 +274,47 @@ class MessageStore:
                 raise outcome.error
         return outcomes
 
-    def _commit(self, changes: Sequence[Change]) -> list[Outcome]:
+    def _decide(self, changes: Sequence[Change]) -> list[Decided]:
+        """Apply each change and encode its events here, on the caller's thread.
+
+        The committer is the one serial stage of the write path: what it no longer does (domain
+        decisions, loads, encoding) runs on the callers' threads, overlapping its waits on the
+        database. Each cached object is used here once: a retry of ``changes`` reloads (G1).
+        """
+        writer = self.app.writer
+        if writer is None:
+            return [Decided(change) for change in changes]
+        decided: list[Decided] = []
         try:
+            for change in changes:
+                outcome = self._apply(change, use_cache=True)
+                rows = writer.rows(outcome.message.collect_events()) if outcome.message is not None else []
+                decided.append(Decided(change, outcome, rows))
+        finally:
+            for change in changes:
+                change.cached = None
+        return decided
+
+    def _commit(self, decided: Sequence[Decided]) -> list[Outcome]:
+        changes = [item.change for item in decided]
+        try:
+            if decided and all(item.outcome is not None for item in decided):
+                return self._write_decided(decided)
             return self._attempt(changes, use_cache=True)
         finally:
             for change in changes:
                 change.cached = None
+
+    def _write_decided(self, decided: Sequence[Decided]) -> list[Outcome]:
+        """Write the rows the callers encoded, in one transaction; on a conflict, bisect."""
+        assert self.app.writer is not None
+        try:
+            self.app.writer.write([row for item in decided for row in item.rows])
+        except IntegrityError:
+            return self._after_conflict([item.change for item in decided], reloaded=False)
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+        return [cast(Outcome, item.outcome) for item in decided]
 
     def update(self, aggregate_id: UUID, apply: Callable[[Message], None]) -> Outcome:
         """Load, apply and save one aggregate, reloading once if another writer got there first."""
@@ -276,49 +326,48 @@ class MessageStore:
             raise MessageNotFoundError(f"no message {aggregate_id}")
         return outcome
 
-    def _prepare(self, changes: Sequence[Change], *, use_cache: bool) -> tuple[list[Outcome], list[Message]]:
-        outcomes: list[Outcome] = []
-        aggregates: list[Message] = []
-        for change in changes:
-            try:
-                message = change.cached if use_cache and change.cached else change.load()
-                change.apply(message)
-            except MessageNotFoundError:
-                outcomes.append(Outcome(missing=True))
-            except DomainError as exc:
-                outcomes.append(Outcome(refused=exc))
-            except StoreError:
-                raise
-            except Exception as exc:
-                outcomes.append(Outcome(error=exc))
-            else:
-                outcomes.append(Outcome(message=message))
-                aggregates.append(message)
-        return outcomes, aggregates
+    def _apply(self, change: Change, *, use_cache: bool) -> Outcome:
+        try:
+            message = change.cached if use_cache and change.cached else change.load()
+            change.apply(message)
+        except MessageNotFoundError:
+            return Outcome(missing=True)
+        except DomainError as exc:
+            return Outcome(refused=exc)
+        except StoreError:
+            raise
+        except Exception as exc:
+            return Outcome(error=exc)
+        return Outcome(message=message)
 
     def _attempt(self, changes: Sequence[Change], *, use_cache: bool) -> list[Outcome]:
-        """One transaction for ``changes``; after a conflict, bisect.
+        """One transaction for ``changes``, applied here; after a conflict, bisect."""
+        try:
+            outcomes = [self._apply(change, use_cache=use_cache) for change in changes]
+            aggregates = [outcome.message for outcome in outcomes if outcome.message is not None]
+            if aggregates:
+                self.app.save(*aggregates)
+            return outcomes
+        except IntegrityError:
+            return self._after_conflict(changes, reloaded=not use_cache)
+        except PersistenceError as exc:
+            raise StoreUnavailableError(_one_line(exc)) from None
+
+    def _after_conflict(self, changes: Sequence[Change], *, reloaded: bool) -> list[Outcome]:
+        """Some change of a failed transaction lost a race: find which, in few transactions.
 
         Each half is committed on its own, split again where a conflict remains, so k conflicts in
         n changes cost O(k log n) transactions, not n. Every retry reloads its aggregates (never
         the drained objects of the failed save, G1); a single change is reloaded once, so a stale
         cached object is re-decided on the latest version before it counts as a conflict.
         """
-        try:
-            outcomes, aggregates = self._prepare(changes, use_cache=use_cache)
-            if aggregates:
-                self.app.save(*aggregates)
-            return outcomes
-        except IntegrityError:
-            if len(changes) > 1:
-                middle = len(changes) // 2
-                first, second = changes[:middle], changes[middle:]
-                return self._attempt(first, use_cache=False) + self._attempt(second, use_cache=False)
-            if use_cache:
-                return self._attempt(changes, use_cache=False)
-            return [Outcome(conflict=True)]
-        except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
+        if len(changes) > 1:
+            middle = len(changes) // 2
+            first, second = changes[:middle], changes[middle:]
+            return self._attempt(first, use_cache=False) + self._attempt(second, use_cache=False)
+        if not reloaded:
+            return self._attempt(changes, use_cache=False)
+        return [Outcome(conflict=True)]
 
     def max_position(self) -> int:
         """Position of the newest event in the log (0 when empty)."""
@@ -392,13 +441,15 @@ class BoundedPostgresFactory(PostgresFactory):
     """eventsourcing's PostgreSQL factory, with waits bounded so a silent network fails a write.
 
     A statement timeout, TCP keepalives and ``tcp_user_timeout`` are added to the pool's connection
-    arguments before its first connection is opened (eventsourcing has no settings for them).
+    arguments before its first connection is opened (eventsourcing has no settings for them), and
+    the pool checks a connection it hands out with ``check_pooled`` instead of a round trip each time.
     """
 
     def __init__(self, env: Environment) -> None:
         super().__init__(env)
         milliseconds = int(float(self.env.get(TIMEOUT_KEY) or 15) * 1000)
-        kwargs = self.datastore.pool.kwargs
+        pool = self.datastore.pool
+        kwargs = pool.kwargs
         assert isinstance(kwargs, dict)
         kwargs.update(
             options=f"-c statement_timeout={milliseconds}",
@@ -408,6 +459,39 @@ class BoundedPostgresFactory(PostgresFactory):
             keepalives_count=3,
             tcp_user_timeout=milliseconds,
         )
+        # psycopg_pool takes ``check`` only when built; eventsourcing builds it (PRE_PING = ping always).
+        pool._check = PooledConnectionCheck()
+
+
+class PooledConnectionCheck:
+    """Pings a pooled connection before use only when it may be dead: something arrived on its
+    socket while it sat idle (a server that ends a session says so, then closes it), or it has not
+    been handed out for ``idle`` seconds (a middlebox may have dropped it silently).
+
+    A ping on every checkout was one round trip per transaction; under load each round trip also
+    costs a wait for the interpreter lock, and the committer, the serial stage, paid it on every
+    write. A connection that dies in use fails its statement, which the writer tries again on
+    another connection (the pool discards a broken one).
+    """
+
+    def __init__(self, idle: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle, self.clock = idle, clock
+        self.handed_out: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    def __call__(self, connection: Any) -> None:
+        now = self.clock()
+        last = self.handed_out.get(connection)
+        self.handed_out[connection] = now
+        if last is not None and now - last < self.idle and not _readable(connection):
+            return
+        ConnectionPool.check_connection(connection)
+
+
+def _readable(connection: Any) -> bool:
+    try:
+        return bool(select.select([connection.fileno()], [], [], 0)[0])
+    except (OSError, ValueError, psycopg.Error):
+        return True
 
 
 def _open_application(env: dict[str, str]) -> Messages:

@@ -13,37 +13,37 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
-if TYPE_CHECKING:
-    from adapters.event_store import Change, Outcome
+#: What callers hand in (``event_store.Decided``) and what each gets back (``event_store.Outcome``).
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 class CommitTimeoutError(Exception):
     """The committer did not answer in time (the database hangs)."""
 
 
-class GroupCommitter:
-    """Runs ``commit(changes) -> outcomes`` on one thread, merging concurrent requests.
+class GroupCommitter(Generic[Item, Result]):
+    """Runs ``commit(items) -> results`` on one thread, merging concurrent requests.
 
     Args:
-        commit: saves a list of changes in one transaction (``MessageStore._commit``).
+        commit: saves a list of changes in one transaction (``MessageStore._commit``), one
+            result per item, in order.
         max_changes: the most changes merged into one transaction.
     """
 
-    def __init__(
-        self, commit: Callable[[Sequence[Change]], list[Outcome]], *, max_changes: int = 2000
-    ) -> None:
+    def __init__(self, commit: Callable[[Sequence[Item]], list[Result]], *, max_changes: int = 2000) -> None:
         self._commit, self.max_changes = commit, max_changes
-        self._requests: queue.Queue[tuple[Sequence[Change], Future[list[Outcome]]] | None] = queue.Queue()
+        self._requests: queue.Queue[tuple[Sequence[Item], Future[list[Result]]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="smeg-committer", daemon=True)
         self._started = False
         self._lock = threading.Lock()
 
-    def submit(self, changes: Sequence[Change], timeout: float) -> list[Outcome]:
+    def submit(self, changes: Sequence[Item], timeout: float) -> list[Result]:
         """Commit ``changes`` with whatever else is waiting; raise CommitTimeoutError after ``timeout``."""
         self._ensure_started()
-        future: Future[list[Outcome]] = Future()
+        future: Future[list[Result]] = Future()
         self._requests.put((changes, future))
         try:
             return future.result(timeout)
@@ -79,7 +79,7 @@ class GroupCommitter:
                 size += len(item[0])
             self._commit_batch(batch)
 
-    def _commit_batch(self, batch: list[tuple[Sequence[Change], Future[list[Outcome]]]]) -> None:
+    def _commit_batch(self, batch: list[tuple[Sequence[Item], Future[list[Result]]]]) -> None:
         live = [(changes, future) for changes, future in batch if future.set_running_or_notify_cancel()]
         merged = [change for changes, _future in live for change in changes]
         try:

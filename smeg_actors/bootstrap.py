@@ -106,6 +106,9 @@ class Runtime:
         self.status_runner = self.runners[0]
         self.executor = ThreadPoolExecutor(settings.provider_concurrency, thread_name_prefix="smeg-call")
         self.workers = [f"worker-{i}" for i in range(settings.workers)]
+        # More than one: a batch is prepared and committed while the one before waits on the store.
+        self.intakes = [f"intake-{i}" for i in range(settings.intake_actors)]
+        self._next_intake = 0
         self.supervisor: pykka.ActorRef[Any] | None = None
         self.ticker: Ticker | None = None
 
@@ -175,14 +178,17 @@ class Runtime:
         self.engine.dispose()
 
     def _on_batch(self, deliveries: list[Any]) -> None:
-        """Hand a batch to the intake actor, waiting out a restart; never drop it."""
+        """Hand a batch to the next intake actor in turn (called by the consumer thread only),
+        waiting out a restart; never drop it."""
         message = RequestsReceived(tuple(deliveries))
+        name = self.intakes[self._next_intake]
+        self._next_intake = (self._next_intake + 1) % len(self.intakes)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.stop_reason.event.is_set():
                 return  # stopping: the batch stays unacked and the broker requeues it
             try:
-                self.children.get("intake").tell(message)
+                self.children.get(name).tell(message)
                 return
             except (pykka.ActorDeadError, KeyError):
                 time.sleep(0.05)
@@ -216,6 +222,21 @@ class Runtime:
                 stale_after=self.stale_after,
                 call_timeout=self.call_timeout,
                 grace=s.store_grace,
+                on_store_lost=self._store_lost,
+            )
+
+        return start
+
+    def _intake_starter(self, name: str) -> Any:
+        def start(sup: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
+            return IntakeActor.start(
+                name,
+                sup,
+                store=self.store,
+                intake=self.intake,
+                children=self.children,
+                clock=self.clock,
+                grace=self.settings.store_grace,
                 on_store_lost=self._store_lost,
             )
 
@@ -260,21 +281,8 @@ class Runtime:
         ]
         for name in self.workers:
             specs.append(ChildSpec(name, self._worker_starter(name)))
-        specs.append(
-            ChildSpec(
-                "intake",
-                lambda sup: IntakeActor.start(
-                    "intake",
-                    sup,
-                    store=self.store,
-                    intake=self.intake,
-                    children=children,
-                    clock=clock,
-                    grace=s.store_grace,
-                    on_store_lost=self._store_lost,
-                ),
-            )
-        )
+        for name in self.intakes:
+            specs.append(ChildSpec(name, self._intake_starter(name)))
         if self.events is not None and inline:
             events = self.events
             specs.append(

@@ -47,6 +47,7 @@ class Settings(BaseModel):
     default_provider: str | None = None
     prefetch: int = Field(default=500, ge=1, le=65535)
     batch_size: int = Field(default=200, ge=1, le=5000)
+    intake_actors: int = Field(default=2, ge=1, le=64)
     max_in_flight: int = Field(default=2000, ge=1)
     provider_concurrency: int = Field(default=256, ge=1, le=4096)
     redrive_rate: float = Field(default=20.0, gt=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -356,6 +357,48 @@ def test_retrying_a_failed_commit_with_the_same_changes_writes_the_events(backen
     assert all(o.saved for o in outcomes)
     assert types_of(store, a) == ["Received", "Attempted"]
     assert stored_types(store) == {"Received": 2, "Attempted": 1}
+
+
+def test_changes_are_decided_on_the_callers_thread_and_only_written_by_the_committer(store):
+    # Given
+    [a] = received(store, "a")
+    threads: list[str] = []
+
+    def attempt_here(message: Message) -> None:
+        threads.append(threading.current_thread().name)
+        attempt(message)
+
+    # When
+    [outcome] = store.commit([changing(store, a, attempt_here)])
+
+    # Then: the domain decision ran here; the committer thread only wrote its rows
+    assert outcome.saved
+    assert threads == [threading.current_thread().name]
+    assert types_of(store, a) == ["Received", "Attempted"]
+
+
+def test_a_commit_that_failed_while_deciding_reloads_every_change_on_retry(store):
+    # Given: the second change's load fails once, after the first was decided on its cached object
+    [a, b] = received(store, "a", "b")
+    loads: list[int] = []
+
+    def load_b() -> Message:
+        loads.append(1)
+        if len(loads) == 1:
+            raise StoreUnavailableError("connection lost")
+        return store.get(b.id)
+
+    changes = [changing(store, a, attempt), Change(load=load_b, apply=attempt)]
+    with pytest.raises(StoreUnavailableError):
+        store.commit(changes)
+
+    # When the caller retries the same changes
+    outcomes = store.commit(changes)
+
+    # Then: the first was reloaded and decided again, not attempted twice on its drained object
+    assert all(o.saved for o in outcomes)
+    assert types_of(store, a) == ["Received", "Attempted"]
+    assert types_of(store, b) == ["Received", "Attempted"]
 
 
 def test_retry_until_a_failed_commit_succeeds_writes_the_events_once(backend, store):

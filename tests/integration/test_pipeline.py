@@ -247,6 +247,52 @@ def test_worker_crash_mid_attempt_is_restarted_and_message_delivered(
     assert sum(counts.values()) >= 1
 
 
+def test_batches_take_turns_between_the_intake_actors(start_pipeline: Any, rabbit: Any, prefix: str) -> None:
+    # Given
+    pipeline = start_pipeline(intake_actors=2)
+
+    # When: more batches than intake actors (batches of at most 50)
+    for i in range(300):
+        publish(rabbit, prefix, request(f"t-{i}"))
+
+    # Then: every request delivered once, and both actors recorded some
+    for i in range(300):
+        assert pipeline.wait_final(f"t-{i}").status == DELIVERED
+    assert all(pipeline.provider.calls[f"t-{i}"] == 1 for i in range(300))
+    children = pipeline.runtime.children
+    counts = [children.get(name).ask("counts", timeout=5)["received"] for name in ("intake-0", "intake-1")]
+    assert sum(counts) == 300
+    assert min(counts) > 0
+
+
+def test_an_intake_actor_crash_hands_its_batch_back_and_nothing_is_lost(
+    start_pipeline: Any, rabbit: Any, prefix: str
+) -> None:
+    # Given a clock that crashes the first intake actor that asks it the time (before recording)
+    crashed = threading.Event()
+
+    def should_crash() -> bool:
+        if "IntakeActor" in threading.current_thread().name and not crashed.is_set():
+            crashed.set()
+            return True
+        return False
+
+    pipeline = start_pipeline(clock=CrashingClock(should_crash), intake_actors=2)
+
+    # When
+    for i in range(120):
+        publish(rabbit, prefix, request(f"i-{i}"))
+
+    # Then: the crashed batch went back to the broker and came round again; each delivered once
+    for i in range(120):
+        assert pipeline.wait_final(f"i-{i}", timeout=20).status == DELIVERED
+    assert crashed.is_set()
+    assert all(pipeline.provider.calls[f"i-{i}"] == 1 for i in range(120))
+    restarts = pipeline.runtime.supervisor.ask("counts", timeout=5)
+    assert sum(n for name, n in restarts.items() if name.startswith("intake-")) == 1
+    assert rabbit.queue_declare(f"{prefix}.send", passive=True).method.message_count == 0
+
+
 def test_restart_intensity_exceeded_escalates_with_exit_5(
     start_pipeline: Any, rabbit: Any, prefix: str
 ) -> None:
