@@ -21,7 +21,7 @@ from adapters.sql import make_engine
 from domain.ports import FailurePublisher, Intake, Provider
 from smeg_actors.clock import Clock, utc_now
 from smeg_actors.config import Settings
-from smeg_actors.dispatcher import DispatcherActor, WorkerRestarted
+from smeg_actors.dispatcher import Backlog, DispatcherActor, WorkerRestarted
 from smeg_actors.exit_codes import EXIT_BROKER_LOST, EXIT_ESCALATED, EXIT_OK, EXIT_STORE_LOST
 from smeg_actors.gateway import GatewayActor
 from smeg_actors.intake import IntakeActor
@@ -106,6 +106,7 @@ class Runtime:
         self.status_runner = self.runners[0]
         self.executor = ThreadPoolExecutor(settings.provider_concurrency, thread_name_prefix="smeg-call")
         self.workers = [f"worker-{i}" for i in range(settings.workers)]
+        self.dispatcher_backlog = Backlog()
         # More than one: a batch is prepared and committed while the one before waits on the store.
         self.intakes = [f"intake-{i}" for i in range(settings.intake_actors)]
         self._next_intake = 0
@@ -141,10 +142,7 @@ class Runtime:
         return self.stop_reason.code
 
     def backlog(self) -> int:
-        try:
-            return int(self.children.get("dispatcher").proxy().backlog.get(timeout=1))
-        except Exception:
-            return 0
+        return self.dispatcher_backlog.value
 
     def idle(self) -> bool:
         """True when no message is queued or being attempted."""
@@ -276,7 +274,13 @@ class Runtime:
             ),
             ChildSpec(
                 "dispatcher",
-                lambda sup: DispatcherActor.start("dispatcher", sup, workers=self.workers, children=children),
+                lambda sup: DispatcherActor.start(
+                    "dispatcher",
+                    sup,
+                    workers=self.workers,
+                    children=children,
+                    backlog=self.dispatcher_backlog,
+                ),
             ),
         ]
         for name in self.workers:

@@ -30,6 +30,16 @@ class WorkerRestarted:
     name: str
 
 
+class Backlog:
+    """Messages queued or held by workers, as the dispatcher last counted them.
+
+    The dispatcher writes it and the intake's backpressure reads it from the consumer thread: asking
+    the actor instead cost a proxy and a round trip through its inbox on every batch.
+    """
+
+    value: int = 0
+
+
 class DispatcherActor(Supervised):
     """Distributes work; see the module docstring.
 
@@ -38,6 +48,7 @@ class DispatcherActor(Supervised):
         children: the shared name → ref table.
         batch_size: the most messages one worker gets at once.
         batches_per_worker: batches queued at one worker at most.
+        backlog: where the backlog is published for other threads (survives a restart).
     """
 
     def __init__(
@@ -49,6 +60,7 @@ class DispatcherActor(Supervised):
         children: Children,
         batch_size: int = 64,
         batches_per_worker: int = 2,
+        backlog: Backlog | None = None,
     ) -> None:
         super().__init__(name, supervisor)
         self.workers, self.children = workers, children
@@ -56,7 +68,8 @@ class DispatcherActor(Supervised):
         self.queue: deque[WorkItem] = deque()
         self.queued: set[UUID] = set()
         self.held: dict[str, list[tuple[UUID, ...]]] = {w: [] for w in workers}
-        self.backlog = 0
+        self.backlog = backlog or Backlog()
+        self.backlog.value = 0
         self.draining = False
 
     def on_receive(self, message: Any) -> Any:
@@ -76,7 +89,7 @@ class DispatcherActor(Supervised):
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))
         self._pump()
-        self.backlog = len(self.queue) + sum(len(b) for bs in self.held.values() for b in bs)
+        self.backlog.value = len(self.queue) + sum(len(b) for bs in self.held.values() for b in bs)
         return None
 
     def _enqueue(self, items: tuple[WorkItem, ...]) -> None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Executor, Future, wait
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -151,18 +150,15 @@ class WorkerActor(Supervised):
         return self.default_provider
 
     def _call_all(self, messages: list[Message]) -> list[tuple[Result, float]]:
+        """Every call of the batch at once on the shared pool; one wait for all of them (a wait
+        per future woke this thread once per call)."""
         futures: list[Future[tuple[Result, float]]] = [
             self.executor.submit(self._call, m.last_provider or self.default_provider, _outbound(m))
             for m in messages
         ]
-        deadline = time.monotonic() + self.call_timeout
-        results: list[tuple[Result, float]] = []
-        for future in futures:
-            try:
-                results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
-            except FutureTimeout:
-                results.append((TransientDeliveryError("timeout (no answer)"), self.call_timeout * 1000))
-        return results
+        done, _late = wait(futures, timeout=self.call_timeout)
+        late: tuple[Result, float] = (TransientDeliveryError("timeout (no answer)"), self.call_timeout * 1000)
+        return [future.result() if future in done else late for future in futures]
 
     def _call(self, provider_name: str, message: OutboundMessage) -> tuple[Result, float]:
         provider = self.providers[provider_name]

@@ -8,7 +8,7 @@ from uuid import UUID
 
 import pykka
 
-from smeg_actors.dispatcher import DispatcherActor, WorkerRestarted
+from smeg_actors.dispatcher import Backlog, DispatcherActor, WorkerRestarted
 from smeg_actors.messages import BatchFinished, DeliverBatch, DeliverMessages, Recover, WorkItem
 from smeg_actors.supervisor import Children
 
@@ -55,6 +55,7 @@ class FakeScheduler(pykka.ThreadingActor):
 class Rig:
     def __init__(self, workers: int, *, batch_size: int, batches_per_worker: int) -> None:
         self.children = Children()
+        self.backlog = Backlog()
         self.names = [f"worker-{i}" for i in range(workers)]
         for name in self.names:
             self.children.set(name, FakeWorker.start(self.children))
@@ -67,6 +68,7 @@ class Rig:
             children=self.children,
             batch_size=batch_size,
             batches_per_worker=batches_per_worker,
+            backlog=self.backlog,
         )
         self.children.set("dispatcher", self.dispatcher)
 
@@ -254,3 +256,22 @@ def test_late_batch_finished_from_a_restarted_worker_is_harmless() -> None:
     assert not rig.idle()
     rig.finish("worker-0", 1)
     assert rig.idle()
+
+
+def test_the_backlog_other_threads_read_counts_queued_and_held_messages() -> None:
+    # Given: 2 workers × 1 batch of 3 at most
+    rig = Rig(2, batch_size=3, batches_per_worker=1)
+
+    # When: 10 arrive (6 held by workers, 4 queued)
+    rig.deliver(ids(10))
+
+    # Then
+    assert rig.backlog.value == 10
+
+    # When: one batch finishes (3 leave, 3 more are handed out)
+    rig.finish("worker-0", 0)
+
+    # Then
+    assert rig.backlog.value == 7
+    rig.finish_everything()
+    assert rig.backlog.value == 0
