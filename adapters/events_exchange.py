@@ -9,10 +9,10 @@ Bodies never leave smeg and recipients are masked.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from uuid import UUID
 
+import orjson
 import pika
 import pika.exceptions
 import structlog
@@ -97,7 +97,7 @@ class EventsExchangePublisher:
         channel._impl.basic_publish(
             self.topology.events,
             f"message.{record['type'].lower()}",
-            json.dumps(record, ensure_ascii=False).encode(),
+            orjson.dumps(record),
             pika.BasicProperties(
                 delivery_mode=pika.DeliveryMode.Persistent,
                 content_type="application/json",

@@ -38,6 +38,9 @@ from smeg_actors.worker import WorkerActor
 
 log = structlog.get_logger(__name__)
 
+#: Seconds ``smeg run`` waits for its projector child to be ready before it consumes.
+READ_SIDE_WAIT = 15.0
+
 
 @dataclass
 class Stop:
@@ -130,11 +133,27 @@ class Runtime:
         )
         self.children.set("supervisor", self.supervisor)
         self.supervisor.ask("counts", timeout=120)
+        self._await_read_side()
         names = ["supervisor", "scheduler", "projector", "publisher", "gateway"]
         self.ticker = Ticker(self.children, names, interval=0.1)
         self.ticker.start()
         self.intake.start(self._on_batch, lambda why: self.fatal(EXIT_BROKER_LOST, why))
         log.info("runtime_started", workers=len(self.workers), providers=sorted(self.providers))
+
+    def _await_read_side(self, timeout: float = READ_SIDE_WAIT) -> None:
+        """Let the projector child boot before consuming (it would take the CPU from the first
+        requests); after ``timeout`` s without word from it, consume anyway."""
+        if self.settings.projector_mode != "process":
+            return
+        try:
+            ready = self.children.get("projector").ask(("ready", timeout), timeout=timeout + 5)
+        except Exception as exc:
+            ready = False
+            log.warning("projector_not_ready", error=str(exc)[:200])
+        if ready:
+            log.info("projector_ready")
+        else:
+            log.warning("projector_not_ready", waited_s=timeout)
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until something asks the runtime to stop; return the exit code."""

@@ -153,7 +153,7 @@ def projections_run(ctx: click.Context) -> None:
 
     from adapters.events_exchange import EventsExchangePublisher
     from adapters.rabbitmq import Topology
-    from smeg_actors.projector_process import PARENT_PID_VARIABLE
+    from smeg_actors.projector_process import PARENT_PID_VARIABLE, announce_ready
     from smeg_actors.read_models import run_forever, stop_when_orphaned
 
     settings = settings_of(ctx)
@@ -165,7 +165,9 @@ def projections_run(ctx: click.Context) -> None:
     if parent := os.environ.get(PARENT_PID_VARIABLE):
         threading.Thread(target=stop_when_orphaned, args=(int(parent), stop), daemon=True).start()
     try:
-        run_forever(store, runners_ready(store, engine), events, stop)
+        ready = runners_ready(store, engine)
+        announce_ready()
+        run_forever(store, ready, events, stop)
     finally:
         events.close()
         store.close()

@@ -7,11 +7,17 @@ projector: seconds of lag on PostgreSQL), and the operator still runs one comman
 supervised like any actor: when it exits, this actor fails, and the supervisor restarts it (a new
 child), within the restart intensity. The child exits by itself when its parent is gone, even
 after a ``kill -9``.
+
+The child says when it is ready (imported, connected, tables in place) by writing to a pipe whose
+descriptor it gets in ``SMEG_READY_FD``; ``smeg run`` waits for that, a bounded time, before it
+consumes. A child booting while the pipeline runs took most of a core for most of a second (its
+imports alone are 0.7 s of CPU here), away from the first requests.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 from typing import Any
@@ -27,6 +33,22 @@ log = structlog.get_logger(__name__)
 
 #: Set in the child's environment: the pid whose death ends the child.
 PARENT_PID_VARIABLE = "SMEG_PARENT_PID"
+
+#: Set in the child's environment: the descriptor to write a line to once it is ready.
+READY_FD_VARIABLE = "SMEG_READY_FD"
+
+
+def announce_ready() -> None:
+    """In the child: tell the parent it is ready (nothing when not started by ``smeg run``)."""
+    fd = os.environ.pop(READY_FD_VARIABLE, None)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), b"ready\n")
+        os.close(int(fd))
+    except (OSError, ValueError):
+        pass  # the parent stopped waiting, or is gone
+
 
 #: The settings the child needs, passed explicitly (the parent may have read them from a file).
 CHILD_SETTINGS = (
@@ -68,21 +90,42 @@ class ProjectorProcessActor(Supervised):
         super().__init__(name, supervisor)
         self.settings, self.stop_timeout = settings, stop_timeout
         self.child: subprocess.Popen[bytes] | None = None
+        self.ready_pipe: int | None = None
 
     def on_start(self) -> None:
         command = [sys.executable, "-m", "smeg_actors", "projections", "run"]
-        self.child = subprocess.Popen(command, env=child_environment(self.settings), stdin=subprocess.DEVNULL)
+        env = child_environment(self.settings)
+        read_end, write_end = os.pipe()
+        env[READY_FD_VARIABLE] = str(write_end)
+        try:
+            self.child = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, pass_fds=(write_end,))
+        finally:
+            os.close(write_end)
+        self.ready_pipe = read_end
         log.info("projector_process_started", pid=self.child.pid)
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case Tick():
                 self._check()
+            case ("ready", float(timeout)):
+                return self._wait_ready(timeout)
             case "pid":
                 return self.child.pid if self.child else None
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))
         return None
+
+    def _wait_ready(self, timeout: float) -> bool:
+        """Whether the child said it is ready within ``timeout`` s (False if it exited first)."""
+        pipe, self.ready_pipe = self.ready_pipe, None
+        if pipe is None:
+            return False
+        try:
+            readable, _, _ = select.select([pipe], [], [], timeout)
+            return bool(readable) and os.read(pipe, 64).startswith(b"ready")
+        finally:
+            os.close(pipe)
 
     def _check(self) -> None:
         if self.child is not None and (code := self.child.poll()) is not None:
@@ -97,6 +140,9 @@ class ProjectorProcessActor(Supervised):
         super().on_failure(*args)
 
     def _end_child(self) -> None:
+        if self.ready_pipe is not None:
+            os.close(self.ready_pipe)
+            self.ready_pipe = None
         child, self.child = self.child, None
         if child is None or child.poll() is not None:
             return

@@ -415,6 +415,9 @@ def test_run_keeps_its_projector_process_alive_and_takes_it_down_with_it(
     smeg.wait_for_log("projector_process_started")
     smeg.wait_for_log("runtime_started")
     [first] = projector_pids(smeg.output())
+    # (the child booted before consumption began)
+    output = smeg.output()
+    assert output.index('"projector_ready"') < output.index('"runtime_started"')
     # When requests arrive, the child keeps the read models
     publish_requests(e2e_prefix, [f"proc-{i}" for i in range(20)])
     assert wait_delivered_in_read_model(db, 20) >= 20
