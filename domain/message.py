@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.utils import get_topic, resolve_topic
 
 from domain.backoff import BackoffPolicy
 from domain.errors import (
@@ -52,6 +53,30 @@ class Message(Aggregate):
         body: str
         metadata: dict[str, str]
         provider: str | None
+
+        def mutate(self, aggregate: Any) -> Any:
+            """The library's construction, with its per-event signature filtering spelt out.
+
+            Its generic ``mutate`` inspects both init methods' parameters and filters the event's
+            fields for each, on every message received and every one loaded: a third of the cost
+            of receiving one. (Same result; the round-trip tests compare whole states.)
+            """
+            assert aggregate is None
+            cls = resolve_topic(self.originator_topic)
+            message: Message = cls.__new__(cls)
+            message.__base_init__(self.originator_id, self.originator_version, self.timestamp)
+            message.__init__(  # type: ignore[misc]
+                message_id=self.message_id,
+                channel=self.channel,
+                to=self.to,
+                sender=self.sender,
+                body=self.body,
+                metadata=self.metadata,
+                provider=self.provider,
+                correlation_id=self.correlation_id,
+            )
+            self.apply(message)
+            return message
 
     class Attempted(Event):
         """A delivery attempt through a provider began."""
@@ -170,10 +195,16 @@ class Message(Aggregate):
         metadata: dict[str, str] | None = None,
         provider: str | None = None,
     ) -> Message:
-        """Record a new send request."""
-        return cls._create(
-            cls.Received,
-            id=cls.create_id(message_id),
+        """Record a new send request.
+
+        What ``Aggregate._create`` does (an event of version 1 for the class's topic, the aggregate
+        built by it, the event pending), without its per-call checks for ids it must create or
+        topics it must look up: the id is always ``create_id(message_id)``.
+        """
+        event = cls.Received(  # type: ignore[call-arg]  # (fields made by eventsourcing's metaclass)
+            originator_topic=_MESSAGE_TOPIC,
+            originator_id=cls.create_id(message_id),
+            originator_version=cls.INITIAL_VERSION,
             timestamp=now,
             message_id=message_id,
             channel=channel,
@@ -184,6 +215,9 @@ class Message(Aggregate):
             provider=provider,
             correlation_id=correlation_id,
         )
+        message: Message = event.mutate(None)
+        message.pending_events.append(event)
+        return message
 
     @property
     def is_final(self) -> bool:
@@ -321,3 +355,6 @@ class Message(Aggregate):
         self._check_not_final()
         if self.status != IN_FLIGHT:
             raise NoAttemptInFlightError(f"message is {self.status}, no attempt in flight")
+
+
+_MESSAGE_TOPIC = get_topic(Message)
