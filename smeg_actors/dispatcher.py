@@ -68,6 +68,7 @@ class DispatcherActor(Supervised):
         self.queue: deque[WorkItem] = deque()
         self.queued: set[UUID] = set()
         self.held: dict[str, list[tuple[UUID, ...]]] = {w: [] for w in workers}
+        self.active: set[UUID] = set()  # every id in a held batch, kept as batches come and go
         self.backlog = backlog or Backlog()
         self.backlog.value = 0
         self.draining = False
@@ -80,6 +81,7 @@ class DispatcherActor(Supervised):
                 self._release(ids)
             case WorkerRestarted(name=name):
                 for ids in self.held.get(name, []):
+                    self.active.difference_update(ids)
                     self.children.tell("scheduler", Recover(ids))
                 self.held[name] = []
             case "idle":
@@ -89,11 +91,11 @@ class DispatcherActor(Supervised):
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))
         self._pump()
-        self.backlog.value = len(self.queue) + sum(len(b) for bs in self.held.values() for b in bs)
+        self.backlog.value = len(self.queue) + len(self.active)
         return None
 
     def _enqueue(self, items: tuple[WorkItem, ...]) -> None:
-        active = {i for batches in self.held.values() for b in batches for i in b}
+        active = self.active
         for item in items:
             if item.id not in active and item.id not in self.queued:
                 self.queue.append(item)
@@ -103,6 +105,7 @@ class DispatcherActor(Supervised):
         for batches in self.held.values():
             if ids in batches:
                 batches.remove(ids)
+                self.active.difference_update(ids)
                 return
 
     def _pump(self) -> None:
@@ -114,7 +117,9 @@ class DispatcherActor(Supervised):
             share = -(-len(self.queue) // max(free, 1))
             size = min(self.batch_size, share, len(self.queue))
             batch = tuple(self._take() for _ in range(size))
-            self.held[worker].append(tuple(item.id for item in batch))
+            ids = tuple(item.id for item in batch)
+            self.held[worker].append(ids)
+            self.active.update(ids)
             self.children.tell(worker, DeliverBatch(batch))
 
     def _take(self) -> WorkItem:
