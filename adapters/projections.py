@@ -174,10 +174,15 @@ class SharedHistory:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create our tables if missing; a concurrent first start by another process is tolerated."""
+    """Create our tables if missing and bring older ones up to date (each read model registers
+    its ``upgrades`` in ``metadata.info``); a concurrent first start by another process is
+    tolerated."""
     for attempt in range(3):
         try:
             metadata.create_all(engine)
+            with engine.begin() as connection:
+                for upgrade in metadata.info.get("upgrades", ()):
+                    upgrade(connection)
             return
         except (IntegrityError, ProgrammingError, OperationalError, InternalError):
             if attempt == 2:
@@ -466,6 +471,11 @@ def _indexes(table: Table, shadow: Table, token: str) -> list[Index]:
     """``table``'s secondary indexes on ``shadow``: built once after the bulk load, which is
     cheaper than keeping them up to date row by row while it runs."""
     return [
-        Index(f"{index.name}_{token}", *[shadow.c[c.name] for c in index.columns], unique=bool(index.unique))
+        Index(
+            f"{index.name}_{token}",
+            *[shadow.c[c.name] for c in index.columns],
+            unique=bool(index.unique),
+            **index.dialect_kwargs,  # a partial index's WHERE (written without table names)
+        )
         for index in table.indexes
     ]

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Index,
     Integer,
     String,
     Table,
@@ -26,8 +27,10 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -40,9 +43,9 @@ message_status = Table(
     "message_status",
     metadata,
     Column("id", Uuid, primary_key=True),
-    Column("message_id", String(128), nullable=False, index=True),
+    Column("message_id", String(128), nullable=False),
     Column("channel", String(8), nullable=False),
-    Column("status", String(16), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("last_provider", String(64)),
     Column("last_error", String(256)),
@@ -52,8 +55,38 @@ message_status = Table(
     Column("attempted_at", DateTime(timezone=True)),
     Column("delivered_at", DateTime(timezone=True)),
     Column("failed_at", DateTime(timezone=True)),
-    Column("retry_at", DateTime(timezone=True), index=True),
+    Column("retry_at", DateTime(timezone=True)),
 )
+
+#: The one secondary index: unfinished messages, all the runtime's queries look for (start-up
+#: adoption, the orphan sweep). Finished rows leave it, so the updates that finish a message
+#: touch the primary key only (indexes on ``status``, ``retry_at`` and ``message_id``, before
+#: 2026-11-27, made each of a message's three writes insert into four indexes).
+UNFINISHED_INDEX = "ix_message_status_unfinished"
+_unfinished = message_status.c.status.in_((RECEIVED, IN_FLIGHT, BACKED_OFF))
+unfinished_index = Index(
+    UNFINISHED_INDEX, message_status.c.status, postgresql_where=_unfinished, sqlite_where=_unfinished
+)
+_LEGACY_INDEXED = frozenset({"message_id", "status", "retry_at"})
+
+
+def upgrade_indexes(connection: Connection) -> None:
+    """Give a ``message_status`` of before 2026-11-27 today's index: drop its single-column
+    indexes (whatever a rebuild renamed them), create the partial one. Idempotent; run with every
+    ``create_tables``."""
+    schema = connection.get_execution_options().get("schema_translate_map", {}).get(None)
+    indexes = inspect(connection).get_indexes(message_status.name, schema=schema)
+    preparer = connection.dialect.identifier_preparer
+    prefix = f"{preparer.quote_schema(schema)}." if schema else ""
+    for index in indexes:
+        name, columns = str(index["name"]), index["column_names"]
+        if not name.startswith(UNFINISHED_INDEX) and len(columns) == 1 and columns[0] in _LEGACY_INDEXED:
+            connection.execute(text(f"DROP INDEX IF EXISTS {prefix}{preparer.quote(name)}"))
+    if not any(str(index["name"]).startswith(UNFINISHED_INDEX) for index in indexes):
+        unfinished_index.create(connection, checkfirst=True)
+
+
+metadata.info.setdefault("upgrades", []).append(upgrade_indexes)
 
 _COLUMNS = [c.name for c in message_status.columns]
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 from eventsourcing.domain import DomainEvent
-from sqlalchemy import Connection, Engine, Table, inspect, select
+from sqlalchemy import Connection, Engine, Table, inspect, select, text
 from sqlalchemy.exc import OperationalError
 
 from adapters.event_store import Change, MessageStore
 from adapters.projections import History, ProjectionRunner, ShadowRebuild, Write, read_position, tracking
 from adapters.sql import make_engine
-from adapters.status_view import MessageStatusProjection, message_status
+from adapters.status_view import UNFINISHED_INDEX, MessageStatusProjection, message_status, unfinished_index
 from domain.backoff import BackoffPolicy
 from domain.message import Message
 from smeg_actors.read_models import all_projections
@@ -396,3 +396,60 @@ def test_step_together_keeps_its_positions_and_a_stale_one_loses_the_race_withou
     after = rows(engine)
     ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status").rebuild()
     assert rows(engine) == after
+
+
+def status_indexes(engine: Engine) -> dict[str, tuple[list[str], bool]]:
+    """message_status's secondary indexes: name → (columns, partial)."""
+    schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
+    found = inspect(engine).get_indexes("message_status", schema=schema)
+    return {str(ix["name"]): (list(ix["column_names"]), bool(ix.get("dialect_options", {}))) for ix in found}
+
+
+def test_message_status_has_one_partial_index_of_unfinished_messages(
+    backend: tuple[MessageStore, Engine],
+) -> None:
+    # Given
+    store, engine = backend
+    ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status")
+
+    # Then: finished rows are in no secondary index
+    assert status_indexes(engine) == {UNFINISHED_INDEX: (["status"], True)}
+
+
+def test_an_older_message_status_gets_todays_index_and_keeps_its_rows(
+    backend: tuple[MessageStore, Engine],
+) -> None:
+    # Given a table as it was before 2026-11-27: an index on each of message_id, status, retry_at
+    store, engine = backend
+    seed(store, 60)
+    runner = ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status")
+    runner.catch_up()
+    before = rows(engine)
+    schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
+    table = f'"{schema}".message_status' if schema else "message_status"
+    with engine.begin() as connection:
+        unfinished_index.drop(connection)
+        for column in ("message_id", "status", "retry_at"):  # (SQL: an Index object would join the Table)
+            connection.execute(text(f"CREATE INDEX ix_message_status_{column} ON {table} ({column})"))
+    assert len(status_indexes(engine)) == 3
+
+    # When the read models start again
+    ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status").catch_up()
+
+    # Then
+    assert status_indexes(engine) == {UNFINISHED_INDEX: (["status"], True)}
+    assert rows(engine) == before
+
+
+def test_a_rebuild_keeps_the_index_partial(backend: tuple[MessageStore, Engine]) -> None:
+    # Given
+    store, engine = backend
+    seed(store, 60)
+
+    # When
+    ShadowRebuild(store, engine, [MessageStatusProjection()], name="message_status").run()
+
+    # Then: the swapped-in table's index is the same partial one (under the rebuild's name)
+    [(name, (columns, partial))] = status_indexes(engine).items()
+    assert name.startswith(UNFINISHED_INDEX)
+    assert (columns, partial) == (["status"], True)
