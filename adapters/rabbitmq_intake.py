@@ -50,6 +50,53 @@ class SilenceWatchdog:
             raise BrokerUnavailableError(f"no traffic from the broker for {now - self.since:.0f}s")
 
 
+class AckWindow:
+    """Which deliveries one ``multiple=True`` ack may settle now (consumer thread only).
+
+    Batches finish out of order (several intake actors take them in turn). Acking a batch that
+    finished before a lower one tag by tag cost a frame and a flush of the connection each, on
+    the consumer thread every request passes through; instead a finished tag waits until every
+    lower tag still pending is settled, and one ``multiple=True`` ack then covers them all.
+    """
+
+    def __init__(self) -> None:
+        self.pending: set[int] = set()
+        self.done: set[int] = set()
+
+    def delivered(self, tag: int) -> None:
+        self.pending.add(tag)
+
+    def finished(self, tags: Sequence[int]) -> int | None:
+        """``tags`` are durable; the tag to ack with ``multiple=True``, if any may be now."""
+        self.pending.difference_update(tags)
+        self.done.update(tags)
+        return self._settled()
+
+    def released(self, tags: Sequence[int]) -> int | None:
+        """``tags`` went back to the broker; finished tags above them may now be acked."""
+        self.pending.difference_update(tags)
+        self.done.difference_update(tags)
+        return self._settled()
+
+    def leftover(self) -> list[int]:
+        """Finished tags still waiting on a lower one (to ack one by one when closing)."""
+        left, self.done = sorted(self.done), set()
+        return left
+
+    def _settled(self) -> int | None:
+        if not self.done:
+            return None
+        if self.pending:
+            low = min(self.pending)
+            ready = [tag for tag in self.done if tag < low]
+        else:
+            ready = list(self.done)
+        if not ready:
+            return None
+        self.done.difference_update(ready)
+        return max(ready)
+
+
 class RabbitIntake(threading.Thread):
     """The consumer thread: owns one connection, batches valid requests, rejects bad ones.
 
@@ -88,7 +135,7 @@ class RabbitIntake(threading.Thread):
         self._on_batch: Callable[[list[Delivery]], None] = lambda _b: None
         self._on_lost: Callable[[str], None] = lambda _r: None
         self._lost = False
-        self._outstanding: set[int] = set()
+        self._window = AckWindow()
 
     def start(  # type: ignore[override]
         self, on_batch: Callable[[list[Delivery]], None], on_lost: Callable[[str], None]
@@ -126,9 +173,11 @@ class RabbitIntake(threading.Thread):
         channel = self._channel
         if channel is None or not channel.is_open:
             return
-        self._outstanding.difference_update(tags)
+        settled = self._window.released(tags)
         for tag in tags:
             channel.basic_nack(tag, requeue=True)
+        if settled is not None:
+            channel.basic_ack(settled, multiple=True)
 
     def stop(self) -> None:
         self._halt.set()
@@ -184,7 +233,13 @@ class RabbitIntake(threading.Thread):
                 oldest = time.monotonic()
 
     def _close(self) -> None:
-        connection = self._connection
+        connection, channel = self._connection, self._channel
+        if channel is not None and channel.is_open:
+            try:
+                for tag in self._window.leftover():  # durable, behind a lower tag handed back
+                    channel.basic_ack(tag)
+            except Exception as exc:
+                log.warning("acks_not_sent_at_close", error=describe_error(exc))
         if connection is not None and connection.is_open:
             try:
                 connection.close()
@@ -212,7 +267,7 @@ class RabbitIntake(threading.Thread):
         except InvalidRequestError as exc:
             self._reject(channel, method.delivery_tag, body, properties, str(exc))
             return
-        self._outstanding.add(method.delivery_tag)
+        self._window.delivered(method.delivery_tag)
         self._pending.append(Delivery(tag=method.delivery_tag, request=request))
 
     def _reject(
@@ -240,10 +295,6 @@ class RabbitIntake(threading.Thread):
         if channel is None or not channel.is_open:
             log.warning("ack_dropped_channel_closed", count=len(tags))
             return
-        self._outstanding.difference_update(tags)
-        highest = tags[-1]
-        if not self._outstanding or highest < min(self._outstanding):
-            channel.basic_ack(highest, multiple=True)
-            return
-        for tag in tags:
-            channel.basic_ack(tag)
+        settled = self._window.finished(tags)
+        if settled is not None:
+            channel.basic_ack(settled, multiple=True)
