@@ -41,6 +41,9 @@ log = structlog.get_logger(__name__)
 #: Seconds ``smeg run`` waits for its projector child to be ready before it consumes.
 READ_SIDE_WAIT = 15.0
 
+#: The main thread's longest sleep while the runtime runs (see ``Runtime.wait``).
+WAIT_SLICE = 0.2
+
 
 @dataclass
 class Stop:
@@ -156,9 +159,17 @@ class Runtime:
             log.warning("projector_not_ready", waited_s=timeout)
 
     def wait(self, timeout: float | None = None) -> int:
-        """Block until something asks the runtime to stop; return the exit code."""
-        self.stop_reason.event.wait(timeout)
-        return self.stop_reason.code
+        """Block until something asks the runtime to stop; return the exit code.
+
+        Waits in short slices: Python runs signal handlers only in the main thread, and a
+        SIGTERM the kernel hands to another thread (any thread may get a process's signal) does
+        not wake a main thread blocked on a lock, so one long wait could miss it for good.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
+            if left <= 0 or self.stop_reason.event.wait(left):
+                return self.stop_reason.code
 
     def backlog(self) -> int:
         return self.dispatcher_backlog.value

@@ -437,3 +437,30 @@ def test_run_keeps_its_projector_process_alive_and_takes_it_down_with_it(
     while time.monotonic() < deadline and not gone(pids[1]):
         time.sleep(0.1)
     assert gone(pids[1]), "the projector process outlived smeg run"
+
+
+def test_a_sigterm_the_kernel_hands_to_another_thread_still_stops_run_gracefully(
+    tmp_path: Path, stub: StubProvider, e2e_prefix: str, start_smeg: Any
+) -> None:
+    # Given smeg run with its threads up
+    import ctypes
+    import os
+    import platform
+
+    env = smeg_env(
+        SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/smeg.db",
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=stub.url,
+    )
+    smeg = start_smeg(env)
+    smeg.wait_for_log("runtime_started")
+    pid = smeg.process.pid
+    [thread, *_] = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+
+    # When SIGTERM is delivered to a thread other than the main one (tgkill, as the kernel may)
+    sys_tgkill = {"x86_64": 234, "aarch64": 131}[platform.machine()]
+    assert ctypes.CDLL(None).syscall(sys_tgkill, pid, thread, signal.SIGTERM) == 0
+
+    # Then the main thread still handles it: a graceful stop, exit 0
+    assert smeg.wait(timeout=20) == 0
+    assert '"signal_received"' in smeg.output()
