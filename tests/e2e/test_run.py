@@ -10,7 +10,7 @@ from typing import Any
 
 from adapters.event_store import MessageStore
 from domain.message import DELIVERED, FAILED, Message
-from tests.e2e.conftest import StubProvider, TcpProxy, publish_requests, run_cli, smeg_env
+from tests.e2e.conftest import AMQP_URL, StubProvider, TcpProxy, publish_requests, run_cli, smeg_env
 
 
 def wait_all_final(store: MessageStore, ids: list[str], timeout: float) -> dict[str, Message]:
@@ -256,17 +256,11 @@ def test_queue_deleted_under_the_consumer_makes_run_exit_4(
     tmp_path: Path, stub: StubProvider, e2e_prefix: str, start_smeg: Any
 ) -> None:
     # Given a running smeg
-    env = smeg_env(
-        SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/smeg.db",
-        SMEG_QUEUE_PREFIX=e2e_prefix,
-        SMEG_PROVIDER_URL=stub.url,
-    )
-    smeg = start_smeg(env)
-    smeg.wait_for_log("runtime_started")
+    smeg = started_on_sqlite(tmp_path, stub, e2e_prefix, start_smeg)
     # When the broker cancels its consumer (the queue is deleted by an operator)
     import pika
 
-    connection = pika.BlockingConnection(pika.URLParameters(env["SMEG_AMQP_URL"]))
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     connection.channel().queue_delete(f"{e2e_prefix}.send")
     connection.close()
     # Then it does not live on consuming nothing: exit 4
@@ -287,7 +281,7 @@ def test_external_projector_keeps_read_models_and_events_while_run_only_delivers
         SMEG_PROVIDER_URL=stub.url,
         SMEG_PROJECTOR="external",
     )
-    connection = pika.BlockingConnection(pika.URLParameters(env["SMEG_AMQP_URL"]))
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     channel = connection.channel()
     channel.exchange_declare(f"{e2e_prefix}.events", exchange_type="topic", durable=True)
     events_queue = channel.queue_declare("", exclusive=True).method.queue
@@ -447,13 +441,7 @@ def test_a_sigterm_the_kernel_hands_to_another_thread_still_stops_run_gracefully
     import os
     import platform
 
-    env = smeg_env(
-        SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/smeg.db",
-        SMEG_QUEUE_PREFIX=e2e_prefix,
-        SMEG_PROVIDER_URL=stub.url,
-    )
-    smeg = start_smeg(env)
-    smeg.wait_for_log("runtime_started")
+    smeg = started_on_sqlite(tmp_path, stub, e2e_prefix, start_smeg)
     pid = smeg.process.pid
     [thread, *_] = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
 
@@ -464,3 +452,15 @@ def test_a_sigterm_the_kernel_hands_to_another_thread_still_stops_run_gracefully
     # Then the main thread still handles it: a graceful stop, exit 0
     assert smeg.wait(timeout=20) == 0
     assert '"signal_received"' in smeg.output()
+
+
+def started_on_sqlite(tmp_path: Path, stub: StubProvider, prefix: str, start_smeg: Any) -> Any:
+    """``smeg run`` on a SQLite store and the stub provider, once it consumes."""
+    env = smeg_env(
+        SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/smeg.db",
+        SMEG_QUEUE_PREFIX=prefix,
+        SMEG_PROVIDER_URL=stub.url,
+    )
+    smeg = start_smeg(env)
+    smeg.wait_for_log("runtime_started")
+    return smeg
