@@ -2,7 +2,8 @@
 
 For each scenario and store, N send requests are pre-published to a fresh RabbitMQ queue prefix,
 then ``python -m smeg_actors run`` is started as a subprocess (16 workers, one simulated
-provider, the event store on a temp SQLite file or a fresh PostgreSQL schema) and the script
+provider, the event store on a temp SQLite file or a fresh PostgreSQL schema; on PostgreSQL one
+process per CPU by default, the extra ones with ``SMEG_PROJECTOR=external``) and the script
 measures messages/s from the moment smeg starts consuming to the moment every message is
 Delivered or Failed in ``message_status``. Then smeg gets SIGTERM and everything is removed.
 
@@ -383,11 +384,12 @@ def run_smeg(scenario: Scenario, store: str, args: argparse.Namespace, run_id: s
         # One projector for the deployment: the first process's child keeps the read models and
         # the events exchange; the others only deliver (as docs/architecture.md advises).
         others = env | {"SMEG_PROJECTOR": "external"} if args.projector == "process" else env
-        for extra in range(1, args.smeg_processes):
+        processes = processes_for(store, args.smeg_processes)
+        for extra in range(1, processes):
             command = [str(PYTHON), "-m", "smeg_actors", "run"]
             procs.append(start_process(command, others, log, stack, f"smeg #{extra + 1}"))
-        if args.smeg_processes > 1:
-            result.config += f" x{args.smeg_processes} processes"
+        if processes > 1:
+            result.config += f" x{processes} processes"
         if args.projector == "external":
             start_process(
                 [str(PYTHON), "-m", "smeg_actors", "projections", "run"], env, log, stack, "smeg projections"
@@ -749,6 +751,24 @@ def print_problems(runs: list[Run]) -> None:
 # --- main ---------------------------------------------------------------------------------------
 
 
+def smeg_processes(value: str) -> int | str:
+    """``auto`` or a positive number of ``smeg run`` processes."""
+    if value == "auto":
+        return value
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return number
+
+
+def processes_for(store: str, wanted: int | str) -> int:
+    """How many ``smeg run`` processes on ``store``: one on SQLite (a single writer, as the README
+    says), ``wanted`` on PostgreSQL, ``auto`` meaning one per CPU."""
+    if store == SQLITE:
+        return 1
+    return (os.cpu_count() or 1) if wanted == "auto" else int(wanted)
+
+
 def thread_map(value: str) -> dict[str, int]:
     """``instant=8,latency100=32`` → {"instant": 8, "latency100": 32}."""
     result: dict[str, int] = {}
@@ -782,9 +802,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--smeg-processes",
-        type=int,
-        default=1,
-        help="smeg run processes sharing the queue and store (PostgreSQL only; default 1)",
+        type=smeg_processes,
+        default="auto",
+        help="smeg run processes sharing the queue and store on PostgreSQL (SQLite: always one);"
+        " default auto: one per CPU, the deployment the README advises, as Dramatiq runs one"
+        " process per CPU",
     )
     parser.add_argument(
         "--smeg-env",
