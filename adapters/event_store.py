@@ -442,7 +442,8 @@ class BoundedPostgresFactory(PostgresFactory):
 
     A statement timeout, TCP keepalives and ``tcp_user_timeout`` are added to the pool's connection
     arguments before its first connection is opened (eventsourcing has no settings for them), and
-    the pool checks a connection it hands out with ``check_pooled`` instead of a round trip each time.
+    the pool checks a connection it hands out with ``PooledConnectionCheck`` instead of a round trip
+    each time.
     """
 
     def __init__(self, env: Environment) -> None:

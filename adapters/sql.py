@@ -114,10 +114,16 @@ def execute_many(
     connection.exec_driver_sql(sql, params)
 
 
+def translated_schema(connection: Connection, table: Table) -> str | None:
+    """The schema this connection's statements put ``table`` in (schema translation included)."""
+    translate = connection.get_execution_options().get("schema_translate_map") or {}
+    schema: str | None = translate.get(table.schema, table.schema)
+    return schema
+
+
 def qualified_name(connection: Connection, table: Table) -> str:
     """The table's name as this connection's statements see it (schema translation included)."""
-    translate = connection.get_execution_options().get("schema_translate_map") or {}
-    schema = translate.get(table.schema, table.schema)
+    schema = translated_schema(connection, table)
     preparer = connection.dialect.identifier_preparer
     return (
         f"{preparer.quote_schema(schema)}.{preparer.quote(table.name)}"

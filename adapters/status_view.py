@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.projections import History, Write
-from adapters.sql import copy_rows, execute_many, metadata, qualified_name
+from adapters.sql import copy_rows, execute_many, metadata, qualified_name, translated_schema
 from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, RECEIVED, Message
 
 message_status = Table(
@@ -74,7 +74,7 @@ def upgrade_indexes(connection: Connection) -> None:
     """Give a ``message_status`` of before 2026-11-27 today's index: drop its single-column
     indexes (whatever a rebuild renamed them), create the partial one. Idempotent; run with every
     ``create_tables``."""
-    schema = connection.get_execution_options().get("schema_translate_map", {}).get(None)
+    schema = translated_schema(connection, message_status)
     indexes = inspect(connection).get_indexes(message_status.name, schema=schema)
     preparer = connection.dialect.identifier_preparer
     prefix = f"{preparer.quote_schema(schema)}." if schema else ""

@@ -151,8 +151,8 @@ class Runtime:
         try:
             ready = self.children.get("projector").ask(("ready", timeout), timeout=timeout + 5)
         except Exception as exc:
-            ready = False
             log.warning("projector_not_ready", error=str(exc)[:200])
+            return
         if ready:
             log.info("projector_ready")
         else:
