@@ -4,7 +4,8 @@ A failure is durable as its ``Failed`` event before anything is published, and p
 follows the log from a tracked position (the ``failed_queue`` row of ``smeg_tracking``). A process
 that dies — or exits because the broker is gone — before publishing leaves the failure to the
 next process instead of losing it. On PostgreSQL the position row is locked while a batch is
-published (``FOR UPDATE SKIP LOCKED``), so two nodes do not publish the same batch; a crash
+published (``FOR UPDATE SKIP LOCKED``), on SQLite a file beside the database, so two nodes (or
+processes) do not publish the same batch; a crash
 between publishing and moving the position publishes that batch again (at least once). The AMQP
 ``message_id`` is the client's, and a message retried and failed again is published again with a
 higher ``x-smeg-attempts``: deduplicate on both. A store without the row starts at the log's head,
@@ -13,6 +14,11 @@ left unpublished if the row is lost with the read-model database (a warning says
 """
 
 from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from pathlib import Path
 
 import structlog
 from eventsourcing.utils import get_topic
@@ -52,21 +58,22 @@ class FailedOutbox:
         """Publish the failures of one batch of the log; return how many were published.
 
         Raises what the publisher raises; the position then stays, and the batch is tried again.
-        On PostgreSQL the position row stays locked while the batch is published. SQLite has one
-        process and a write lock per file, and a read transaction that later writes fails at once
+        On PostgreSQL the position row stays locked while the batch is published. SQLite has a
+        write lock per file, and a read transaction that later writes fails at once
         if another connection wrote meanwhile (the projector child writes this file all the time),
-        so there the batch is published outside any transaction and the position then moves only
-        from the value it was read at.
+        so there the batch is published outside any transaction, under a lock file, and the
+        position then moves only from the value it was read at.
         """
         if self.engine.dialect.name != "postgresql":
-            position = self.position()
-            if position is None:
-                return 0
-            published, end = self._publish_after(position)
-            if published is not None:
-                with self.engine.begin() as connection:
-                    advance_tracking(connection, TRACKING_NAME, position, end)
-            return published or 0
+            with self._file_lock() as held:
+                position = self.position() if held else None
+                if position is None:
+                    return 0
+                published, end = self._publish_after(position)
+                if published is not None:
+                    with self.engine.begin() as connection:
+                        advance_tracking(connection, TRACKING_NAME, position, end)
+                return published or 0
         with self.engine.begin() as connection:
             position = self._lock(connection)
             if position is None:
@@ -88,6 +95,26 @@ class FailedOutbox:
             message = self.store.get_at_version(event.originator_id, event.originator_version)
             self.publisher.publish_failed(failed_request(message), dict(failure_headers(message)))
         return len(entries), end
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[bool]:
+        """SQLite's stand-in for the row lock: an advisory lock on a file beside the database, so
+        that the processes of ``smeg run --processes N`` on one file do not publish the same
+        batch. Yields whether this process holds it (another one is publishing if not)."""
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            yield True
+            return
+        with Path(f"{database}.failed-outbox.lock").open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def position(self) -> int | None:
         with self.engine.connect() as connection:

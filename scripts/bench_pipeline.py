@@ -2,8 +2,8 @@
 
 For each scenario and store, N send requests are pre-published to a fresh RabbitMQ queue prefix,
 then ``python -m smeg_actors run`` is started as a subprocess (16 workers, one simulated
-provider, the event store on a temp SQLite file or a fresh PostgreSQL schema; on PostgreSQL one
-process per CPU by default, the extra ones with ``SMEG_PROJECTOR=external``) and the script
+provider, the event store on a temp SQLite file or a fresh PostgreSQL schema; ``--processes``
+one per CPU by default, as Dramatiq's) and the script
 measures messages/s from the moment smeg starts consuming to the moment every message is
 Delivered or Failed in ``message_status``. Then smeg gets SIGTERM and everything is removed.
 
@@ -379,17 +379,13 @@ def run_smeg(scenario: Scenario, store: str, args: argparse.Namespace, run_id: s
         stack.callback(engine.dispose)
 
         launched = time.monotonic()
-        proc = start_process([str(PYTHON), "-m", "smeg_actors", "run"], env, log, stack, "smeg")
-        procs = [proc]
-        # One projector for the deployment: the first process's child keeps the read models and
-        # the events exchange; the others only deliver (as docs/architecture.md advises).
-        others = env | {"SMEG_PROJECTOR": "external"} if args.projector == "process" else env
-        processes = processes_for(store, args.smeg_processes)
-        for extra in range(1, processes):
-            command = [str(PYTHON), "-m", "smeg_actors", "run"]
-            procs.append(start_process(command, others, log, stack, f"smeg #{extra + 1}"))
+        # One command, as one `dramatiq --processes N` is: with N > 1 smeg run parents N delivery
+        # processes, one of which keeps the read models (docs/architecture.md, process_group).
+        processes = processes_for(args.smeg_processes)
+        command = [str(PYTHON), "-m", "smeg_actors", "run", "--processes", str(processes)]
+        proc = start_process(command, env, log, stack, "smeg")
         if processes > 1:
-            result.config += f" x{processes} processes"
+            result.config += f" --processes {processes}"
         if args.projector == "external":
             start_process(
                 [str(PYTHON), "-m", "smeg_actors", "projections", "run"], env, log, stack, "smeg projections"
@@ -398,9 +394,9 @@ def run_smeg(scenario: Scenario, store: str, args: argparse.Namespace, run_id: s
         try:
             started, start_wall = wait_for_start(rabbit, send_queue, n, proc)
             result.startup = started - launched
-            cpu_start = sum(group_cpu(p.pid) for p in procs)
+            cpu_start = group_cpu(proc.pid)
             result.polled = wait_until_done(lambda: smeg_finished(engine, n), n, started, proc, args.stall)
-            result.cores = (sum(group_cpu(p.pid) for p in procs) - cpu_start) / result.polled
+            result.cores = (group_cpu(proc.pid) - cpu_start) / result.polled
         except BenchAborted as exc:
             result.problem = str(exc)
         result.exit_code = stop_process(proc, 20.0)
@@ -761,11 +757,8 @@ def smeg_processes(value: str) -> int | str:
     return number
 
 
-def processes_for(store: str, wanted: int | str) -> int:
-    """How many ``smeg run`` processes on ``store``: one on SQLite (a single writer, as the README
-    says), ``wanted`` on PostgreSQL, ``auto`` meaning one per CPU."""
-    if store == SQLITE:
-        return 1
+def processes_for(wanted: int | str) -> int:
+    """How many delivery processes ``smeg run`` parents: ``auto`` is one per CPU, like Dramatiq's."""
     return (os.cpu_count() or 1) if wanted == "auto" else int(wanted)
 
 
@@ -804,9 +797,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--smeg-processes",
         type=smeg_processes,
         default="auto",
-        help="smeg run processes sharing the queue and store on PostgreSQL (SQLite: always one);"
-        " default auto: one per CPU, the deployment the README advises, as Dramatiq runs one"
-        " process per CPU",
+        help="smeg run --processes: delivery processes sharing the queue and store; default auto:"
+        " one per CPU, the deployment the README advises, as Dramatiq runs one process per CPU",
     )
     parser.add_argument(
         "--smeg-env",

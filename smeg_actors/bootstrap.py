@@ -5,8 +5,10 @@ Real adapters are built here (never as default arguments); tests and the demo pa
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,8 +126,8 @@ class Runtime:
         log.critical("runtime_stopping", exit_code=code, reason=reason)
         self.stop_reason.set(code, reason)
 
-    def start(self) -> None:
-        """Start the actor tree, then the broker consumer."""
+    def start(self, before_consuming: Callable[[], None] = lambda: None) -> None:
+        """Start the actor tree, then the broker consumer (``before_consuming`` runs in between)."""
         self.supervisor = SupervisorActor.start(
             self._specs(),
             self.children,
@@ -140,8 +142,11 @@ class Runtime:
         names = ["supervisor", "scheduler", "projector", "publisher", "gateway"]
         self.ticker = Ticker(self.children, names, interval=0.1)
         self.ticker.start()
+        before_consuming()
         self.intake.start(self._on_batch, lambda why: self.fatal(EXIT_BROKER_LOST, why))
-        log.info("runtime_started", workers=len(self.workers), providers=sorted(self.providers))
+        log.info(
+            "runtime_started", workers=len(self.workers), providers=sorted(self.providers), pid=os.getpid()
+        )
 
     def _await_read_side(self, timeout: float = READ_SIDE_WAIT) -> None:
         """Let the projector child boot before consuming (it would take the CPU from the first

@@ -20,7 +20,7 @@ from adapters.gc_policy import collect_less
 from domain.audit import describe, event_record
 from smeg_actors.cli_read_models import audit_replay, projections, report
 from smeg_actors.cli_support import CommandError, open_store, parse_time, quiet_stdout, settings_of
-from smeg_actors.config import SettingsError, load_settings
+from smeg_actors.config import SettingsError, load_settings, processes_value
 from smeg_actors.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_UNHEALTHY
 from smeg_actors.logs import configure_logging
 
@@ -32,7 +32,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     """smeg: resilient SMS/IM delivery."""
     settings = load_settings(os.environ, config_path)
     configure_logging(fmt=settings.log_format, level=settings.log_level)
-    ctx.obj = {"settings": settings}
+    ctx.obj = {"settings": settings, "config_path": config_path}
 
 
 @cli.command()
@@ -109,12 +109,24 @@ def check(ctx: click.Context) -> int:
 
 
 @cli.command()
+@click.option(
+    "--processes",
+    default=None,
+    metavar="N|auto",
+    help="delivery processes sharing the queue and store (auto: one per CPU)  [default: SMEG_PROCESSES, 1]",
+)
 @click.pass_context
-def run(ctx: click.Context) -> int:
+def run(ctx: click.Context, processes: str | None) -> int:
     """Consume send requests from RabbitMQ and deliver them until stopped."""
     from smeg_actors.serve import serve
 
-    return serve(settings_of(ctx))
+    settings = settings_of(ctx)
+    if processes is not None:
+        try:
+            settings = settings.model_copy(update={"processes": processes_value(processes)})
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--processes") from None
+    return serve(settings, ctx.obj["config_path"])
 
 
 @cli.command()

@@ -153,8 +153,9 @@ def projections_run(ctx: click.Context) -> None:
 
     from adapters.events_exchange import EventsExchangePublisher
     from adapters.rabbitmq import Topology
-    from smeg_actors.projector_process import PARENT_PID_VARIABLE, announce_ready
-    from smeg_actors.read_models import run_forever, stop_when_orphaned
+    from smeg_actors.process_group import PARENT_PID_VARIABLE, watch_parent
+    from smeg_actors.projector_process import announce_ready
+    from smeg_actors.read_models import run_forever
 
     settings = settings_of(ctx)
     store, engine = _store_and_engine(settings)
@@ -163,7 +164,7 @@ def projections_run(ctx: click.Context) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if parent := os.environ.get(PARENT_PID_VARIABLE):
-        threading.Thread(target=stop_when_orphaned, args=(int(parent), stop), daemon=True).start()
+        watch_parent(int(parent), stop.set)
     try:
         ready = runners_ready(store, engine)
         announce_ready()

@@ -52,6 +52,7 @@ class Settings(BaseModel):
     provider_concurrency: int = Field(default=256, ge=1, le=4096)
     redrive_rate: float = Field(default=20.0, gt=0)
     projector: Literal["auto", "inline", "process", "external"] = "auto"
+    processes: int | Literal["auto"] = 1
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -73,6 +74,11 @@ class Settings(BaseModel):
         if value and not value.startswith(("sqlite:", "postgresql")):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return value
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes(cls, value: Any) -> int | str:
+        return processes_value(value)
 
     @field_validator("amqp_url")
     @classmethod
@@ -98,6 +104,19 @@ class Settings(BaseModel):
         if self.provider_url:
             configs.setdefault("default", {"type": "http", "url": self.provider_url})
         return configs
+
+
+def processes_value(value: Any) -> int | str:
+    """``auto`` or a count of delivery processes, 1 to 64 (ValueError says what is wrong)."""
+    if value == "auto":
+        return "auto"
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a whole number of processes, or auto") from None
+    if not 1 <= number <= 64:
+        raise ValueError("must be between 1 and 64, or auto")
+    return number
 
 
 def load_settings(environ: Mapping[str, str], config_path: str | None = None) -> Settings:

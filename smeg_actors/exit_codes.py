@@ -1,4 +1,8 @@
-"""Process exit codes: what an orchestrator (systemd, Kubernetes) sees when smeg stops."""
+"""Process exit codes: what an orchestrator (systemd, Kubernetes) sees when smeg stops.
+
+``smeg run --processes N`` exits with the code of the first delivery process that ended by
+itself, or 128 + N when that process was killed by signal N.
+"""
 
 EXIT_OK = 0
 EXIT_REFUSED = 1  #: unknown message id, or an operation the message's state refuses

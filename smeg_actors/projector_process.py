@@ -27,15 +27,10 @@ import structlog
 
 from smeg_actors.config import Settings
 from smeg_actors.messages import Tick
+from smeg_actors.process_group import PARENT_PID_VARIABLE, READY_FD_VARIABLE
 from smeg_actors.supervisor import Supervised
 
 log = structlog.get_logger(__name__)
-
-#: Set in the child's environment: the pid whose death ends the child.
-PARENT_PID_VARIABLE = "SMEG_PARENT_PID"
-
-#: Set in the child's environment: the descriptor to write a line to once it is ready.
-READY_FD_VARIABLE = "SMEG_READY_FD"
 
 
 def announce_ready() -> None:

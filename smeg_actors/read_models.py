@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -98,14 +97,6 @@ def run_forever(
             stop.wait(interval)
         elif busy < gather:
             stop.wait(linger)
-
-
-def stop_when_orphaned(parent: int, stop: threading.Event, interval: float = 0.5) -> None:
-    """Set ``stop`` once ``parent`` is no longer this process's parent (it died, even by kill -9)."""
-    while not stop.wait(interval):
-        if os.getppid() != parent:
-            log.warning("projector_parent_gone", parent=parent)
-            stop.set()
 
 
 def rate(done: int, started: float) -> float:

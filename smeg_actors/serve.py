@@ -1,4 +1,7 @@
-"""``smeg run``: check the dependencies, start the runtime, stop on a signal or a fatal loss."""
+"""``smeg run``: check the dependencies, start the runtime, stop on a signal or a fatal loss.
+
+With ``SMEG_PROCESSES`` above 1 this process only checks and then parents that many delivery
+processes (``process_group``)."""
 
 from __future__ import annotations
 
@@ -16,13 +19,23 @@ from adapters.rabbitmq import BrokerUnavailableError
 from smeg_actors.config import Settings
 from smeg_actors.exit_codes import EXIT_OK, EXIT_UNHEALTHY
 from smeg_actors.health import dependency_checks, run_checks
+from smeg_actors.process_group import (
+    PARENT_PID_VARIABLE,
+    ProcessGroup,
+    cpu_count,
+    start_gate,
+    watch_parent,
+)
 from smeg_actors.wiring import build_providers, build_runtime, open_store
 
 log = structlog.get_logger(__name__)
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, config_path: str | None = None) -> int:
     """Run until stopped; the process exits with the returned code (see exit_codes)."""
+    processes = cpu_count() if settings.processes == "auto" else settings.processes
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    gate = start_gate()
     providers = build_providers(settings)
     stores: list[MessageStore] = []
 
@@ -31,12 +44,18 @@ def serve(settings: Settings) -> int:
         return stores[-1]
 
     healthy, lines = run_checks(dependency_checks(settings, open_checked_store, providers))
-    for line in lines:
-        click.echo(line, err=True)
+    if not healthy or parent is None:  # a group's parent printed them once for all its children
+        for line in lines:
+            click.echo(line, err=True)
     if not healthy:
         return EXIT_UNHEALTHY
     store = stores[0]
+    if processes > 1:
+        store.close()
+        return serve_group(settings, processes, config_path)
     runtime = build_runtime(settings, store, providers)
+    if parent is not None:
+        watch_parent(int(parent), lambda: runtime.stop_reason.set(EXIT_OK, "parent process gone"))
 
     def graceful(signum: int, _frame: FrameType | None) -> None:
         log.info("signal_received", signal=signal.Signals(signum).name)
@@ -46,7 +65,7 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGINT, graceful)
     signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
     try:
-        runtime.start()
+        runtime.start(before_consuming=gate)
     except (BrokerUnavailableError, StoreError) as exc:
         click.echo(f"smeg: start failed: {exc}", err=True)
         runtime.stop(timeout=2)
@@ -62,3 +81,17 @@ def serve(settings: Settings) -> int:
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)
+
+
+def serve_group(settings: Settings, processes: int, config_path: str | None) -> int:
+    """``processes`` children, each a single ``smeg run``; one projector among them."""
+    config = ["--config", config_path] if config_path else []
+    command = [sys.executable, "-m", "smeg_actors", *config, "run"]
+    env = dict(os.environ, SMEG_PROCESSES="1", **{PARENT_PID_VARIABLE: str(os.getpid())})
+    delivery_only = env | {"SMEG_PROJECTOR": "external"}
+    commands = [(command, env if index == 0 else delivery_only) for index in range(processes)]
+    group = ProcessGroup(commands, stop_timeout=settings.shutdown_timeout + 15)
+    code = group.run()
+    if group.reason:
+        click.echo(f"smeg: stopping (exit {code}): {group.reason}", err=True)
+    return code

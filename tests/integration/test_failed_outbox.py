@@ -127,10 +127,9 @@ def test_a_store_without_a_position_starts_at_the_head_and_does_not_republish_hi
     assert [name for name, _ in queue.got] == ["new"]
 
 
-def test_two_nodes_do_not_publish_the_same_batch(pg_schema: tuple[str, str]) -> None:
-    # Given two nodes' outboxes on one PostgreSQL store, and failures to publish
-    url, schema = pg_schema
-    store, engine = MessageStore(url, schema=schema), make_engine(url, schema=schema)
+def test_two_nodes_do_not_publish_the_same_batch(db: tuple[MessageStore, Engine]) -> None:
+    # Given two nodes' (or processes') outboxes on one store, and failures to publish
+    store, engine = db
     first_queue, second_queue = Recorder(), Recorder()
     first = FailedOutbox(store, engine, first_queue)
     second = FailedOutbox(store, engine, second_queue)
@@ -149,8 +148,6 @@ def test_two_nodes_do_not_publish_the_same_batch(pg_schema: tuple[str, str]) -> 
     assert [name for name, _ in first_queue.got] == ["n1", "n2"]
     assert second_queue.got == []
     assert second.publish_pending() == 0
-    store.close()
-    engine.dispose()
 
 
 def test_writes_to_the_read_model_file_during_a_publication_do_not_stop_it(tmp_path: Any) -> None:

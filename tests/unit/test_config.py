@@ -26,6 +26,7 @@ DEFAULTS = {
     "shutdown_timeout": 30.0,
     "store_grace": 30.0,
     "log_format": "auto",
+    "processes": 1,
 }
 
 
@@ -80,6 +81,8 @@ def test_variables_without_the_smeg_prefix_or_of_unknown_settings_are_ignored() 
         ("SMEG_LOG_FORMAT", "json", "log_format", "json"),
         ("SMEG_LOG_LEVEL", "debug", "log_level", "debug"),
         ("SMEG_PROVIDER_URL", "http://sms.example/send", "provider_url", "http://sms.example/send"),
+        ("SMEG_PROCESSES", "4", "processes", 4),
+        ("SMEG_PROCESSES", "auto", "processes", "auto"),
     ],
 )
 def test_an_environment_variable_is_parsed_to_the_setting_type(
@@ -198,6 +201,10 @@ def test_a_providers_environment_variable_cannot_replace_the_toml_provider_table
         ("SMEG_DATABASE_URL", "mysql://x"),
         ("SMEG_AMQP_URL", "http://x"),
         ("SMEG_QUEUE_PREFIX", "has space"),
+        ("SMEG_PROCESSES", "0"),
+        ("SMEG_PROCESSES", "65"),
+        ("SMEG_PROCESSES", "two"),
+        ("SMEG_PROCESSES", "1.5"),
     ],
 )
 def test_an_invalid_value_raises_a_one_line_settings_error_naming_the_variable(
