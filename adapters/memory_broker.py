@@ -11,6 +11,8 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 
+import orjson
+
 from domain.errors import InvalidRequestError
 from domain.ports import Delivery
 from domain.request import SendRequest, parse_send_request
@@ -85,7 +87,7 @@ class MemoryIntake:
     def _accept(self, item: tuple[int, bytes, str | None], batch: list[Delivery]) -> None:
         tag, body, correlation_id = item
         try:
-            request = parse_send_request(body, correlation_id=correlation_id)
+            request = parse_send_request(body, correlation_id=correlation_id, strict_loads=orjson.loads)
             if self.known_providers is not None and request.provider not in (
                 None,
                 *self.known_providers,

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 import pika
 import pika.exceptions
 import structlog
@@ -258,7 +259,9 @@ class RabbitIntake(threading.Thread):
         body: bytes,
     ) -> None:
         try:
-            request = parse_send_request(body, correlation_id=properties.correlation_id)
+            request = parse_send_request(
+                body, correlation_id=properties.correlation_id, strict_loads=orjson.loads
+            )
             if self.known_providers is not None and request.provider not in (
                 None,
                 *self.known_providers,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,28 +54,24 @@ class SendRequest:
         return json.dumps(data, ensure_ascii=False).encode()
 
 
-def parse_send_request(raw: bytes, *, correlation_id: str | None = None) -> SendRequest:
+def parse_send_request(
+    raw: bytes, *, correlation_id: str | None = None, strict_loads: Callable[[bytes], Any] | None = None
+) -> SendRequest:
     """Decode and validate a request; raise InvalidRequestError naming the first broken rule.
 
     Args:
         raw: the message body exactly as received.
         correlation_id: the transport's correlation id, used when the body carries none.
+        strict_loads: a faster decoder to try first (the RabbitMQ consumer passes orjson's, 5x the
+            standard library's speed, on the thread every request passes through). It must refuse
+            what is not strict UTF-8 JSON, lone surrogates included; whatever it refuses is decoded
+            again by the standard library, whose verdict and error messages are the ones that count.
     """
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidRequestError("body is not valid UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidRequestError(f"body is not JSON: {exc.msg}") from None
+    data = _strictly_decoded(raw, strict_loads)
+    if data is None:
+        data = _decoded(raw)
     if not isinstance(data, dict):
         raise InvalidRequestError("body is not a JSON object")
-    # A lone surrogate can only come from a \u escape (the bytes were valid UTF-8), so the costly
-    # re-encoding runs only for bodies that hold one.
-    if b"\\u" in raw:
-        try:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidRequestError("body contains an invalid unicode escape (lone surrogate)") from None
     unknown = sorted(set(data) - KNOWN_FIELDS)
     if unknown:
         raise InvalidRequestError(f"unknown field: {unknown[0]}")
@@ -92,9 +89,41 @@ def parse_send_request(raw: bytes, *, correlation_id: str | None = None) -> Send
     )
 
 
+def _strictly_decoded(raw: bytes, strict_loads: Callable[[bytes], Any] | None) -> Any:
+    if strict_loads is None:
+        return None
+    try:
+        return strict_loads(raw)
+    except ValueError:  # orjson.JSONDecodeError is one
+        return None
+
+
+def _decoded(raw: bytes) -> Any:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidRequestError("body is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"body is not JSON: {exc.msg}") from None
+    # A lone surrogate can only come from a \u escape (the bytes were valid UTF-8), so the costly
+    # re-encoding runs only for bodies that hold one.
+    if b"\\u" in raw:
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError("body contains an invalid unicode escape (lone surrogate)") from None
+    return data
+
+
+def new_id() -> str:
+    """A fresh random id (128 bits as 32 hex digits, as ``uuid4().hex`` looks, at a fifth of its
+    cost: one is made per request that comes without a correlation id)."""
+    return os.urandom(16).hex()
+
+
 def _message_id(value: object) -> str:
     if value is None:
-        return uuid.uuid4().hex
+        return new_id()
     if not isinstance(value, str) or not MESSAGE_ID_RE.fullmatch(value):
         raise InvalidRequestError("message_id must be 1-128 chars of [A-Za-z0-9._:-]")
     return value
@@ -124,7 +153,7 @@ def _body(value: object) -> str:
 
 def _correlation_id(value: object, fallback: str | None) -> str:
     if value is None:
-        value = fallback or uuid.uuid4().hex
+        value = fallback or new_id()
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_CORRELATION_ID:
         raise InvalidRequestError(f"correlation_id must be a string of 1-{MAX_CORRELATION_ID} chars")
     return value

@@ -23,6 +23,7 @@ from smeg_actors.cli_support import CommandError, open_store, parse_time, quiet_
 from smeg_actors.config import SettingsError, load_settings, processes_value
 from smeg_actors.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_UNHEALTHY
 from smeg_actors.logs import configure_logging
+from smeg_actors.process_group import PARENT_PID_VARIABLE
 
 
 @click.group()
@@ -31,7 +32,10 @@ from smeg_actors.logs import configure_logging
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """smeg: resilient SMS/IM delivery."""
     settings = load_settings(os.environ, config_path)
-    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    in_group = PARENT_PID_VARIABLE in os.environ  # one of several processes writing one stream
+    configure_logging(
+        fmt=settings.log_format, level=settings.log_level, pid=os.getpid() if in_group else None
+    )
     ctx.obj = {"settings": settings, "config_path": config_path}
 
 

@@ -23,8 +23,13 @@ class NamedWriteLogger(structlog.WriteLogger):
         self.name = name
 
 
-def configure_logging(*, fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+def configure_logging(
+    *, fmt: str = "auto", level: str = "info", stream: TextIO | None = None, pid: int | None = None
+) -> None:
     """Configure structlog and the stdlib root logger to render the same way.
+
+    ``pid`` is added to every line: the processes of ``smeg run --processes N`` (and their
+    projector children) write to one stream, and an operator must tell whose line it is.
 
     smeg's own lines go from structlog straight to stderr: a call below the level is a no-op, and
     a line is rendered once (through the standard library, each line cost two log records and a
@@ -40,6 +45,8 @@ def configure_logging(*, fmt: str = "auto", level: str = "info", stream: TextIO 
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
+    if pid is not None:
+        shared.insert(0, _add_pid(pid))
     renderer: structlog.types.Processor
     if use_json:
         shared.append(structlog.processors.dict_tracebacks)
@@ -60,6 +67,14 @@ def configure_logging(*, fmt: str = "auto", level: str = "info", stream: TextIO 
     root.setLevel(number)
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # smeg reports broker failures itself
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _add_pid(pid: int) -> structlog.types.Processor:
+    def add_pid(_logger: object, _name: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+        event["pid"] = pid
+        return event
+
+    return add_pid
 
 
 @contextmanager

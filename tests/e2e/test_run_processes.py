@@ -80,7 +80,7 @@ def test_two_processes_on_one_sqlite_file_deliver_every_message_exactly_once(
     stub = StubProvider(latency=0.01)
     env = sqlite_env(tmp_path, e2e_prefix, stub)
     smeg = start_smeg(env, "run", "--processes", "2")
-    started_group(smeg)
+    children = started_group(smeg)
     assert consumers(e2e_prefix) == 2
     # When
     ids = [f"grp-{i}" for i in range(400)]
@@ -92,6 +92,8 @@ def test_two_processes_on_one_sqlite_file_deliver_every_message_exactly_once(
     for message_id in ids:
         assert len(attempts_of(store, message_id)) == 1, message_id
         assert stub.calls[message_id] == 1, message_id
+    # both processes delivered, and every line says which one wrote it
+    assert {line["pid"] for line in logged(smeg, "attempt_finished")} == set(children)
     # and the group stops as one on SIGTERM, the start-up check printed once
     smeg.process.send_signal(signal.SIGTERM)
     assert smeg.wait(timeout=60) == 0

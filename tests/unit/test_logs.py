@@ -56,6 +56,24 @@ def test_a_standard_library_line_renders_with_the_same_fields(stderr):
     assert "timestamp" in line
 
 
+def test_with_a_pid_every_line_own_or_standard_library_names_its_process(stderr):
+    configure_logging(fmt="json", level="info", stream=stderr, pid=4242)
+
+    structlog.get_logger("smeg_actors.bootstrap").info("runtime_started")
+    logging.getLogger("pykka").warning("actor stopped")
+
+    assert [line.get("pid") for line in lines(stderr)] == [4242, 4242]
+
+
+def test_without_a_pid_lines_carry_none(stderr):
+    configure_logging(fmt="json", level="info", stream=stderr)
+
+    structlog.get_logger("smeg_actors.bootstrap").info("runtime_started")
+
+    [line] = lines(stderr)
+    assert "pid" not in line
+
+
 def test_calls_below_the_level_write_nothing(stderr):
     configure_logging(fmt="json", level="warning", stream=stderr)
     log = structlog.get_logger("smeg_actors.intake")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -433,3 +435,55 @@ def test_a_masked_address_never_reveals_more_than_the_prefix_and_the_last_four(v
 @given(value=st.text(alphabet=st.characters(blacklist_characters="*"), min_size=1, max_size=300))
 def test_a_masked_address_always_hides_at_least_one_character(value):
     assert "*" in mask_address(value)
+
+
+# --- the strict decoder the consumer passes -------------------------------------------------
+
+
+def verdict(data: bytes, **kwargs: Any) -> tuple[str, Any]:
+    """What parsing ``data`` ends in: the request (a generated message id blanked) or the error."""
+    try:
+        request = parse_send_request(data, correlation_id="amqp-corr", **kwargs)
+    except InvalidRequestError as error:
+        return "refused", str(error)
+    generated = b'"message_id"' not in data
+    return "parsed", dataclasses.replace(request, message_id="") if generated else request
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(st.characters(categories=["Cs", "Lu", "Ll", "Nd", "Zs", "So"]), max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        requests.map(lambda fields: json.dumps(fields).encode()),
+        requests.map(lambda fields: json.dumps(fields, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+        st.dictionaries(
+            st.sampled_from(["message_id", "channel", "to", "body", "metadata", "from", "other"]), json_values
+        ).map(lambda fields: json.dumps(fields).encode()),
+    )
+)
+@example(data=b'{"channel": "im", "to": "bob", "body": "\\ud800"}')
+@example(data=b'{"channel": "im", "to": "bob", "body": "x", "metadata": {"a": NaN}}')
+@example(data=b'{"channel": "im", "to": "bob", "body": "x", "from": 123456789012345678901234567890}')
+@example(data=b"\xef\xbb\xbf{}")
+@example(data=b"null")
+def test_orjson_as_the_strict_decoder_changes_no_verdict_and_no_error_message(data: bytes) -> None:
+    assert verdict(data, strict_loads=orjson.loads) == verdict(data)
+
+
+def test_a_request_without_ids_gets_fresh_32_hex_digit_ones() -> None:
+    first = parse_send_request(raw(message_id=...))
+    second = parse_send_request(raw(message_id=...))
+    for request in (first, second):
+        assert re.fullmatch(r"[0-9a-f]{32}", request.message_id)
+        assert re.fullmatch(r"[0-9a-f]{32}", request.correlation_id)
+    assert len({first.message_id, first.correlation_id, second.message_id, second.correlation_id}) == 4
