@@ -63,16 +63,25 @@ class ProviderUnhealthyError(Exception):
 
 
 class Provider(Protocol):
-    """Delivers one message through a third party."""
+    """Delivers one message through a third party.
+
+    ``send`` is a coroutine: every call of a process runs on one event loop, so thousands may be
+    in flight without a thread each. It must never block that loop.
+    """
 
     name: str
 
-    def send(self, message: OutboundMessage) -> ProviderReceipt:
+    async def send(self, message: OutboundMessage) -> ProviderReceipt:
         """Deliver or raise TransientDeliveryError / PermanentDeliveryError."""
         ...
 
     def check_health(self) -> None:
-        """Return if the provider looks reachable, else raise ProviderUnhealthyError."""
+        """Return if the provider looks reachable, else raise ProviderUnhealthyError (blocking;
+        called at start-up and by ``smeg check``, never on the calls' loop)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what ``send`` opened (on the loop the calls ran on)."""
         ...
 
 

@@ -9,7 +9,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +29,7 @@ from smeg_actors.intake import IntakeActor
 from smeg_actors.messages import RequestsReceived
 from smeg_actors.projector import ProjectorActor
 from smeg_actors.projector_process import ProjectorProcessActor
+from smeg_actors.provider_calls import ProviderCalls
 from smeg_actors.publisher import PublisherActor
 from smeg_actors.read_models import runners
 from smeg_actors.redrive import RedriverActor, failed_queue_reader
@@ -112,7 +112,7 @@ class Runtime:
         self.runners = runners(store, self.engine)
         self.outbox = FailedOutbox(store, self.engine, publisher)
         self.status_runner = self.runners[0]
-        self.executor = ThreadPoolExecutor(settings.provider_concurrency, thread_name_prefix="smeg-call")
+        self.calls = ProviderCalls(providers, settings.provider_concurrency)
         self.workers = [f"worker-{i}" for i in range(settings.workers)]
         self.dispatcher_backlog = Backlog()
         # More than one: a batch is prepared and committed while the one before waits on the store.
@@ -207,7 +207,7 @@ class Runtime:
                 self.supervisor.stop(block=True, timeout=5)
             except (pykka.ActorDeadError, pykka.Timeout):
                 pass
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.calls.stop()
         self.engine.dispose()
 
     def _on_batch(self, deliveries: list[Any]) -> None:
@@ -249,7 +249,7 @@ class Runtime:
                 providers=self.providers,
                 default_provider=self.default_provider,
                 policy=s.backoff,
-                executor=self.executor,
+                calls=self.calls,
                 children=self.children,
                 clock=self.clock,
                 stale_after=self.stale_after,

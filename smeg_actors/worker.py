@@ -1,16 +1,14 @@
 """The worker actor: runs one attempt per message of its batch, all calls in flight at once.
 
-For a batch: record every Attempted in one transaction, call the providers concurrently on a
-shared thread pool, record every outcome in one transaction. A crash mid-batch is reported
+For a batch: record every Attempted in one transaction, call the providers concurrently on the
+process's provider-call loop, record every outcome in one transaction. A crash mid-batch is reported
 (``Recover``) so the messages are looked at again; none is lost.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, wait
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,13 +20,7 @@ from adapters.failed_outbox import failed_request, failure_headers
 from domain.backoff import BackoffPolicy
 from domain.errors import AttemptOutcomePendingError, RetryNotDueError
 from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, INTERRUPTED, Message
-from domain.ports import (
-    OutboundMessage,
-    PermanentDeliveryError,
-    Provider,
-    ProviderReceipt,
-    TransientDeliveryError,
-)
+from domain.ports import OutboundMessage, PermanentDeliveryError, Provider, ProviderReceipt
 from domain.request import mask_address
 from smeg_actors.clock import Clock
 from smeg_actors.logs import message_context
@@ -41,11 +33,10 @@ from smeg_actors.messages import (
     ScheduleRetry,
     WorkItem,
 )
+from smeg_actors.provider_calls import ProviderCalls, Result
 from smeg_actors.supervisor import Children, Supervised
 
 log = structlog.get_logger(__name__)
-
-Result = ProviderReceipt | TransientDeliveryError | PermanentDeliveryError
 
 
 class WorkerActor(Supervised):
@@ -56,7 +47,7 @@ class WorkerActor(Supervised):
         providers: configured providers by name.
         default_provider: used when a request names none.
         policy: the backoff policy.
-        executor: the shared pool on which provider calls run.
+        calls: the process's provider-call loop.
         children: refs of the dispatcher, scheduler, publisher and redriver.
         clock: UTC now.
         stale_after: an attempt older than this with no outcome is deemed interrupted.
@@ -74,7 +65,7 @@ class WorkerActor(Supervised):
         providers: dict[str, Provider],
         default_provider: str,
         policy: BackoffPolicy,
-        executor: Executor,
+        calls: ProviderCalls,
         children: Children,
         clock: Clock,
         stale_after: float,
@@ -84,7 +75,7 @@ class WorkerActor(Supervised):
     ) -> None:
         super().__init__(name, supervisor)
         self.store, self.providers, self.default_provider = store, providers, default_provider
-        self.policy, self.executor, self.children, self.clock = policy, executor, children, clock
+        self.policy, self.calls, self.children, self.clock = policy, calls, children, clock
         self.stale_after, self.call_timeout = stale_after, call_timeout
         self.grace, self.on_store_lost = grace, on_store_lost
         self.current: tuple[WorkItem, ...] = ()
@@ -150,27 +141,9 @@ class WorkerActor(Supervised):
         return self.default_provider
 
     def _call_all(self, messages: list[Message]) -> list[tuple[Result, float]]:
-        """Every call of the batch at once on the shared pool; one wait for all of them (a wait
-        per future woke this thread once per call)."""
-        futures: list[Future[tuple[Result, float]]] = [
-            self.executor.submit(self._call, m.last_provider or self.default_provider, _outbound(m))
-            for m in messages
-        ]
-        done, _late = wait(futures, timeout=self.call_timeout)
-        late: tuple[Result, float] = (TransientDeliveryError("timeout (no answer)"), self.call_timeout * 1000)
-        return [future.result() if future in done else late for future in futures]
-
-    def _call(self, provider_name: str, message: OutboundMessage) -> tuple[Result, float]:
-        provider = self.providers[provider_name]
-        started = time.perf_counter()
-        result: Result
-        try:
-            result = provider.send(message)
-        except (TransientDeliveryError, PermanentDeliveryError) as exc:
-            result = exc
-        except Exception as exc:
-            result = TransientDeliveryError(f"provider error: {type(exc).__name__}")
-        return result, round((time.perf_counter() - started) * 1000, 3)
+        """Every call of the batch at once on the provider-call loop; one wait for all of them."""
+        calls = [(m.last_provider or self.default_provider, _outbound(m)) for m in messages]
+        return self.calls.run(calls, timeout=self.call_timeout)
 
     def _outcome_change(self, message: Message, result: Result, latency_ms: float, now: datetime) -> Change:
         def record(target: Message) -> None:

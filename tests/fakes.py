@@ -31,7 +31,10 @@ class FakeProvider:
         self._lock = threading.Lock()
         self.healthy = True
 
-    def send(self, message: OutboundMessage) -> ProviderReceipt:
+    async def send(self, message: OutboundMessage) -> ProviderReceipt:
+        return self.answer(message)
+
+    def answer(self, message: OutboundMessage) -> ProviderReceipt:
         with self._lock:
             n = self.calls[message.message_id]
             self.calls[message.message_id] += 1
@@ -51,6 +54,9 @@ class FakeProvider:
             from domain.ports import ProviderUnhealthyError
 
             raise ProviderUnhealthyError("fake provider is down")
+
+    async def aclose(self) -> None:
+        pass
 
 
 class CrashingClock:

@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Mapping
 from datetime import UTC
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -32,20 +33,44 @@ LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64)
 MAX_PROBE_TIMEOUT = 5.0
 
 
-def new_client(
-    timeout: float,
-    *,
-    auth: tuple[str, str] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> httpx.Client:
-    """One pooled, thread-safe client per provider; a 3xx is an answer, not followed."""
-    return httpx.Client(
-        timeout=httpx.Timeout(timeout),
-        limits=LIMITS,
-        follow_redirects=False,
-        auth=auth,
-        headers=headers,
-    )
+class Clients:
+    """A provider's HTTP clients: a pooled async one for sends, a short-lived one per health probe.
+
+    The async client is made on the first send, on the loop every send of the process runs on
+    (an ``httpx.AsyncClient`` keeps to the loop it was first used on); a 3xx is an answer, not
+    followed.
+    """
+
+    def __init__(
+        self,
+        timeout: float,
+        *,
+        auth: tuple[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.options: dict[str, Any] = {
+            "timeout": httpx.Timeout(timeout),
+            "follow_redirects": False,
+            "auth": auth,
+            "headers": headers,
+        }
+        self._sending: httpx.AsyncClient | None = None
+
+    @property
+    def sending(self) -> httpx.AsyncClient:
+        if self._sending is None:
+            self._sending = httpx.AsyncClient(limits=LIMITS, **self.options)
+        return self._sending
+
+    def get(self, url: str) -> httpx.Response:
+        """One blocking GET (health probes: at start-up and ``smeg check``, off the loop)."""
+        with httpx.Client(**self.options) as client:
+            return client.get(url)
+
+    async def aclose(self) -> None:
+        client, self._sending = self._sending, None
+        if client is not None:
+            await client.aclose()
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -146,9 +171,9 @@ class HttpProvider:
         self.timeout = timeout
         self.health_url = health_url
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = new_client(timeout, headers=headers)
+        self._clients = Clients(timeout, headers=headers)
 
-    def send(self, message: OutboundMessage) -> ProviderReceipt:
+    async def send(self, message: OutboundMessage) -> ProviderReceipt:
         """Deliver one message; the same ``Idempotency-Key`` is sent on every attempt.
 
         Raises:
@@ -167,7 +192,7 @@ class HttpProvider:
             "X-Correlation-ID": header_safe(message.correlation_id),
         }
         try:
-            response = self._client.post(self.url, json=payload, headers=headers)
+            response = await self._clients.sending.post(self.url, json=payload, headers=headers)
         except httpx.RequestError as exc:
             raise transport_failure(exc, self.timeout) from exc
         if not response.is_success:
@@ -185,7 +210,7 @@ class HttpProvider:
         """
         if self.health_url:
             try:
-                response = self._client.get(self.health_url)
+                response = self._clients.get(self.health_url)
             except httpx.RequestError as exc:
                 reason = transport_failure(exc, self.timeout).reason
                 raise ProviderUnhealthyError(f"health check failed: {reason}") from exc
@@ -203,6 +228,6 @@ class HttpProvider:
                 f"tcp connect to {host}:{port} failed: {type(exc).__name__}"
             ) from exc
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the connection pool."""
-        self._client.close()
+        await self._clients.aclose()

@@ -5,6 +5,7 @@ For the demo and benchmarks: it exercises retries, backoff and dead-lettering wi
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -20,11 +21,12 @@ from domain.ports import (
 
 
 class SimulatedProvider:
-    """Each send sleeps ``latency_ms``, then fails or succeeds by one random draw.
+    """Each send waits ``latency_ms``, then fails or succeeds by one random draw.
 
     The draw and the receipt id both come from one ``random.Random`` (seeded when ``seed`` is
-    given), so a single-threaded run is reproducible. The lock covers only the draws: the sleep
-    happens outside it, so concurrent calls overlap as they would against a real provider.
+    given), so a run of sends one after another is reproducible. The lock covers only the draws;
+    the wait is an ``asyncio.sleep``, so concurrent calls overlap as they would against a real
+    provider.
     """
 
     def __init__(
@@ -61,7 +63,7 @@ class SimulatedProvider:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
 
-    def send(self, message: OutboundMessage) -> ProviderReceipt:
+    async def send(self, message: OutboundMessage) -> ProviderReceipt:
         """Simulate one delivery.
 
         Raises:
@@ -72,7 +74,7 @@ class SimulatedProvider:
             roll = self._rng.random()
             receipt = uuid.UUID(int=self._rng.getrandbits(128), version=4).hex
         if self.latency > 0:
-            time.sleep(self.latency)
+            await asyncio.sleep(self.latency)
         if self.in_outage():
             raise TransientDeliveryError("simulated outage", status_code=503)
         if roll < self.permanent_rate:
@@ -93,5 +95,5 @@ class SimulatedProvider:
         demo from showing them.
         """
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Nothing to release; present so every provider can be closed alike."""

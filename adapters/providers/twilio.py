@@ -12,9 +12,9 @@ from urllib.parse import quote
 import httpx
 
 from adapters.providers.http import (
+    Clients,
     header_safe,
     json_field,
-    new_client,
     parse_retry_after,
     transport_failure,
 )
@@ -72,9 +72,9 @@ class TwilioProvider:
         account = f"{base_url.rstrip('/')}/2010-04-01/Accounts/{quote(account_sid, safe='')}"
         self._messages_url = f"{account}/Messages.json"
         self._account_url = f"{account}.json"
-        self._client = new_client(timeout, auth=(account_sid, auth_token))
+        self._clients = Clients(timeout, auth=(account_sid, auth_token))
 
-    def send(self, message: OutboundMessage) -> ProviderReceipt:
+    async def send(self, message: OutboundMessage) -> ProviderReceipt:
         """Create one Twilio Message; ``message_id`` is the idempotency token on every attempt.
 
         Raises:
@@ -95,7 +95,7 @@ class TwilioProvider:
             "X-Correlation-ID": header_safe(message.correlation_id),
         }
         try:
-            response = self._client.post(self._messages_url, data=form, headers=headers)
+            response = await self._clients.sending.post(self._messages_url, data=form, headers=headers)
         except httpx.RequestError as exc:
             raise transport_failure(exc, self.timeout) from exc
         if not response.is_success:
@@ -112,16 +112,16 @@ class TwilioProvider:
             ProviderUnhealthyError: unreachable, or any non-2xx answer (e.g. 401 for a bad token).
         """
         try:
-            response = self._client.get(self._account_url)
+            response = self._clients.get(self._account_url)
         except httpx.RequestError as exc:
             reason = transport_failure(exc, self.timeout).reason
             raise ProviderUnhealthyError(f"twilio health check failed: {reason}") from exc
         if not response.is_success:
             raise ProviderUnhealthyError(f"twilio health check answered http {response.status_code}")
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the connection pool."""
-        self._client.close()
+        await self._clients.aclose()
 
 
 def twilio_failure(response: httpx.Response) -> DeliveryError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.utils
 import json
@@ -124,12 +125,28 @@ def closed_port() -> int:
     return port
 
 
+#: One event loop for the module's sends, as ``smeg run`` has one for all its calls (an
+#: ``httpx.AsyncClient`` keeps to the loop it was first used on).
+LOOP = asyncio.Runner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loop() -> Iterator[None]:
+    yield
+    LOOP.close()
+
+
+def send(provider: Any, message: OutboundMessage) -> ProviderReceipt:
+    result: ProviderReceipt = LOOP.run(provider.send(message))
+    return result
+
+
 @pytest.fixture
 def providers() -> Iterator[list[Any]]:
     built: list[Any] = []
     yield built
     for provider in built:
-        provider.close()
+        LOOP.run(provider.aclose())
 
 
 @pytest.fixture
@@ -157,8 +174,8 @@ def test_posts_the_message_as_json_with_idempotency_correlation_and_bearer_token
 ) -> None:
     provider = http_provider(token_env="SMEG_TEST_TOKEN", environ={"SMEG_TEST_TOKEN": "s3cret"})
 
-    first = provider.send(MESSAGE)
-    second = provider.send(MESSAGE)
+    first = send(provider, MESSAGE)
+    second = send(provider, MESSAGE)
 
     assert first == second == ProviderReceipt("prov-1")
     request = server.requests[0]
@@ -180,7 +197,7 @@ def test_posts_the_message_as_json_with_idempotency_correlation_and_bearer_token
 def test_sends_no_authorization_header_without_token_env(
     server: FakeServer, http_provider: Callable[..., Any]
 ) -> None:
-    http_provider().send(MESSAGE)
+    send(http_provider(), MESSAGE)
 
     assert "authorization" not in server.requests[0].headers
 
@@ -190,7 +207,7 @@ def test_turns_a_numeric_provider_id_into_a_string_receipt(
 ) -> None:
     server.answer = lambda request: Reply(202, {"id": 12345})
 
-    assert http_provider().send(MESSAGE) == ProviderReceipt("12345")
+    assert send(http_provider(), MESSAGE) == ProviderReceipt("12345")
 
 
 @pytest.mark.parametrize("body", [{}, {"id": ""}, {"id": None}, [1], b"not json"])
@@ -200,7 +217,7 @@ def test_fails_permanently_on_2xx_without_a_usable_id(
     server.answer = lambda request: Reply(200, body)
 
     with pytest.raises(PermanentDeliveryError) as caught:
-        http_provider().send(MESSAGE)
+        send(http_provider(), MESSAGE)
 
     assert caught.value.reason == "provider answered 2xx without id"
     assert caught.value.status_code == 200
@@ -213,7 +230,7 @@ def test_retries_after_transient_status_with_retry_after_seconds(
     server.answer = lambda request: Reply(status, {"error": f"{PHONE}: {BODY}"}, {"Retry-After": "7"})
 
     with pytest.raises(TransientDeliveryError) as caught:
-        http_provider().send(MESSAGE)
+        send(http_provider(), MESSAGE)
 
     assert caught.value.status_code == status
     assert caught.value.retry_after == 7.0
@@ -228,7 +245,7 @@ def test_retries_after_503_with_retry_after_http_date(
     server.answer = lambda request: Reply(503, {}, {"Retry-After": when})
 
     with pytest.raises(TransientDeliveryError) as caught:
-        http_provider().send(MESSAGE)
+        send(http_provider(), MESSAGE)
 
     assert caught.value.retry_after is not None
     assert 115 <= caught.value.retry_after <= 121
@@ -241,7 +258,7 @@ def test_ignores_an_unparseable_retry_after(
     server.answer = lambda request: Reply(429, {}, {"Retry-After": value})
 
     with pytest.raises(TransientDeliveryError) as caught:
-        http_provider().send(MESSAGE)
+        send(http_provider(), MESSAGE)
 
     assert caught.value.retry_after is None
 
@@ -253,7 +270,7 @@ def test_gives_up_on_client_errors(
     server.answer = lambda request: Reply(status, {"error": f"bad number {PHONE}", "echo": BODY})
 
     with pytest.raises(PermanentDeliveryError) as caught:
-        http_provider().send(MESSAGE)
+        send(http_provider(), MESSAGE)
 
     assert caught.value.status_code == status
     assert caught.value.reason == f"http {status}"
@@ -265,7 +282,7 @@ def test_retries_after_a_timeout(server: FakeServer, http_provider: Callable[...
 
     started = time.perf_counter()
     with pytest.raises(TransientDeliveryError) as caught:
-        http_provider(timeout=0.2).send(MESSAGE)
+        send(http_provider(timeout=0.2), MESSAGE)
 
     assert time.perf_counter() - started < 0.55
     assert caught.value.reason.startswith("timeout after 0.2s")
@@ -279,7 +296,7 @@ def test_retries_when_the_connection_is_refused(closed_port: int, providers: lis
     providers.append(provider)
 
     with pytest.raises(TransientDeliveryError) as caught:
-        provider.send(MESSAGE)
+        send(provider, MESSAGE)
 
     assert caught.value.reason == "connect error: ConnectError"
     assert caught.value.status_code is None
@@ -365,7 +382,7 @@ def twilio(server: FakeServer, providers: list[Any]) -> Callable[..., Any]:
 def test_creates_a_twilio_message_with_basic_auth_form_fields_and_idempotency_token(
     server: FakeServer, twilio: Callable[..., Any]
 ) -> None:
-    receipt = twilio(**{"from": "+15005550006"}).send(MESSAGE)
+    receipt = send(twilio(**{"from": "+15005550006"}), MESSAGE)
 
     assert receipt == ProviderReceipt("SM" + "0" * 32)
     request = server.requests[0]
@@ -379,7 +396,7 @@ def test_twilio_uses_the_configured_sender_when_the_message_names_none(
 ) -> None:
     message = OutboundMessage("msg-2", "sms", PHONE, None, BODY, "corr-2")
 
-    twilio(**{"from": "+15005550006"}).send(message)
+    send(twilio(**{"from": "+15005550006"}), message)
 
     assert server.requests[0].form()["From"] == "+15005550006"
 
@@ -389,7 +406,7 @@ def test_twilio_sends_through_the_messaging_service_when_configured(
 ) -> None:
     message = OutboundMessage("msg-3", "sms", PHONE, None, BODY, "corr-3")
 
-    twilio(messaging_service_sid="MG123").send(message)
+    send(twilio(messaging_service_sid="MG123"), message)
 
     assert server.requests[0].form() == {"To": PHONE, "Body": BODY, "MessagingServiceSid": "MG123"}
 
@@ -400,7 +417,7 @@ def test_twilio_gives_up_locally_when_there_is_no_sender_at_all(
     message = OutboundMessage("msg-4", "sms", PHONE, None, BODY, "corr-4")
 
     with pytest.raises(PermanentDeliveryError, match="no sender"):
-        twilio().send(message)
+        send(twilio(), message)
 
     assert server.requests == []
 
@@ -413,7 +430,7 @@ def test_twilio_gives_up_on_an_invalid_to_number_21211(
     )
 
     with pytest.raises(PermanentDeliveryError) as caught:
-        twilio().send(MESSAGE)
+        send(twilio(), MESSAGE)
 
     assert caught.value.reason == "twilio 21211"
     assert caught.value.status_code == 400
@@ -428,7 +445,7 @@ def test_twilio_retries_after_too_many_requests_20429_honouring_retry_after(
     )
 
     with pytest.raises(TransientDeliveryError) as caught:
-        twilio().send(MESSAGE)
+        send(twilio(), MESSAGE)
 
     assert (caught.value.reason, caught.value.status_code) == ("twilio 20429", 429)
     assert caught.value.retry_after == 3.0
@@ -440,7 +457,7 @@ def test_twilio_retries_after_http_429_without_an_error_code(
     server.answer = lambda request: Reply(429, b"slow down")
 
     with pytest.raises(TransientDeliveryError) as caught:
-        twilio().send(MESSAGE)
+        send(twilio(), MESSAGE)
 
     assert (caught.value.reason, caught.value.status_code) == ("twilio http 429", 429)
 
@@ -449,7 +466,7 @@ def test_twilio_retries_after_a_500(server: FakeServer, twilio: Callable[..., An
     server.answer = lambda request: Reply(500, {"code": 20500, "message": "Internal", "status": 500})
 
     with pytest.raises(TransientDeliveryError) as caught:
-        twilio().send(MESSAGE)
+        send(twilio(), MESSAGE)
 
     assert caught.value.status_code == 500
 
@@ -460,14 +477,14 @@ def test_twilio_retries_a_queue_overflow_30001_even_with_a_4xx_status(
     server.answer = lambda request: Reply(400, {"code": 30001, "message": "Queue overflow"})
 
     with pytest.raises(TransientDeliveryError, match="twilio 30001"):
-        twilio().send(MESSAGE)
+        send(twilio(), MESSAGE)
 
 
 def test_twilio_gives_up_on_an_unknown_4xx_code(server: FakeServer, twilio: Callable[..., Any]) -> None:
     server.answer = lambda request: Reply(400, {"code": 21999, "message": "whatever"})
 
     with pytest.raises(PermanentDeliveryError, match="twilio 21999"):
-        twilio().send(MESSAGE)
+        send(twilio(), MESSAGE)
 
 
 def test_twilio_is_healthy_when_the_account_resource_answers(
@@ -496,7 +513,7 @@ def test_twilio_is_unhealthy_with_a_wrong_auth_token(server: FakeServer, provide
 
 def outcome(provider: Any) -> str:
     try:
-        return str(provider.send(MESSAGE).provider_message_id)
+        return str(send(provider, MESSAGE).provider_message_id)
     except (TransientDeliveryError, PermanentDeliveryError) as exc:
         return type(exc).__name__
 
@@ -526,7 +543,7 @@ def test_simulated_applies_its_latency() -> None:
     provider = build_provider("sim", {"type": "simulated", "latency_ms": 50}, {})
 
     started = time.perf_counter()
-    provider.send(MESSAGE)
+    send(provider, MESSAGE)
 
     assert time.perf_counter() - started >= 0.05
 
@@ -538,7 +555,7 @@ def test_simulated_fails_with_503_only_inside_outage_windows() -> None:
     for offset in (0.0, 1.99, 2.0, 5.99, 6.0, 10.5, 11.0):
         now[0] = 100.0 + offset
         try:
-            provider.send(MESSAGE)
+            send(provider, MESSAGE)
             seen.append((offset, "ok"))
         except TransientDeliveryError as exc:
             assert (exc.reason, exc.status_code) == ("simulated outage", 503)
@@ -561,19 +578,17 @@ def test_simulated_repeats_the_same_sequence_for_the_same_seed() -> None:
     assert {"TransientDeliveryError", "PermanentDeliveryError"} <= set(runs[0])
 
 
-def test_simulated_is_safe_to_call_from_many_threads() -> None:
+def test_simulated_calls_overlap_and_each_gets_its_own_receipt() -> None:
     provider = build_provider("sim", {"type": "simulated", "latency_ms": 20}, {})
-    results: list[str] = []
 
-    threads = [threading.Thread(target=lambda: results.append(outcome(provider))) for _ in range(50)]
+    async def fifty() -> list[ProviderReceipt]:
+        return list(await asyncio.gather(*(provider.send(MESSAGE) for _ in range(50))))
+
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    receipts = LOOP.run(fifty())
 
-    assert len(set(results)) == 50
-    assert time.perf_counter() - started < 0.5  # the sleeps overlap: not serialised by the lock
+    assert len({r.provider_message_id for r in receipts}) == 50
+    assert time.perf_counter() - started < 0.5  # the waits overlap: not serialised by the lock
 
 
 # --- build_provider -----------------------------------------------------------------------

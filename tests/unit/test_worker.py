@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -30,6 +31,7 @@ from smeg_actors.messages import (
     ScheduleRetry,
     WorkItem,
 )
+from smeg_actors.provider_calls import ProviderCalls
 from smeg_actors.supervisor import Children
 from smeg_actors.worker import WorkerActor
 from tests.fakes import FakeProvider
@@ -67,28 +69,35 @@ class Recorder(pykka.ThreadingActor):
 
 
 class BlockingProvider(FakeProvider):
-    """Never answers until ``release`` is set."""
+    """Never answers until ``release`` is set (waiting as a coroutine, as a network call would)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.release = threading.Event()
 
-    def send(self, message: OutboundMessage) -> ProviderReceipt:
-        self.release.wait(WAIT)
-        return super().send(message)
+    async def send(self, message: OutboundMessage) -> ProviderReceipt:
+        deadline = time.monotonic() + WAIT
+        while not self.release.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.answer(message)
+
+
+#: Every rig's provider-call loop, stopped after each test.
+LOOPS: list[ProviderCalls] = []
 
 
 @dataclass
 class Rig:
     store: MessageStore
     provider: FakeProvider
-    executor: ThreadPoolExecutor
     clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
     children: Children = field(default_factory=Children)
     finished: queue.Queue[Any] = field(default_factory=queue.Queue)
     store_lost: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.calls = ProviderCalls({"fake": self.provider}, concurrency=8)
+        LOOPS.append(self.calls)
         self.children.set("dispatcher", Recorder.start(self.finished))
         for name in ("scheduler", "publisher", "redriver"):
             self.children.set(name, Recorder.start(queue.Queue()))
@@ -101,7 +110,7 @@ class Rig:
             providers={"fake": self.provider},
             default_provider="fake",
             policy=POLICY,
-            executor=self.executor,
+            calls=self.calls,
             children=self.children,
             clock=self.clock,
             stale_after=STALE_AFTER,
@@ -131,11 +140,11 @@ class Rig:
         return [type(event).__name__ for event in self.store.history(message_id)]
 
 
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(8, thread_name_prefix="test-call")
-    yield pool
-    pool.shutdown(wait=False, cancel_futures=True)
+@pytest.fixture(autouse=True)
+def stop_call_loops() -> Iterator[None]:
+    yield
+    while LOOPS:
+        LOOPS.pop().stop()
 
 
 @pytest.fixture
@@ -147,8 +156,8 @@ def store(tmp_path: Path) -> Iterator[MessageStore]:
 
 
 @pytest.fixture
-def rig(store: MessageStore, executor: ThreadPoolExecutor) -> Rig:
-    return Rig(store, FakeProvider(), executor)
+def rig(store: MessageStore) -> Rig:
+    return Rig(store, FakeProvider())
 
 
 # --- seeding ------------------------------------------------------------------------------------
@@ -298,11 +307,11 @@ def test_provider_raising_an_unexpected_exception_is_a_transient_failure_and_the
 
 
 def test_provider_call_past_the_call_timeout_is_a_transient_timeout(
-    store: MessageStore, executor: ThreadPoolExecutor
+    store: MessageStore,
 ) -> None:
     # Given a provider that does not answer
     provider = BlockingProvider()
-    rig = Rig(store, provider, executor)
+    rig = Rig(store, provider)
     [message_id] = rig.seed(received())
     try:
         # When
