@@ -27,8 +27,10 @@ from domain.ports import (
     TransientDeliveryError,
 )
 
-#: Sized for the worker's ~256 concurrent provider calls; idle connections beyond 64 are closed.
-LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+#: No cap of its own on connections: ``SMEG_PROVIDER_CONCURRENCY`` bounds a process's calls in
+#: flight (a second, lower cap here would turn a raised setting into pool timeouts); idle
+#: connections beyond 64 are closed.
+LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=64)
 #: A TCP health probe never waits longer than this, whatever the send timeout.
 MAX_PROBE_TIMEOUT = 5.0
 

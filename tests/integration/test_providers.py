@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
@@ -25,6 +25,7 @@ from domain.ports import (
     ProviderUnhealthyError,
     TransientDeliveryError,
 )
+from smeg_actors.provider_calls import ProviderCalls
 
 PHONE = "+447700900123"
 BODY = "Your code is 918273"
@@ -101,6 +102,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _QuietServer(ThreadingHTTPServer):
+    request_queue_size = 1024  # hundreds of connections at once in the concurrency test
+    daemon_threads = True
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # the client gave up (timeout test): a broken pipe here is expected
 
@@ -301,6 +305,26 @@ def test_retries_when_the_connection_is_refused(closed_port: int, providers: lis
     assert caught.value.reason == "connect error: ConnectError"
     assert caught.value.status_code is None
     assert_no_pii(caught.value)
+
+
+def test_hundreds_of_calls_through_provider_calls_are_in_flight_at_once(
+    server: FakeServer, http_provider: Callable[..., Any]
+) -> None:
+    # Given a provider whose every answer takes 0.3 s, and smeg's call loop
+    server.answer = lambda request: Reply(body={"id": f"p-{request.headers['idempotency-key']}"}, delay=0.3)
+    provider = http_provider()
+    calls = ProviderCalls({"p1": provider}, concurrency=400)
+    try:
+        # When 300 calls go out as one batch
+        started = time.perf_counter()
+        results = calls.run([("p1", replace(MESSAGE, message_id=f"m-{i}")) for i in range(300)], timeout=10)
+        elapsed = time.perf_counter() - started
+    finally:
+        calls.stop()
+    # Then they overlapped (one after another they would take 90 s), each with its own receipt
+    assert elapsed < 5, elapsed
+    assert [result for result, _ in results] == [ProviderReceipt(f"p-m-{i}") for i in range(300)]
+    assert len({r.headers["idempotency-key"] for r in server.requests}) == 300
 
 
 def test_is_healthy_when_the_health_url_answers_2xx(
