@@ -20,6 +20,7 @@ process would:
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -28,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -54,12 +56,31 @@ START_WAIT = 60.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def cpu_count() -> int:
-    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+def cpu_count(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity (a container's cpuset), capped by its CPU quota
+    rounded up (a Kubernetes CPU limit: cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), so
+    that ``auto`` on a 2-CPU pod of a 64-core node starts 2 processes, not 64."""
     try:
-        return len(os.sched_getaffinity(0))
+        count = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return max(1, min(count, math.ceil(quota))) if quota is not None else count
+
+
+def cpu_quota(cgroup: Path) -> float | None:
+    """CPUs' worth of time the cgroup may use, or None without a limit (or where none is readable)."""
+    try:
+        limit, every = (cgroup / "cpu.max").read_text().split()[:2]  # v2: "max 100000", "150000 100000"
+        return None if limit == "max" else int(limit) / int(every)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())  # v1: -1 without a limit
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def watch_parent(parent: int, on_gone: Callable[[], None], interval: float = POLL) -> threading.Thread:

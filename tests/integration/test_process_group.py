@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from smeg_actors.process_group import ProcessGroup
+from smeg_actors.process_group import ProcessGroup, cpu_count, cpu_quota
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,3 +157,38 @@ def test_a_child_stops_by_itself_when_its_parent_is_killed(tmp_path: Path) -> No
     while "parent gone" not in lines(out) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert lines(out) == ["watching", "parent gone"]
+
+
+# --- how many processes ``auto`` means ------------------------------------------------------
+
+
+def test_auto_is_the_affinity_when_no_cpu_quota_is_set(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_count(tmp_path) == len(os.sched_getaffinity(0))
+    assert cpu_quota(tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"), [("150000 100000", 2), ("50000 100000", 1), ("100000 100000", 1)]
+)
+def test_auto_is_capped_by_a_cgroup_v2_cpu_quota_rounded_up(
+    tmp_path: Path, limit: str, expected: int
+) -> None:
+    (tmp_path / "cpu.max").write_text(limit + "\n")
+    assert cpu_count(tmp_path) == min(expected, len(os.sched_getaffinity(0)))
+
+
+def test_auto_reads_a_cgroup_v1_quota_and_ignores_minus_one(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(tmp_path) is None
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    assert cpu_quota(tmp_path) == 1.0
+    assert cpu_count(tmp_path) == 1
+
+
+def test_an_unreadable_or_garbled_quota_means_no_cap(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("garbage\n")
+    assert cpu_quota(tmp_path) is None
+    assert cpu_quota(tmp_path / "missing") is None
