@@ -89,6 +89,7 @@ from adapters.sql import make_engine, read_models_beside  # noqa: E402
 from adapters.stats_view import delivery_stats_hourly  # noqa: E402
 from adapters.status_view import message_status, status_counts  # noqa: E402
 from domain.message import DELIVERED, FAILED  # noqa: E402
+from smeg_actors.process_group import cpu_count  # noqa: E402
 
 DRAMATIQ = ROOT / ".venv" / "bin" / "dramatiq"
 
@@ -758,8 +759,9 @@ def smeg_processes(value: str) -> int | str:
 
 
 def processes_for(wanted: int | str) -> int:
-    """How many delivery processes ``smeg run`` parents: ``auto`` is one per CPU, like Dramatiq's."""
-    return (os.cpu_count() or 1) if wanted == "auto" else int(wanted)
+    """How many delivery processes ``smeg run`` parents: ``auto`` is smeg's own count of the CPUs
+    it may use (one per CPU, like Dramatiq's default)."""
+    return cpu_count() if wanted == "auto" else int(wanted)
 
 
 def thread_map(value: str) -> dict[str, int]:
