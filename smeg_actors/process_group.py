@@ -56,28 +56,60 @@ START_WAIT = 60.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def cpu_count(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may use: its affinity (a container's cpuset), capped by its CPU quota
-    rounded up (a Kubernetes CPU limit: cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), so
-    that ``auto`` on a 2-CPU pod of a 64-core node starts 2 processes, not 64."""
+def cpu_count(cgroup: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> int:
+    """CPUs this process may use: its affinity (a container's cpuset), capped by the CPU quota of
+    its cgroup or any above it, rounded up (a Kubernetes CPU limit, systemd's ``CPUQuota``), so
+    that ``auto`` in a pod limited to 2 CPUs on a 64-core node starts 2 processes, not 64."""
     try:
         count = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         count = os.cpu_count() or 1
-    quota = cpu_quota(cgroup)
+    quota = cpu_quota(cgroup, membership)
     return max(1, min(count, math.ceil(quota))) if quota is not None else count
 
 
-def cpu_quota(cgroup: Path) -> float | None:
-    """CPUs' worth of time the cgroup may use, or None without a limit (or where none is readable)."""
+def cpu_quota(cgroup: Path, membership: Path) -> float | None:
+    """The smallest CPU quota (in CPUs) from this process's cgroup up to the root; None if none
+    is set or readable. cgroup v2: ``cpu.max`` ("max 100000", "150000 100000"); v1:
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (-1: no limit)."""
     try:
-        limit, every = (cgroup / "cpu.max").read_text().split()[:2]  # v2: "max 100000", "150000 100000"
+        lines = membership.read_text().splitlines()
+    except OSError:
+        lines = []
+    quotas: list[float] = []
+    for line in lines or ["0::/"]:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            base = cgroup
+        elif "cpu" in controllers.split(","):
+            base = cgroup / controllers if (cgroup / controllers).is_dir() else cgroup / "cpu"
+        else:
+            continue
+        here = base / path.lstrip("/")
+        for folder in (here, *here.parents):
+            if folder == base.parent:
+                break
+            quota = _v2_quota(folder) if controllers == "" else _v1_quota(folder)
+            if quota is not None:
+                quotas.append(quota)
+    return min(quotas) if quotas else None
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        limit, every = (folder / "cpu.max").read_text().split()[:2]
         return None if limit == "max" else int(limit) / int(every)
     except (OSError, ValueError):
-        pass
+        return None
+
+
+def _v1_quota(folder: Path) -> float | None:
     try:
-        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())  # v1: -1 without a limit
-        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
@@ -131,6 +163,7 @@ class Child:
     ready: int
     go: int
     code: int | None = None
+    said_ready: bool = False  #: its signal handlers are in place (before, SIGUSR1 would kill it)
 
 
 @dataclass
@@ -189,12 +222,12 @@ class ProcessGroup:
         waiting = {child.ready: child for child in self.children}
         deadline = time.monotonic() + START_WAIT
         while waiting and not self.stopping and time.monotonic() < deadline:
-            if any(self._ended(child) for child in waiting.values()):
-                break
+            if any(self._ended(child) for child in self.children):
+                break  # the group ends; _watch says why
             readable, _, _ = select.select(list(waiting), [], [], POLL)
             for fd in readable:
-                os.read(fd, 64)  # "ready", or end of file (a child that died: seen next turn)
-                waiting.pop(fd)
+                child = waiting.pop(fd)
+                child.said_ready = os.read(fd, 64).startswith(b"ready")  # else end of file: it died
         if waiting and not self.stopping:
             log.warning("delivery_processes_not_ready", indexes=sorted(c.index for c in waiting.values()))
         for child in self.children:
@@ -204,8 +237,8 @@ class ProcessGroup:
                 pass  # it ended; _watch sees it
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if signum == signal.SIGUSR1:  # thread dumps: every child's
-            self._send(signal.SIGUSR1)
+        if signum == signal.SIGUSR1:  # thread dumps: every child's that can take the signal
+            self._send(signal.SIGUSR1, only_ready=True)
             return
         if not self.stopping:
             log.info("signal_received", signal=signal.Signals(signum).name)
@@ -239,9 +272,9 @@ class ProcessGroup:
                 break
             time.sleep(POLL / 4)
 
-    def _send(self, signum: signal.Signals) -> None:
+    def _send(self, signum: signal.Signals, *, only_ready: bool = False) -> None:
         for child in self.children:
-            if child.process.poll() is None:
+            if child.process.poll() is None and (child.said_ready or not only_ready):
                 try:
                     child.process.send_signal(signum)
                 except ProcessLookupError:

@@ -55,34 +55,52 @@ class ProviderCalls:
         self.providers = providers
         self.loop = asyncio.new_event_loop()
         self._slots = asyncio.Semaphore(concurrency)
+        self._running = threading.Event()
+        self._stopped = False
         self._thread = threading.Thread(target=self._serve, name="smeg-calls", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        self.loop.call_soon(self._running.set)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
 
     def run(self, calls: Sequence[Call], timeout: float) -> list[tuple[Result, float]]:
         """Each (provider name, message) called at once; each call's result and latency in ms.
 
-        A call still running after ``timeout`` s is cancelled and counts as a transient failure.
+        A call still running after ``timeout`` s is cancelled and counts as a transient failure
+        (so do the calls of a batch handed in after ``stop``).
         """
         if not calls:
             return []
-        future = asyncio.run_coroutine_threadsafe(self._all(calls, timeout), self.loop)
+        no_answer: list[tuple[Result, float]] = [(TransientDeliveryError(NO_ANSWER), timeout * 1000)] * len(
+            calls
+        )
+        if self._stopped:
+            return no_answer
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._all(calls, timeout), self.loop)
+        except RuntimeError:  # the loop closed meanwhile
+            return no_answer
         try:
             return future.result(timeout + LOOP_GRACE)
         except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, RuntimeError) as exc:
             future.cancel()
             log.error("provider_calls_unanswered", calls=len(calls), error=type(exc).__name__)
-            return [(TransientDeliveryError(NO_ANSWER), timeout * 1000)] * len(calls)
+            return no_answer
 
     async def _all(self, calls: Sequence[Call], timeout: float) -> list[tuple[Result, float]]:
         """One deadline for the batch (a timer per call cost more than the calls' own work)."""
         tasks = [self.loop.create_task(self._one(name, message)) for name, message in calls]
-        done, late = await asyncio.wait(tasks, timeout=timeout)
-        for task in late:
-            task.cancel()
+        try:
+            done, _late = await asyncio.wait(tasks, timeout=timeout)
+        finally:  # past the deadline, or this batch itself cancelled: no call outlives it
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
         no_answer = (TransientDeliveryError(NO_ANSWER), timeout * 1000)
         return [task.result() if task in done else no_answer for task in tasks]
 
@@ -91,6 +109,7 @@ class ProviderCalls:
         result: Result
         try:
             async with self._slots:
+                started = time.perf_counter()  # the provider's latency, not the wait for a slot
                 result = await self.providers[name].send(message)
         except (TransientDeliveryError, PermanentDeliveryError) as exc:
             result = exc
@@ -99,8 +118,12 @@ class ProviderCalls:
         return result, round((time.perf_counter() - started) * 1000, 3)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Cancel what is still running, close the providers, end the loop."""
-        if not self.loop.is_running():
+        """Cancel what is still running, close the providers, end (and close) the loop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if not self._running.wait(timeout):
+            log.warning("provider_call_loop_never_ran")
             return
         try:
             asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(timeout)

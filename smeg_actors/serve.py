@@ -43,13 +43,15 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
         stores.append(open_store(settings))
         return stores[-1]
 
-    healthy, lines = run_checks(dependency_checks(settings, open_checked_store, providers))
-    if not healthy or parent is None:  # a group's parent printed them once for all its children
+    if parent is None:
+        healthy, lines = run_checks(dependency_checks(settings, open_checked_store, providers))
         for line in lines:
             click.echo(line, err=True)
-    if not healthy:
-        return EXIT_UNHEALTHY
-    store = stores[0]
+        if not healthy:
+            return EXIT_UNHEALTHY
+        store = stores[0]
+    else:  # a child of a group, whose parent has just checked every dependency for all of them
+        store = open_store(settings)
     if processes > 1:
         store.close()
         return serve_group(settings, processes, config_path)

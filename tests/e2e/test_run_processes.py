@@ -125,7 +125,9 @@ def test_kill_9_of_the_parent_stops_its_children_and_a_fresh_group_loses_nothing
     publish_requests(e2e_prefix, ids)
     first = start_smeg(env, "run", "--processes", "2")
     children = started_group(first)
+    deadline = time.monotonic() + 60
     while sum(stub.calls.values()) < 150:
+        assert time.monotonic() < deadline, f"the group is not delivering:\n{first.output()[-3000:]}"
         time.sleep(0.02)
     # When the parent is killed outright
     first.kill()

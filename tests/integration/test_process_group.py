@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,17 +25,20 @@ CHILD = textwrap.dedent(
     from smeg_actors.process_group import start_gate
     gate = start_gate()
     out = open(sys.argv[1], "a")
-    time.sleep(float(sys.argv[2]))
-    out.write(f"ready {time.time()}\\n"); out.flush()
-    gate()
-    out.write(f"go {time.time()}\\n"); out.flush()
     action = sys.argv[3]
-    if action.startswith("exit"):
-        sys.exit(int(action[4:]))
     if action == "ignore-term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
         signal.signal(signal.SIGTERM, lambda *_: (out.write("stopped\\n"), out.flush(), os._exit(0)))
+    if action.startswith("early"):
+        sys.exit(int(action[5:]))
+    time.sleep(float(sys.argv[2]))
+    signal.signal(signal.SIGUSR1, lambda *_: (out.write("usr1\\n"), out.flush()))  # once booted
+    out.write(f"ready {time.time()}\\n"); out.flush()
+    gate()
+    out.write(f"go {time.time()}\\n"); out.flush()
+    if action.startswith("exit"):
+        sys.exit(int(action[4:]))
     while True:
         time.sleep(0.05)
     """
@@ -50,23 +54,30 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def signal_self_when(condition: object, signum: int = signal.SIGTERM, timeout: float = 30) -> None:
-    """SIGTERM this process (the group's parent) once ``condition()`` holds, from a thread."""
+def run_signalled(group: ProcessGroup, condition: Callable[[], bool], timeout: float = 30) -> int:
+    """``group.run()``, with SIGTERM sent to this process (the group's parent) once ``condition()``
+    holds (or after ``timeout``), but never once ``run`` has returned and its handler is gone."""
+    done = threading.Event()
 
     def wait_then_signal() -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not condition():  # type: ignore[operator]
+        while not done.is_set() and time.monotonic() < deadline and not condition():
             time.sleep(0.05)
-        os.kill(os.getpid(), signum)
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=wait_then_signal, daemon=True).start()
+    try:
+        return group.run()
+    finally:
+        done.set()
 
 
 def test_sigterm_is_passed_on_and_every_child_stops_gracefully_with_0(tmp_path: Path) -> None:
     outs = [tmp_path / "a", tmp_path / "b"]
     group = ProcessGroup([child(out) for out in outs], stop_timeout=10)
-    signal_self_when(lambda: all(any(line.startswith("go") for line in lines(o)) for o in outs))
-    assert group.run() == 0
+    code = run_signalled(group, lambda: all(any(line.startswith("go") for line in lines(o)) for o in outs))
+    assert code == 0
     assert all(lines(out)[-1] == "stopped" for out in outs)
     assert all(c.process.returncode == 0 for c in group.children)
     assert group.reason == ""
@@ -74,11 +85,12 @@ def test_sigterm_is_passed_on_and_every_child_stops_gracefully_with_0(tmp_path: 
 
 def test_children_start_consuming_together_once_the_slowest_is_ready(tmp_path: Path) -> None:
     fast, slow = tmp_path / "fast", tmp_path / "slow"
-    group = ProcessGroup([child(fast, 0.0), child(slow, 1.5)], stop_timeout=10)
-    signal_self_when(
-        lambda: any(line.startswith("go") for line in lines(fast) + lines(slow)) and len(lines(slow)) >= 2
+    group = ProcessGroup([child(fast, 0.0), child(slow, 2.5)], stop_timeout=10)
+    code = run_signalled(
+        group,
+        lambda: any(line.startswith("go") for line in lines(fast) + lines(slow)) and len(lines(slow)) >= 2,
     )
-    assert group.run() == 0
+    assert code == 0
     stamp = {
         f"{name} {kind}": float(line.split()[1])
         for name, path in (("fast", fast), ("slow", slow))
@@ -87,6 +99,28 @@ def test_children_start_consuming_together_once_the_slowest_is_ready(tmp_path: P
     }
     assert stamp["fast go"] >= stamp["slow ready"], stamp
     assert stamp["fast go"] - stamp["fast ready"] >= 1.0, stamp
+
+
+def test_sigusr1_reaches_only_the_children_that_said_ready(tmp_path: Path) -> None:
+    # Given a child still booting (no SIGUSR1 handler yet: the signal would kill it) and one ready
+    ready, booting = tmp_path / "ready", tmp_path / "booting"
+    group = ProcessGroup([child(ready, 0.0), child(booting, 3.0)], stop_timeout=10)
+    sent = threading.Event()
+
+    def ask_for_thread_dumps() -> bool:
+        if not sent.is_set() and group.children and group.children[0].said_ready:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            sent.set()
+        return (
+            sent.is_set() and "usr1" in lines(ready) and any(line.startswith("go") for line in lines(booting))
+        )
+
+    # When the parent gets SIGUSR1 meanwhile (then SIGTERM once both run)
+    code = run_signalled(group, ask_for_thread_dumps)
+    # Then the ready child got it, the booting one was spared, and the group stopped cleanly
+    assert sent.is_set()
+    assert "usr1" in lines(ready) and "usr1" not in lines(booting)
+    assert code == 0
 
 
 @pytest.mark.parametrize("code", [4, 5, 6])
@@ -102,11 +136,26 @@ def test_a_child_that_exits_by_itself_stops_the_others_and_gives_the_group_its_c
     assert "delivery process 1" in group.reason
 
 
+def test_a_child_that_fails_before_it_is_ready_ends_the_group_without_waiting_for_the_others(
+    tmp_path: Path,
+) -> None:
+    group = ProcessGroup(
+        [child(tmp_path / "slow", 20.0), child(tmp_path / "broken", 0, "early3")], stop_timeout=10
+    )
+    started = time.monotonic()
+    assert group.run() == 3
+    assert time.monotonic() - started < 8  # not the slow sibling's 20 s of boot
+    assert "delivery process 1" in group.reason
+
+
 def test_a_child_killed_by_a_signal_ends_the_group_with_128_plus_the_signal(tmp_path: Path) -> None:
     group = ProcessGroup([child(tmp_path / "a"), child(tmp_path / "b")], stop_timeout=10)
 
     def kill_second() -> None:
+        deadline = time.monotonic() + 30
         while not (len(group.children) == 2 and any(line.startswith("go") for line in lines(tmp_path / "b"))):
+            if time.monotonic() > deadline:
+                return
             time.sleep(0.05)
         group.children[1].process.kill()
 
@@ -118,9 +167,11 @@ def test_a_child_killed_by_a_signal_ends_the_group_with_128_plus_the_signal(tmp_
 def test_a_child_that_ignores_sigterm_is_killed_after_the_stop_timeout(tmp_path: Path) -> None:
     stubborn = tmp_path / "stubborn"
     group = ProcessGroup([child(tmp_path / "a"), child(stubborn, 0, "ignore-term")], stop_timeout=1.0)
-    signal_self_when(lambda: any(line.startswith("go") for line in lines(stubborn)))
     started = time.monotonic()
-    assert group.run() == 128 + signal.SIGKILL
+    assert (
+        run_signalled(group, lambda: any(line.startswith("go") for line in lines(stubborn)))
+        == 128 + signal.SIGKILL
+    )
     assert time.monotonic() - started < 8
     assert all(c.process.poll() is not None for c in group.children)
 
@@ -162,33 +213,57 @@ def test_a_child_stops_by_itself_when_its_parent_is_killed(tmp_path: Path) -> No
 # --- how many processes ``auto`` means ------------------------------------------------------
 
 
+def fake_cgroup(root: Path, membership: str, files: dict[str, str]) -> Path:
+    """A cgroup tree under ``root`` and a /proc/self/cgroup naming this process's place in it."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    (root / "self-cgroup").write_text(membership + "\n")
+    return root / "self-cgroup"
+
+
+CPUS = len(os.sched_getaffinity(0))
+
+
 def test_auto_is_the_affinity_when_no_cpu_quota_is_set(tmp_path: Path) -> None:
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert cpu_count(tmp_path) == len(os.sched_getaffinity(0))
-    assert cpu_quota(tmp_path) is None
+    membership = fake_cgroup(tmp_path, "0::/", {"cpu.max": "max 100000"})
+    assert cpu_quota(tmp_path, membership) is None
+    assert cpu_count(tmp_path, membership) == CPUS
 
 
 @pytest.mark.parametrize(
     ("limit", "expected"), [("150000 100000", 2), ("50000 100000", 1), ("100000 100000", 1)]
 )
-def test_auto_is_capped_by_a_cgroup_v2_cpu_quota_rounded_up(
+def test_auto_is_capped_by_the_own_cgroups_v2_quota_rounded_up(
     tmp_path: Path, limit: str, expected: int
 ) -> None:
-    (tmp_path / "cpu.max").write_text(limit + "\n")
-    assert cpu_count(tmp_path) == min(expected, len(os.sched_getaffinity(0)))
+    membership = fake_cgroup(tmp_path, "0::/kubepods/pod-1", {"kubepods/pod-1/cpu.max": limit})
+    assert cpu_count(tmp_path, membership) == min(expected, CPUS)
+
+
+def test_a_stricter_quota_higher_up_the_tree_wins(tmp_path: Path) -> None:
+    membership = fake_cgroup(
+        tmp_path,
+        "0::/system.slice/smeg.service",
+        {"system.slice/smeg.service/cpu.max": "max 100000", "system.slice/cpu.max": "50000 100000"},
+    )
+    assert cpu_quota(tmp_path, membership) == 0.5
+    assert cpu_count(tmp_path, membership) == 1
 
 
 def test_auto_reads_a_cgroup_v1_quota_and_ignores_minus_one(tmp_path: Path) -> None:
-    (tmp_path / "cpu").mkdir()
-    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    assert cpu_quota(tmp_path) is None
-    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
-    assert cpu_quota(tmp_path) == 1.0
-    assert cpu_count(tmp_path) == 1
+    files = {
+        "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000",
+        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "-1",
+    }
+    membership = fake_cgroup(tmp_path, "5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/", files)
+    assert cpu_quota(tmp_path, membership) is None
+    (tmp_path / "cpu,cpuacct/docker/abc/cpu.cfs_quota_us").write_text("100000\n")
+    assert cpu_quota(tmp_path, membership) == 1.0
+    assert cpu_count(tmp_path, membership) == 1
 
 
 def test_an_unreadable_or_garbled_quota_means_no_cap(tmp_path: Path) -> None:
-    (tmp_path / "cpu.max").write_text("garbage\n")
-    assert cpu_quota(tmp_path) is None
-    assert cpu_quota(tmp_path / "missing") is None
+    membership = fake_cgroup(tmp_path, "garbled line\n0::/", {"cpu.max": "garbage"})
+    assert cpu_quota(tmp_path, membership) is None
+    assert cpu_quota(tmp_path / "missing", tmp_path / "no-such-file") is None

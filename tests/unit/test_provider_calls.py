@@ -162,3 +162,24 @@ def test_stop_cancels_calls_in_flight_and_closes_every_provider(made: list[Provi
     assert not waiting.is_alive()
     [(result, _)] = answers  # the waiting worker gets an answer, not an exception
     assert isinstance(result, TransientDeliveryError) and result.reason == NO_ANSWER
+
+
+def test_latency_is_the_providers_not_the_wait_for_a_slot(made: list[ProviderCalls]) -> None:
+    calls = start(made, Timed(latency=0.1), concurrency=1)
+
+    results = calls.run([("timed", outbound("first")), ("timed", outbound("second"))], timeout=5)
+
+    assert [round(latency, -2) for _, latency in results] == [100, 100]
+
+
+def test_after_stop_the_loop_is_closed_and_a_batch_gets_no_answer_at_once() -> None:
+    calls = ProviderCalls({"timed": Timed()}, 8)
+    calls.stop()
+    calls.stop()  # twice is harmless
+
+    started = time.perf_counter()
+    [(result, _)] = calls.run([("timed", outbound("late"))], timeout=5)
+
+    assert time.perf_counter() - started < 0.5
+    assert isinstance(result, TransientDeliveryError) and result.reason == NO_ANSWER
+    assert calls.loop.is_closed()
