@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pytest
 
 from adapters.event_store import MessageStore
 from domain.message import DELIVERED
@@ -73,12 +74,17 @@ def sqlite_env(tmp_path: Path, prefix: str, stub: StubProvider, **more: str) -> 
     )
 
 
-def test_two_processes_on_one_sqlite_file_deliver_every_message_exactly_once(
-    tmp_path: Path, e2e_prefix: str, start_smeg: Any
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_two_processes_on_one_store_deliver_every_message_exactly_once(
+    backend: str, tmp_path: Path, e2e_prefix: str, start_smeg: Any, request: pytest.FixtureRequest
 ) -> None:
-    # Given smeg run --processes 2 on the default store, SQLite
+    # Given smeg run --processes 2 on one store: the default SQLite file, or a PostgreSQL schema
     stub = StubProvider(latency=0.01)
     env = sqlite_env(tmp_path, e2e_prefix, stub)
+    url, schema = f"sqlite:///{tmp_path}/smeg.db", ""
+    if backend == "postgres":
+        url, schema = request.getfixturevalue("pg_schema")
+        env |= {"SMEG_DATABASE_URL": url, "SMEG_DATABASE_SCHEMA": schema}
     smeg = start_smeg(env, "run", "--processes", "2")
     children = started_group(smeg)
     assert consumers(e2e_prefix) == 2
@@ -86,7 +92,7 @@ def test_two_processes_on_one_sqlite_file_deliver_every_message_exactly_once(
     ids = [f"grp-{i}" for i in range(400)]
     publish_requests(e2e_prefix, ids)
     # Then every message is delivered, each attempted and sent once
-    store = MessageStore(f"sqlite:///{tmp_path}/smeg.db")
+    store = MessageStore(url, schema=schema)
     final = wait_all_final(store, ids, timeout=90)
     assert all(m.status == DELIVERED for m in final.values())
     for message_id in ids:
