@@ -153,8 +153,7 @@ def projections_run(ctx: click.Context) -> None:
 
     from adapters.events_exchange import EventsExchangePublisher
     from adapters.rabbitmq import Topology
-    from smeg_actors.process_group import PARENT_PID_VARIABLE, watch_parent
-    from smeg_actors.projector_process import announce_ready
+    from smeg_actors.process_group import PARENT_PID_VARIABLE, announce_ready, watch_parent
     from smeg_actors.read_models import run_forever
 
     settings = settings_of(ctx)

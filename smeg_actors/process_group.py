@@ -132,6 +132,21 @@ def watch_parent(parent: int, on_gone: Callable[[], None], interval: float = POL
     return thread
 
 
+def announce_ready() -> None:
+    """In a child: tell the parent it is ready (nothing when no parent waits for word)."""
+    _say_ready(os.environ.pop(READY_FD_VARIABLE, None))
+
+
+def _say_ready(fd: str | None) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), b"ready\n")
+        os.close(int(fd))
+    except (OSError, ValueError):
+        pass  # the parent stopped waiting, or is gone
+
+
 def start_gate() -> Callable[[], None]:
     """In a group's child: what to call just before consuming (say ready, wait for the word to go).
 
@@ -143,9 +158,8 @@ def start_gate() -> Callable[[], None]:
         return lambda: None
 
     def gate() -> None:
+        _say_ready(ready)
         try:
-            os.write(int(ready), b"ready\n")
-            os.close(int(ready))
             select.select([int(go)], [], [], START_WAIT)  # "go", or end of file: the parent is gone
             os.close(int(go))
         except (OSError, ValueError):

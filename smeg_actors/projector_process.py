@@ -33,18 +33,6 @@ from smeg_actors.supervisor import Supervised
 log = structlog.get_logger(__name__)
 
 
-def announce_ready() -> None:
-    """In the child: tell the parent it is ready (nothing when not started by ``smeg run``)."""
-    fd = os.environ.pop(READY_FD_VARIABLE, None)
-    if fd is None:
-        return
-    try:
-        os.write(int(fd), b"ready\n")
-        os.close(int(fd))
-    except (OSError, ValueError):
-        pass  # the parent stopped waiting, or is gone
-
-
 #: The settings the child needs, passed explicitly (the parent may have read them from a file).
 CHILD_SETTINGS = (
     "database_url",
