@@ -5,6 +5,8 @@ The consumer thread is in ``rabbitmq_intake``, the failed queue in ``rabbitmq_fa
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,24 @@ log = structlog.get_logger(__name__)
 
 #: Arguments of every queue smeg declares; other clients must declare them identically (or not at all).
 QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+
+#: Deliveries of one message before the broker dead-letters it from the send queue. High enough
+#: that restarts during an outage (each returns the unacked prefetch) never reach it; low enough
+#: that a message which kills every consumer that reads it leaves in seconds.
+DELIVERY_LIMIT = 20
+
+
+def send_queue_arguments(rejected: str) -> dict[str, Any]:
+    """The send queue's poison-message handling: after ``DELIVERY_LIMIT`` deliveries, or when
+    smeg rejects a delivery it could not move itself, the broker moves it to ``rejected``."""
+    return {
+        **QUEUE_ARGUMENTS,
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": rejected,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
 
 
 class BrokerUnavailableError(Exception):
@@ -45,11 +65,58 @@ class Topology:
     def events(self) -> str:
         return f"{self.prefix}.events"
 
-    def declare(self, channel: BlockingChannel) -> None:
-        """Declare the durable queues and the events exchange (idempotent)."""
-        for queue in (self.send, self.failed, self.rejected):
+    def declare(self, channel: BlockingChannel) -> bool:
+        """Declare the durable queues and the events exchange (idempotent).
+
+        Returns whether the send queue has smeg's poison-message handling: a send queue
+        declared before it existed cannot take new arguments (RabbitMQ refuses the declare), so
+        it is used as it is, with a warning that says how to give it the same handling.
+        """
+        for queue in (self.rejected, self.failed):
             channel.queue_declare(queue, durable=True, arguments=QUEUE_ARGUMENTS)
+        arguments = self._send_arguments(channel.connection)
+        channel.queue_declare(self.send, durable=True, arguments=arguments)
         channel.exchange_declare(self.events, exchange_type="topic", durable=True)
+        return arguments is not QUEUE_ARGUMENTS
+
+    def poison_policy_command(self) -> str:
+        """The command that gives a send queue of an older install the poison-message handling."""
+        definition = {
+            "delivery-limit": DELIVERY_LIMIT,
+            "dead-letter-exchange": "",
+            "dead-letter-routing-key": self.rejected,
+            "dead-letter-strategy": "at-least-once",
+            "overflow": "reject-publish",
+        }
+        pattern = "^" + re.escape(self.send) + "$"
+        return (
+            f"rabbitmqctl set_policy {self.prefix}-send-poison '{pattern}' "
+            f"'{json.dumps(definition, separators=(',', ':'))}' --apply-to queues"
+        )
+
+    def _send_arguments(self, connection: Any) -> dict[str, Any]:
+        """Probe the send queue on channels of its own (a refused declare closes its channel)."""
+        arguments = send_queue_arguments(self.rejected)
+        for candidate in (arguments, QUEUE_ARGUMENTS):
+            probe = connection.channel()
+            try:
+                probe.queue_declare(self.send, durable=True, arguments=candidate)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 406:
+                    raise
+                continue
+            probe.close()
+            if candidate is QUEUE_ARGUMENTS:
+                log.warning(
+                    "send_queue_without_poison_handling",
+                    queue=self.send,
+                    fix=self.poison_policy_command(),
+                )
+            return candidate
+        raise BrokerUnavailableError(
+            f"queue {self.send} exists with arguments smeg does not declare (not a quorum queue?):"
+            f" move its messages and delete it, then start smeg to declare it"
+        )
 
 
 def connect(url: str, *, heartbeat: int | None = None, name: str = "smeg") -> pika.BlockingConnection:

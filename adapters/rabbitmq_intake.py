@@ -18,12 +18,21 @@ import pika.exceptions
 import structlog
 from pika.adapters.blocking_connection import BlockingChannel
 
-from adapters.rabbitmq import BrokerUnavailableError, Topology, connect, describe_error, publish_confirmed
+from adapters.rabbitmq import BrokerUnavailableError, Topology, connect, describe_error
+from adapters.rabbitmq_reject import capped_reason, lost_to_undecodable_frame, publish_rejected
 from domain.errors import InvalidRequestError
 from domain.ports import Delivery
-from domain.request import parse_send_request
+from domain.request import parse_send_request, quoted
 
 log = structlog.get_logger(__name__)
+
+#: A tag handed out is ``connection epoch * EPOCH + delivery tag``: an ack for a delivery of a
+#: connection that has since been replaced must never settle a new delivery with the same tag.
+EPOCH = 1 << 48
+
+#: Connections in a row lost to a frame pika cannot decode before the intake gives up; each loss
+#: counts one delivery of the culprit, which the broker dead-letters after DELIVERY_LIMIT.
+MAX_UNDECODABLE_IN_A_ROW = 30
 
 
 class SilenceWatchdog:
@@ -137,6 +146,12 @@ class RabbitIntake(threading.Thread):
         self._on_lost: Callable[[str], None] = lambda _r: None
         self._lost = False
         self._window = AckWindow()
+        self._epoch = 0
+        self._undecodable = 0
+        #: Good deliveries still to read one at a time after a connection lost to a poison one.
+        self._careful = 0
+        #: Whether the send queue dead-letters what smeg rejects (False on an older install).
+        self.dead_letters = True
 
     def start(  # type: ignore[override]
         self, on_batch: Callable[[list[Delivery]], None], on_lost: Callable[[str], None]
@@ -170,9 +185,19 @@ class RabbitIntake(threading.Thread):
         except Exception as exc:
             log.warning("release_not_sent", error=describe_error(exc), count=len(tags))
 
+    def _current(self, tags: list[int]) -> list[int]:
+        """The delivery tags of this connection among ``tags``; the others went back to the broker
+        with the connection that delivered them (and come again, as duplicates the store knows)."""
+        base = self._epoch * EPOCH
+        current = [tag - base for tag in tags if base < tag < base + EPOCH]
+        if len(current) != len(tags):
+            log.info("settlement_of_an_old_connection_skipped", count=len(tags) - len(current))
+        return current
+
     def _requeue(self, tags: list[int]) -> None:
         channel = self._channel
-        if channel is None or not channel.is_open:
+        tags = self._current(tags)
+        if channel is None or not channel.is_open or not tags:
             return
         settled = self._window.released(tags)
         for tag in tags:
@@ -186,31 +211,50 @@ class RabbitIntake(threading.Thread):
             self.join(10)
 
     def run(self) -> None:
-        try:
-            self._open()
-        except BaseException as exc:
-            self._start_error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            self._loop()
-        except Exception as exc:
-            # No graceful close: on a dead or silent network it would wait for the broker's
-            # close-ok until pika's own timeout. The process is about to exit; the broker
-            # requeues everything unacked when it notices the connection is gone.
-            self._lost = True
-            log.error("broker_connection_lost", error=describe_error(exc))
-            self._on_lost(describe_error(exc))
-            return
+        while True:
+            try:
+                self._open()
+                self._ready.set()
+                self._loop()
+            except Exception as exc:
+                if lost_to_undecodable_frame(exc) and self._undecodable < MAX_UNDECODABLE_IN_A_ROW:
+                    # Reconnect at once: the broker counts the delivery and dead-letters it after
+                    # DELIVERY_LIMIT; exiting instead would cost a process restart per count.
+                    self._undecodable += 1
+                    self._careful = self.prefetch
+                    log.error(
+                        "undecodable_delivery_dropped_connection",
+                        error=describe_error(exc),
+                        in_a_row=self._undecodable,
+                    )
+                    continue
+                if not self._ready.is_set():
+                    self._start_error = exc
+                    self._ready.set()
+                    return
+                # No graceful close: on a dead or silent network it would wait for the broker's
+                # close-ok until pika's own timeout. The process is about to exit; the broker
+                # requeues everything unacked when it notices the connection is gone.
+                self._lost = True
+                log.error("broker_connection_lost", error=describe_error(exc))
+                self._on_lost(describe_error(exc))
+                return
+            break
         self._close()
 
     def _open(self) -> None:
+        """Connect and consume, as a new epoch: what the last connection delivered is void."""
+        self._epoch += 1
+        self._pending = []
+        self._window = AckWindow()
+        self._channel = None
         self._connection = connect(self.url, heartbeat=self.heartbeat, name="smeg-intake")
         channel = self._connection.channel()
-        self.topology.declare(channel)
+        self.dead_letters = self.topology.declare(channel)
         channel.confirm_delivery()
-        channel.basic_qos(prefetch_count=self.prefetch)
+        # After a poison delivery, read one at a time: each loss of the connection counts a
+        # delivery of every message unacked on it, and only the poison should reach the limit.
+        channel.basic_qos(prefetch_count=1 if self._careful else self.prefetch)
         channel.add_on_cancel_callback(self._cancelled)
         channel.basic_consume(self.topology.send, self._received)
         self._channel = channel
@@ -258,6 +302,14 @@ class RabbitIntake(threading.Thread):
         properties: pika.BasicProperties,
         body: bytes,
     ) -> None:
+        """Batch a valid request; reject anything else. Nothing raised while judging one
+        delivery may leave this callback: it would stop the consumer for every other one."""
+        self._undecodable = 0
+        if self._careful:
+            self._careful -= 1
+            if not self._careful:
+                channel.basic_qos(prefetch_count=self.prefetch)
+        tag = method.delivery_tag
         try:
             request = parse_send_request(
                 body, correlation_id=properties.correlation_id, strict_loads=orjson.loads
@@ -266,12 +318,17 @@ class RabbitIntake(threading.Thread):
                 None,
                 *self.known_providers,
             ):
-                raise InvalidRequestError(f"unknown provider: {request.provider}")
+                raise InvalidRequestError(f"unknown provider: {quoted(request.provider or '')}")
         except InvalidRequestError as exc:
-            self._reject(channel, method.delivery_tag, body, properties, str(exc))
+            self._reject(channel, tag, body, properties, str(exc))
             return
-        self._window.delivered(method.delivery_tag)
-        self._pending.append(Delivery(tag=method.delivery_tag, request=request))
+        except Exception as exc:
+            log.error("request_check_crashed", error=type(exc).__name__, size=len(body))
+            why = f"request could not be checked ({type(exc).__name__})"
+            self._reject(channel, tag, body, properties, why)
+            return
+        self._window.delivered(tag)
+        self._pending.append(Delivery(tag=self._epoch * EPOCH + tag, request=request))
 
     def _reject(
         self,
@@ -281,22 +338,21 @@ class RabbitIntake(threading.Thread):
         properties: pika.BasicProperties,
         why: str,
     ) -> None:
-        headers = dict(properties.headers or {})
-        headers["x-smeg-error"] = why
-        publish_confirmed(
-            channel,
-            self.topology.rejected,
-            body,
-            headers=headers,
-            correlation_id=properties.correlation_id,
-        )
-        channel.basic_ack(tag)
-        log.warning("request_rejected", reason=why, size=len(body))
+        """Move the delivery to the rejected queue; if the broker refuses that publish, let the
+        send queue dead-letter it there (an older queue without dead-lettering gets it back)."""
+        if publish_rejected(channel, self.topology.rejected, body, properties, why):
+            channel.basic_ack(tag)
+            log.warning("request_rejected", reason=capped_reason(why), size=len(body))
+        else:
+            channel.basic_reject(tag, requeue=not self.dead_letters)
 
     def _ack(self, tags: list[int]) -> None:
         channel = self._channel
         if channel is None or not channel.is_open:
             log.warning("ack_dropped_channel_closed", count=len(tags))
+            return
+        tags = self._current(tags)
+        if not tags:
             return
         settled = self._window.finished(tags)
         if settled is not None:
