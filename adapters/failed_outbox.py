@@ -11,6 +11,11 @@ between publishing and moving the position publishes that batch again (at least 
 higher ``x-smeg-attempts``: deduplicate on both. A store without the row starts at the log's head,
 so failures recorded before this outbox existed are not published a second time — nor are any
 left unpublished if the row is lost with the read-model database (a warning says so).
+
+A failure that cannot be published because of its own data (the publisher raises a data error
+for it, e.g. a property pika cannot encode) is parked (``parked_events``, recorded with the
+position that moves past it) instead of holding up every failure behind it; a broker or store
+that is down still stops the batch, which is tried again.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from adapters.event_store import MessageStore
+from adapters.parked_events import Parked, is_poison, log_parked, park, record_parked
 from adapters.projections import advance_tracking, create_tables, tracking
 from domain.message import Message
 from domain.ports import FailurePublisher
@@ -51,11 +57,14 @@ class FailedOutbox:
         self, store: MessageStore, engine: Engine, publisher: FailurePublisher, *, batch: int = 5000
     ) -> None:
         self.store, self.engine, self.publisher, self.batch = store, engine, publisher, batch
+        #: Failures this outbox parked (this process).
+        self.parked = 0
         create_tables(engine)
         self._start_at_head()
 
     def publish_pending(self) -> int:
-        """Publish the failures of one batch of the log; return how many were published.
+        """Publish the failures of one batch of the log; return how many it settled (published,
+        or parked).
 
         Raises what the publisher raises; the position then stays, and the batch is tried again.
         On PostgreSQL the position row stays locked while the batch is published. SQLite has a
@@ -69,32 +78,50 @@ class FailedOutbox:
                 position = self.position() if held else None
                 if position is None:
                     return 0
-                published, end = self._publish_after(position)
+                published, end, parked = self._publish_after(position)
                 if published is not None:
                     with self.engine.begin() as connection:
-                        advance_tracking(connection, TRACKING_NAME, position, end)
+                        if advance_tracking(connection, TRACKING_NAME, position, end):
+                            record_parked(connection, parked)
+                        else:  # another process moved it: its rows, not ours
+                            parked = []
+                    self._parked(parked)
                 return published or 0
         with self.engine.begin() as connection:
             position = self._lock(connection)
             if position is None:
                 return 0
-            published, end = self._publish_after(position)
+            published, end, parked = self._publish_after(position)
             if published is not None:
                 connection.execute(
                     update(tracking).where(tracking.c.projection == TRACKING_NAME).values(position=end)
                 )
+                record_parked(connection, parked)
+        self._parked(parked)
         return published or 0
 
-    def _publish_after(self, position: int) -> tuple[int | None, int]:
-        """Publish the failures of the batch after ``position``: (how many, or None when the log
-        holds nothing new; the position of the last row read)."""
+    def _publish_after(self, position: int) -> tuple[int | None, int, list[Parked]]:
+        """Publish the failures of the batch after ``position``: (how many were settled, or None
+        when the log holds nothing new; the position of the last row read; those parked)."""
         entries, end = self.store.read_events(position, self.batch, topic=FAILED_TOPIC)
         if end == position:
-            return None, position
-        for _at, event in entries:
-            message = self.store.get_at_version(event.originator_id, event.originator_version)
-            self.publisher.publish_failed(failed_request(message), dict(failure_headers(message)))
-        return len(entries), end
+            return None, position, []
+        parked: list[Parked] = []
+        for at, event in entries:
+            message_id = None
+            try:
+                message = self.store.get_at_version(event.originator_id, event.originator_version)
+                message_id = message.message_id
+                self.publisher.publish_failed(failed_request(message), dict(failure_headers(message)))
+            except Exception as exc:
+                if not is_poison(exc):
+                    raise
+                parked.append(park(TRACKING_NAME, at, event, exc, message_id))
+        return len(entries), end, parked
+
+    def _parked(self, parked: list[Parked]) -> None:
+        self.parked += len(parked)
+        log_parked(parked)
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[bool]:

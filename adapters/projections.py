@@ -3,6 +3,14 @@
 Each batch of events is applied and the projection's tracking position advanced in ONE
 transaction; the position only moves forward from the value read at the start of the batch, so
 a second runner (another node) that applied the same batch first makes ours roll back.
+
+An event a follower cannot handle (a NUL that PostgreSQL text refuses, a value too long for its
+column; for the publishers that share this machinery, a value too long for an AMQP short string)
+would otherwise fail its batch forever and stall every event behind it. Such a *poison* event is
+parked instead (``parked_events``, in the same transaction as the position that moves past it) —
+only when it fails on its own with a data error: a failed batch is split and its halves applied,
+down to single events (``ProjectionRunner.settle``), and an error that says a service is down is
+raised as before, to be retried (``is_poison``).
 """
 
 from __future__ import annotations
@@ -33,9 +41,26 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, InternalError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    IntegrityError,
+    InternalError,
+    OperationalError,
+    ProgrammingError,
+)
 
+from adapters.event_log import LogEntry
 from adapters.event_store import MessageStore
+from adapters.parked_events import (
+    SHADOW_PARKS,
+    Parked,
+    client_message_id,
+    describe_poison,
+    is_poison,
+    log_parked,
+    park,
+    parked_events,
+    record_parked,
+)
 from adapters.sql import metadata
 
 log = structlog.get_logger(__name__)
@@ -46,7 +71,6 @@ tracking = Table(
     Column("projection", String(64), primary_key=True),
     Column("position", Integer, nullable=False),
 )
-
 
 #: The writes a projection prepared, made inside the runner's transaction.
 Write = Callable[[Connection], None]
@@ -92,6 +116,8 @@ class ProjectionRunner:
         engine: where the read models and the tracking rows live.
         projections: what to maintain; all share one position.
         name: the tracking name.
+        parks_as: appended to a projection's name for the events it parks (a rebuild's runners
+            park under ``<name>__rebuild`` until the swap).
     """
 
     def __init__(
@@ -102,12 +128,15 @@ class ProjectionRunner:
         *,
         name: str = "read_models",
         batch: int = 1000,
+        parks_as: str = "",
     ) -> None:
         self.store, self.engine, self.projections = store, engine, projections
-        self.name, self.batch = name, batch
+        self.name, self.batch, self.parks_as = name, batch, parks_as
         #: The position ``step_together`` last committed, so its next step need not read it back;
         #: a move by anyone else makes that step's advance fail, and the position is read again.
         self.known_position: int | None = None
+        #: Events this runner parked (this process), per projection and event.
+        self.parked = 0
         create_tables(engine)
 
     def position(self) -> int:
@@ -120,22 +149,38 @@ class ProjectionRunner:
         entries, end = self.store.read_events(start, self.batch)
         if end == start:
             return 0
-        return self.apply_batch(start, end, [event for _at, event in entries])
+        return self.settle(start, entries, end)
 
     def apply_batch(self, start: int, end: int, events: Sequence[DomainEvent]) -> int:
-        """Apply ``events`` (positions after ``start`` up to ``end``) and move the position, in one tx."""
+        """Apply ``events`` (positions after ``start`` up to ``end``) and move the position, in one tx.
+
+        Raises what the projections raise (nothing is parked here: see ``settle``).
+        """
+        return len(events) if self._apply(start, end, events) else 0
+
+    def settle(self, start: int, entries: Sequence[LogEntry], end: int) -> int:
+        """Apply ``entries`` (positions after ``start`` up to ``end``) as one batch; if it fails on
+        bad data, apply its halves (splitting again where they fail) and park each event that
+        fails on its own. Returns how many events were settled (applied or parked); 0 when
+        another runner moved the position first. Outages and other errors are raised.
+
+        Splitting costs about two transactions per halving around each poison event, and only
+        after a batch failed; a batch that succeeds is still one transaction.
+        """
         try:
-            with self.engine.begin() as connection:
-                history = SharedHistory(self.store.histories)
-                writes = [projection.prepare(connection, events, history) for projection in self.projections]
-                if not self._advance(connection, start, end):
-                    return 0
-                for write in writes:
-                    write(connection)
-        except IntegrityError:
-            log.info("projection_race_lost", projection=self.name, position=start)
-            return 0
-        return len(events)
+            done = self._apply(start, end, [event for _at, event in entries])
+        except Exception as exc:
+            if not is_poison(exc):
+                raise
+            log.warning(
+                "projection_batch_isolating",
+                projection=self.name,
+                position=start,
+                events=len(entries),
+                error=describe_poison(exc),
+            )
+            done = self._split(start, entries, end, exc)
+        return len(entries) if done else 0
 
     def catch_up(self) -> int:
         """Apply batches until the log's head; return how many events were applied."""
@@ -145,12 +190,87 @@ class ProjectionRunner:
         return total
 
     def rebuild(self) -> int:
-        """Clear every read model and the position, then replay the whole log."""
+        """Clear every read model, its parked events and the position, then replay the whole log."""
         with self.engine.begin() as connection:
             for projection in self.projections:
                 projection.clear(connection)
+            connection.execute(parked_events.delete().where(parked_events.c.follower.in_(self.park_names)))
             connection.execute(tracking.delete().where(tracking.c.projection == self.name))
         return self.catch_up()
+
+    @property
+    def park_names(self) -> list[str]:
+        """The follower names this runner's parked rows carry (one per projection)."""
+        return [f"{projection.name}{self.parks_as}" for projection in self.projections]
+
+    def _apply(self, start: int, end: int, events: Sequence[DomainEvent]) -> bool:
+        """One transaction: the projections' writes and the position; False on a lost race."""
+        try:
+            with self.engine.begin() as connection:
+                history = SharedHistory(self.store.histories)
+                writes = [projection.prepare(connection, events, history) for projection in self.projections]
+                if not self._advance(connection, start, end):
+                    return False
+                for write in writes:
+                    write(connection)
+        except IntegrityError as exc:
+            if is_poison(exc):
+                raise
+            log.info("projection_race_lost", projection=self.name, position=start)
+            return False
+        return True
+
+    def _split(self, start: int, entries: Sequence[LogEntry], end: int, failure: Exception) -> bool:
+        """``entries`` failed together on bad data: settle each half, down to single events."""
+        if len(entries) <= 1:
+            return self._settle_alone(start, entries, end, failure)
+        middle = len(entries) // 2
+        at = entries[middle - 1][0]
+        return self._segment(start, entries[:middle], at) and self._segment(at, entries[middle:], end)
+
+    def _segment(self, start: int, entries: Sequence[LogEntry], end: int) -> bool:
+        try:
+            return self._apply(start, end, [event for _at, event in entries])
+        except Exception as exc:
+            if not is_poison(exc):
+                raise
+            return self._split(start, entries, end, exc)
+
+    def _settle_alone(self, start: int, entries: Sequence[LogEntry], end: int, failure: Exception) -> bool:
+        """One event failed on its own: park it for the projections that cannot take it, apply it
+        to the others (each in a savepoint), and move past it, in one transaction."""
+        if not entries:
+            raise failure
+        [(at, event)] = entries
+        message_id = client_message_id(self.store, event)
+        parked: list[Parked] = []
+        try:
+            with self.engine.begin() as connection:
+                # The position first: on SQLite this write opens the transaction, so that the
+                # savepoints below are nested in it (pysqlite starts none for a SAVEPOINT).
+                if not self._advance(connection, start, end):
+                    return False
+                if len(self.projections) == 1:
+                    parked.append(park(self.park_names[0], at, event, failure, message_id))
+                else:
+                    history = SharedHistory(self.store.histories)
+                    for projection, name in zip(self.projections, self.park_names, strict=True):
+                        try:
+                            with connection.begin_nested():
+                                projection.prepare(connection, [event], history)(connection)
+                        except Exception as exc:
+                            if not is_poison(exc):
+                                raise
+                            parked.append(park(name, at, event, exc, message_id))
+                record_parked(connection, parked)
+        except IntegrityError as exc:
+            if is_poison(exc):
+                raise
+            log.info("projection_race_lost", projection=self.name, position=start)
+            return False
+        self.parked += len(parked)
+        log_parked(parked)
+        return True
 
     def _advance(self, connection: Connection, start: int, end: int) -> bool:
         return advance_tracking(connection, self.name, start, end)
@@ -266,22 +386,53 @@ def step_together(store: MessageStore, runners: Sequence[ProjectionRunner], batc
                 applied = max(applied, len(events))
             for write in writes:
                 write(connection)
-    except (_RaceLost, IntegrityError) as exc:
+    except _RaceLost as exc:
         _forget(runners)
         log.info("projection_race_lost", projection=str(exc), position=start)
         return 0
-    except OperationalError as exc:
+    except Exception as exc:
+        if is_poison(exc):
+            # One of the runners cannot take an event of the batch: each runner settles the
+            # batch on its own, so that only the ones that fail split it.
+            log.warning(
+                "projection_batch_failed", position=start, events=len(decoded), error=describe_poison(exc)
+            )
+            return _settle_each(runners, known, decoded, end)
         _forget(runners)
+        if isinstance(exc, IntegrityError):
+            log.info("projection_race_lost", projection="insert", position=start)
+            return 0
         # Two nodes' runners at different positions may update the same rows in different orders.
-        if getattr(exc.orig, "sqlstate", None) != DEADLOCK_DETECTED:
-            raise
-        log.info("projection_race_lost", projection="deadlock", position=start)
-        return 0
+        if isinstance(exc, OperationalError) and getattr(exc.orig, "sqlstate", None) == DEADLOCK_DETECTED:
+            log.info("projection_race_lost", projection="deadlock", position=start)
+            return 0
+        raise
     except BaseException:
         _forget(runners)
         raise
     for runner in advanced:
         runner.known_position = end
+    return applied
+
+
+def _settle_each(
+    runners: Sequence[ProjectionRunner], positions: Sequence[int], decoded: Sequence[LogEntry], end: int
+) -> int:
+    """After a failed batch: each runner applies its part on its own (``ProjectionRunner.settle``)."""
+    applied = 0
+    try:
+        for runner, position in zip(runners, positions, strict=True):
+            entries = [(at, event) for at, event in decoded if at > position]
+            if not entries:
+                continue
+            if not runner.settle(position, entries, end):
+                _forget(runners)
+                return 0
+            runner.known_position = end
+            applied = max(applied, len(entries))
+    except BaseException:
+        _forget(runners)
+        raise
     return applied
 
 
@@ -303,7 +454,9 @@ class ShadowRebuild:
     message's events stay in order within one process, per-message rows are disjoint, and the
     counters only ever add, so the partitions' sums add up to the one-process result. The events
     written meanwhile are then applied by this process before the swap. The shadow tables get
-    their secondary indexes after the bulk load.
+    their secondary indexes after the bulk load. Events the rebuild parks are recorded under
+    ``<projection>__rebuild`` and become the projection's parked events at the swap (replacing
+    the live ones), so a rebuild after a fix applies what was parked before.
     """
 
     def __init__(
@@ -329,6 +482,7 @@ class ShadowRebuild:
             [projection.retarget(self.shadows) for projection in projections],
             name=f"{name or 'all'}__rebuild",
             batch=batch,
+            parks_as=SHADOW_PARKS,
         )
 
     def run(self, progress: Callable[[int, int], None] = lambda _done, _head: None) -> int:
@@ -337,6 +491,9 @@ class ShadowRebuild:
         self.shadow_metadata.create_all(self.engine)
         with self.engine.begin() as connection:
             connection.execute(tracking.delete().where(tracking.c.projection == self.runner.name))
+            connection.execute(
+                parked_events.delete().where(parked_events.c.follower.in_(self.runner.park_names))
+            )
         head, total = self.store.max_position(), 0
         if self.workers > 1 and head > 0:
             total = self._replay_partitioned(head, progress)
@@ -397,6 +554,15 @@ class ShadowRebuild:
             for name in self.names:
                 connection.execute(tracking.delete().where(tracking.c.projection == name))
                 connection.execute(insert(tracking).values(projection=name, position=position))
+            # The events the rebuild parked are now the live tables' parked events.
+            for projection in self.projections:
+                follower = parked_events.c.follower
+                connection.execute(parked_events.delete().where(follower == projection.name))
+                connection.execute(
+                    update(parked_events)
+                    .where(follower == f"{projection.name}{SHADOW_PARKS}")
+                    .values(follower=projection.name)
+                )
 
 
 @dataclass(frozen=True)
@@ -434,23 +600,24 @@ def _replay_partition(job: _Partitions, index: int) -> int:
             [projection.retarget(shadows) for projection in live],
             name=job.partition_name(index),
             batch=job.batch,
+            parks_as=SHADOW_PARKS,
         )
 
         position, applied, read_to = 0, 0, 0
-        pending: list[DomainEvent] = []
+        pending: list[LogEntry] = []
         while read_to < job.head:
             entries, last = store.read_events(
                 read_to, job.batch, until=job.head, partition=(index, job.count)
             )
             if last == read_to:
                 break
-            pending += [event for _at, event in entries]
+            pending += entries
             read_to = last
             if len(pending) >= job.apply_every or read_to >= job.head:
-                applied += runner.apply_batch(position, read_to, pending)
+                applied += runner.settle(position, pending, read_to)
                 position, pending = read_to, []
         if pending:
-            applied += runner.apply_batch(position, read_to, pending)
+            applied += runner.settle(position, pending, read_to)
         return applied
     finally:
         store.close()

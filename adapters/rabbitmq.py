@@ -152,6 +152,20 @@ def check_broker(url: str, topology: Topology) -> None:
             connection.close()
 
 
+#: AMQP short strings (correlation_id, message_id …) hold at most this many bytes.
+SHORT_STRING_BYTES = 255
+
+
+def short_string(value: object) -> str | None:
+    """``value`` if it can travel as an AMQP short string, else None (pika would refuse the
+    whole message; the body carries the value whole)."""
+    if not isinstance(value, str):
+        return None
+    if len(value) * 4 <= SHORT_STRING_BYTES:
+        return value
+    return value if len(value.encode("utf-8", "surrogatepass")) <= SHORT_STRING_BYTES else None
+
+
 def publish_confirmed(
     channel: BlockingChannel,
     queue: str,
@@ -166,7 +180,7 @@ def publish_confirmed(
         delivery_mode=pika.DeliveryMode.Persistent,
         content_type="application/json",
         headers=headers or None,
-        correlation_id=correlation_id,
-        message_id=message_id,
+        correlation_id=short_string(correlation_id),
+        message_id=short_string(message_id),
     )
     channel.basic_publish("", queue, body, properties, mandatory=True)

@@ -75,6 +75,10 @@ class RabbitFailurePublisher:
         return self._channel
 
 
+#: Headers the broker sets on a delivery; a republished copy is a new message and must not carry them.
+_BROKER_HEADERS = ("x-delivery-count", "x-acquired-count")
+
+
 @dataclass(frozen=True)
 class FailedEntry:
     """One message taken from the failed queue."""
@@ -83,20 +87,40 @@ class FailedEntry:
     body: bytes
     headers: dict[str, Any]
     correlation_id: str | None
+    message_id: str | None = None
+
+    @property
+    def returns(self) -> int:
+        """How often the broker has handed this entry out and had it back (quorum queues say so)."""
+        counts = [self.headers.get(name) for name in _BROKER_HEADERS]
+        return max((int(c) for c in counts if isinstance(c, int)), default=0)
 
 
 class FailedQueueReader:
-    """Takes messages off ``{prefix}.failed`` one at a time (for redrive); one owning thread."""
+    """Takes messages off ``{prefix}.failed`` one at a time (for redrive); one owning thread.
 
-    def __init__(self, url: str, topology: Topology, *, heartbeat: int = 30) -> None:
-        self.topology = topology
+    An entry is acked (done with), republished (a new copy at the tail), or kept: held unacked
+    until ``release`` (or ``close``) hands every kept entry back to the queue, the same message,
+    not a copy, so a run sees each entry once and publishes none of those it keeps. (A quorum
+    queue puts what is handed back behind the entries waiting, in the order handed back: RabbitMQ
+    3.10 here.) Every return counts towards a quorum queue's delivery limit (up to RabbitMQ 4.2
+    ``basic.nack`` counts too, and 4.x has a default limit of 20 past which the broker drops the
+    entry), so an entry handed back ``republish_after`` times is republished instead, with a fresh
+    count.
+    """
+
+    def __init__(
+        self, url: str, topology: Topology, *, heartbeat: int = 30, republish_after: int = 10
+    ) -> None:
+        self.topology, self.republish_after = topology, republish_after
         self.connection = connect(url, heartbeat=heartbeat, name="smeg-redrive")
         self.channel = self.connection.channel()
         topology.declare(self.channel)
         self.channel.confirm_delivery()
+        self._held = 0
 
     def depth(self) -> int:
-        """Messages waiting in the failed queue now."""
+        """Messages waiting in the failed queue now (not counting those this reader holds)."""
         result = self.channel.queue_declare(
             self.topology.failed, durable=True, arguments=QUEUE_ARGUMENTS, passive=True
         )
@@ -111,21 +135,42 @@ class FailedQueueReader:
             body=body,
             headers=dict(properties.headers or {}),
             correlation_id=properties.correlation_id,
+            message_id=properties.message_id,
         )
 
     def ack(self, entry: FailedEntry) -> None:
         self.channel.basic_ack(entry.tag)
 
-    def requeue_at_tail(self, entry: FailedEntry) -> None:
-        """Keep a message for operators, behind the others: republish (confirmed), then ack."""
+    def keep(self, entry: FailedEntry) -> None:
+        """Leave the entry on the queue (handed back by ``release``), unless it came back so
+        often that a delivery limit could drop it: then republish it."""
+        if entry.returns >= self.republish_after:
+            self.republish(entry)
+        else:
+            self._held += 1
+
+    def republish(self, entry: FailedEntry, *, headers: dict[str, Any] | None = None) -> None:
+        """Move the entry to the tail: republish it (confirmed) with its AMQP message id,
+        correlation id and headers (plus ``headers``), then ack the original."""
+        kept = {k: v for k, v in entry.headers.items() if k not in _BROKER_HEADERS}
         publish_confirmed(
             self.channel,
             self.topology.failed,
             entry.body,
-            headers=entry.headers,
+            headers=kept | (headers or {}),
             correlation_id=entry.correlation_id,
+            message_id=entry.message_id,
         )
         self.channel.basic_ack(entry.tag)
+
+    def release(self) -> None:
+        """Hand every kept entry back to the queue. (On a lost connection the broker has them back.)"""
+        held, self._held = self._held, 0
+        if held and self.channel.is_open:
+            try:
+                self.channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+            except pika.exceptions.AMQPError as exc:
+                log.debug("redrive_release_failed", error=describe_error(exc))
 
     def close(self) -> None:
         """Close; anything taken and not acked goes back to the queue."""

@@ -17,7 +17,7 @@ import pika.exceptions
 import structlog
 from pika.adapters.blocking_connection import BlockingChannel
 
-from adapters.rabbitmq import QUEUE_ARGUMENTS, describe_error
+from adapters.rabbitmq import QUEUE_ARGUMENTS, describe_error, short_string
 
 log = structlog.get_logger(__name__)
 
@@ -25,8 +25,6 @@ log = structlog.get_logger(__name__)
 MAX_REASON_BYTES = 512
 #: The client's headers copied onto a rejected message, in encoded bytes (frame_max is 128 KiB).
 MAX_COPIED_HEADER_BYTES = 16 * 1024
-#: AMQP short strings (correlation_id, message_id …) hold at most this many bytes.
-MAX_SHORT_STRING = 255
 
 _LOST_RE = re.compile(r"Stream connection lost: (\w+)\(")
 
@@ -63,13 +61,6 @@ def reencodable_headers(headers: Any) -> tuple[dict[str, Any], list[str]]:
         kept[key] = value
         used += size
     return kept, dropped
-
-
-def short_string(value: object) -> str | None:
-    """``value`` if it can travel as an AMQP short string again, else None."""
-    if isinstance(value, str) and len(value.encode("utf-8", "replace")) <= MAX_SHORT_STRING:
-        return value
-    return None
 
 
 def publish_rejected(

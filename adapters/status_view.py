@@ -5,7 +5,7 @@ Columns are documented in docs/architecture.md; a BI tool may query the table di
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any
@@ -15,6 +15,7 @@ from eventsourcing.domain import DomainEvent
 from sqlalchemy import (
     Boolean,
     Column,
+    ColumnElement,
     Connection,
     DateTime,
     Engine,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Uuid,
     and_,
     bindparam,
+    case,
     func,
     inspect,
     or_,
@@ -254,35 +256,67 @@ def _upsert(connection: Connection, table: Table) -> Any:
     )
 
 
+#: Rows of ``unfinished`` read per query. Each query scans every unfinished row (the partial index
+#: offers no order) and sorts them, so pages are large: walking 100,000 rows took 0.9-1.0 s here in
+#: pages of 10,000 or 50,000, 0.75 s in one (most of it is building the rows in Python).
+UNFINISHED_PAGE = 50_000
+
+
 def unfinished(
-    engine: Engine, *, stale_after: float, before: datetime | None = None, limit: int = 100_000
-) -> list[tuple[UUID, datetime]]:
-    """Messages not yet Delivered or Failed, with when each is due for a look.
+    engine: Engine, *, stale_after: float, before: datetime | None = None, page_size: int = UNFINISHED_PAGE
+) -> Iterator[list[tuple[UUID, datetime]]]:
+    """Messages not yet Delivered or Failed, with when each is due for a look, page by page.
 
     Received: at once (``received_at``); backed off: ``retry_at``; in flight: when the attempt
     turns stale. With ``before``, only those due before it (the orphan sweep).
+
+    Every one of them, however many: pages of ``page_size`` rows in ``retry_at`` order (those
+    without one, received or in flight, first), each page one short query that starts after the
+    last row of the one before (keyset; ``id`` breaks ties). A row that stays unfinished during
+    the walk is read exactly once; one that changes meanwhile is being handled by a live process.
     """
     stale = timedelta(seconds=stale_after)
-    query = select(message_status).where(message_status.c.status.in_((RECEIVED, IN_FLIGHT, BACKED_OFF)))
+    table = message_status
+    columns = (table.c.id, table.c.status, table.c.received_at, table.c.attempted_at, table.c.retry_at)
+    query = select(*columns).where(table.c.status.in_((RECEIVED, IN_FLIGHT, BACKED_OFF)))
     if before is not None:
         query = query.where(
             or_(
-                and_(message_status.c.status == RECEIVED, message_status.c.received_at < before),
-                and_(message_status.c.status == BACKED_OFF, message_status.c.retry_at < before),
-                and_(
-                    message_status.c.status == IN_FLIGHT,
-                    message_status.c.attempted_at < before - stale,
-                ),
+                and_(table.c.status == RECEIVED, table.c.received_at < before),
+                and_(table.c.status == BACKED_OFF, table.c.retry_at < before),
+                and_(table.c.status == IN_FLIGHT, table.c.attempted_at < before - stale),
             )
         )
-    with engine.connect() as connection:
-        rows = connection.execute(query.limit(limit)).all()
+    # NULLs sort first on SQLite and last on PostgreSQL: order by "has a retry_at" first.
+    dated = case((table.c.retry_at.is_(None), 0), else_=1)
+    query = query.order_by(dated, table.c.retry_at, table.c.id).limit(page_size)
     due = {
         RECEIVED: lambda r: r.received_at,
         BACKED_OFF: lambda r: r.retry_at,
         IN_FLIGHT: lambda r: r.attempted_at + stale,
     }
-    return [(row.id, _utc(due[row.status](row))) for row in rows]
+    after: Any = None
+    while True:
+        page = query if after is None else query.where(_after_row(after))
+        with engine.connect() as connection:
+            rows = connection.execute(page).all()
+        if not rows:
+            return
+        yield [(row.id, _utc(due[row.status](row))) for row in rows]
+        if len(rows) < page_size:
+            return
+        after = rows[-1]
+
+
+def _after_row(row: Any) -> ColumnElement[bool]:
+    """Rows after ``row`` in ``unfinished``'s order: (no retry_at, id), then (retry_at, id)."""
+    table = message_status
+    if row.retry_at is None:
+        return or_(table.c.retry_at.is_not(None), and_(table.c.retry_at.is_(None), table.c.id > row.id))
+    return or_(
+        table.c.retry_at > row.retry_at,
+        and_(table.c.retry_at == row.retry_at, table.c.id > row.id),
+    )
 
 
 def _utc(value: datetime) -> datetime:

@@ -34,6 +34,9 @@ FAILED = "failed"
 
 INTERRUPTED = "interrupted"
 
+#: ``requested_by`` of the automatic redriver's retries: the ones its budget counts.
+AUTO_REDRIVE = "auto-redrive"
+
 
 class Message(Aggregate):
     """A message smeg was asked to deliver, and everything that happened to it since."""
@@ -145,6 +148,10 @@ class Message(Aggregate):
             aggregate.cycle_attempts = 0
             aggregate.retry_at = None
             aggregate.permanent = False
+            if self.requested_by == AUTO_REDRIVE:
+                aggregate.automatic_retries += 1
+            else:
+                aggregate.automatic_retries = 0
 
     def __init__(
         self,
@@ -175,6 +182,9 @@ class Message(Aggregate):
         self.last_error: str | None = None
         self.permanent = False
         self.provider_message_id: str | None = None
+        #: Automatic redrives since a person last retried it. Folded from the history, so the
+        #: redriver's budget holds across restarts and processes, and a person's retry resets it.
+        self.automatic_retries = 0
 
     @staticmethod
     def create_id(message_id: str) -> UUID:

@@ -84,7 +84,7 @@ from support import (  # noqa: E402  (scripts/bench)
     stop_process,
 )
 
-from adapters.rabbitmq import QUEUE_ARGUMENTS  # noqa: E402
+from adapters.rabbitmq import send_queue_arguments  # noqa: E402
 from adapters.sql import make_engine, read_models_beside  # noqa: E402
 from adapters.stats_view import delivery_stats_hourly  # noqa: E402
 from adapters.status_view import message_status, status_counts  # noqa: E402
@@ -343,7 +343,7 @@ def run_smeg(scenario: Scenario, store: str, args: argparse.Namespace, run_id: s
                 ),
             )
         )
-        rabbit.declare(send_queue, QUEUE_ARGUMENTS)
+        rabbit.declare(send_queue, send_queue_arguments(f"{prefix}.rejected"))
         rabbit.publish(send_queue, (smeg_request(f"{prefix}-{i:07d}") for i in range(n)))
         rabbit.wait_depth(send_queue, n)
 

@@ -97,7 +97,7 @@ from adapters.event_store import Change, MessageStore, StoreError  # noqa: E402
 from adapters.events_exchange import TRACKING_NAME as EVENTS_TRACKING  # noqa: E402
 from adapters.gc_policy import collect_less  # noqa: E402
 from adapters.projections import History, Projection, ProjectionRunner, ShadowRebuild, Write  # noqa: E402
-from adapters.rabbitmq import QUEUE_ARGUMENTS  # noqa: E402
+from adapters.rabbitmq import send_queue_arguments  # noqa: E402
 from adapters.sql import make_engine, read_models_beside  # noqa: E402
 from adapters.stats_view import delivery_stats_hourly, failures_by_reason  # noqa: E402
 from adapters.status_view import message_status, status_counts  # noqa: E402
@@ -733,7 +733,7 @@ def run_live(
     with ExitStack() as stack, log_path.open("w") as log:
         stack.callback(rabbit.close)
         stack.callback(safely(f"deleting queues/exchange {prefix}.*", lambda: delete_topology(prefix)))
-        rabbit.declare(send_queue, QUEUE_ARGUMENTS)
+        rabbit.declare(send_queue, send_queue_arguments(f"{prefix}.rejected"))
         rabbit.publish(send_queue, (smeg_request(f"{prefix}-{i:07d}") for i in range(n)))
         rabbit.wait_depth(send_queue, n)
 

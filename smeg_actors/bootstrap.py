@@ -211,21 +211,14 @@ class Runtime:
         self.engine.dispose()
 
     def _on_batch(self, deliveries: list[Any]) -> None:
-        """Hand a batch to the next intake actor in turn (called by the consumer thread only),
-        waiting out a restart; never drop it."""
-        message = RequestsReceived(tuple(deliveries))
+        """Hand a batch to the next intake actor in turn (called by the consumer thread only).
+
+        A batch for an intake actor that is restarting waits for its successor (``Children``);
+        if none comes, the process exits and the broker requeues the batch, still unacked.
+        """
         name = self.intakes[self._next_intake]
         self._next_intake = (self._next_intake + 1) % len(self.intakes)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.stop_reason.event.is_set():
-                return  # stopping: the batch stays unacked and the broker requeues it
-            try:
-                self.children.get(name).tell(message)
-                return
-            except (pykka.ActorDeadError, KeyError):
-                time.sleep(0.05)
-        self.fatal(EXIT_ESCALATED, "intake actor unavailable for 30s")
+        self.children.tell(name, RequestsReceived(tuple(deliveries)))
 
     def hold_intake(self) -> bool:
         """Backpressure for the consumer: hold deliveries while the backlog is large."""
@@ -339,6 +332,7 @@ class Runtime:
                         children=children,
                         clock=clock,
                         rate=s.redrive_rate,
+                        max_cycles=s.redrive_max_cycles,
                     ),
                 )
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,9 @@ from adapters.event_store import MessageNotFoundError, MessageStore
 from smeg_actors.cli_support import CommandError, open_store, parse_time, settings_of
 from smeg_actors.config import Settings
 from smeg_actors.exit_codes import EXIT_CONFIG
+
+if TYPE_CHECKING:
+    from adapters.parked_events import ParkedEvent
 
 
 @click.command("replay")
@@ -114,9 +117,10 @@ def _store_and_engine(settings: Settings) -> tuple[MessageStore, Any]:
 
 
 @projections.command("status")
+@click.option("--json", "as_json", is_flag=True, help="JSON object: {followers: [...]}.")
 @click.pass_context
-def projections_status(ctx: click.Context) -> None:
-    """Each follower's position and lag (events, seconds)."""
+def projections_status(ctx: click.Context, as_json: bool) -> None:
+    """Each follower's position, lag (events, seconds) and parked events (the latest few)."""
     from smeg_actors.read_models import follower_status
 
     store, engine = _store_and_engine(settings_of(ctx))
@@ -126,11 +130,59 @@ def projections_status(ctx: click.Context) -> None:
     finally:
         store.close()
         engine.dispose()
-    click.echo(f"{'follower':<26} {'position':>10} {'head':>10} {'lag events':>11} {'lag s':>8}")
+    if as_json:
+        click.echo(json.dumps({"followers": [row.as_json() for row in rows]}, indent=2))
+        return
+    click.echo(
+        f"{'follower':<26} {'position':>10} {'head':>10} {'lag events':>11} {'lag s':>8} {'parked':>7}"
+    )
     for row in rows:
+        events, seconds = (str(row.lag_events), f"{row.lag_seconds:.1f}") if row.lag_known else ("-", "-")
         click.echo(
-            f"{row.name:<26} {row.position:>10} {row.head:>10} {row.lag_events:>11} {row.lag_seconds:>8.1f}"
+            f"{row.name:<26} {row.position:>10} {row.head:>10} {events:>11} {seconds:>8} {row.parked:>7}"
         )
+    if any(row.parked for row in rows):
+        click.echo("parked events, latest first (all of them: smeg projections parked):")
+        for row in rows:
+            for item in row.latest_parked:
+                click.echo(f"  {_parked_line(item)}")
+
+
+@projections.command("parked")
+@click.option("--follower", default=None, help="Only this follower's (e.g. message_status).")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON list, latest first.")
+@click.pass_context
+def projections_parked(ctx: click.Context, follower: str | None, limit: int, as_json: bool) -> None:
+    """Events a follower went past because it could not handle them, latest first.
+
+    A read model lacks what a parked event would have changed (a rebuild replays it once the
+    cause is fixed); the events exchange did not publish it; the failed queue did not receive it.
+    """
+    from smeg_actors.read_models import parked_events
+
+    store, engine = _store_and_engine(settings_of(ctx))
+    try:
+        runners_ready(store, engine)
+        found = parked_events(engine, follower, limit)
+    finally:
+        store.close()
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps([item.as_json() for item in found], indent=2))
+        return
+    for item in found:
+        click.echo(_parked_line(item))
+
+
+def _parked_line(item: ParkedEvent) -> str:
+    record = item.as_json()
+    kind = record["topic"].rsplit(".", 1)[-1]
+    message = record["message_id"] or record["aggregate_id"]
+    return (
+        f"{record['follower']}: position {record['position']} {kind} v{record['version']}"
+        f" message {message} at {record['parked_at']}: {record['error']}"
+    )
 
 
 def runners_ready(store: MessageStore, engine: Any) -> list[Any]:

@@ -17,6 +17,9 @@ from domain.backoff import BackoffPolicy
 
 ENV_PREFIX = "SMEG_"
 
+#: Automatic redrive cycles a message may get before it waits for a person (``SMEG_REDRIVE_MAX_CYCLES``).
+DEFAULT_REDRIVE_MAX_CYCLES = 3
+
 
 class SettingsError(Exception):
     """A setting is missing or invalid; the message names it."""
@@ -51,6 +54,7 @@ class Settings(BaseModel):
     max_in_flight: int = Field(default=2000, ge=1)
     provider_concurrency: int = Field(default=256, ge=1, le=4096)
     redrive_rate: float = Field(default=20.0, gt=0)
+    redrive_max_cycles: int = Field(default=DEFAULT_REDRIVE_MAX_CYCLES, ge=0, le=1000)
     projector: Literal["auto", "inline", "process", "external"] = "auto"
     processes: int | Literal["auto"] = 1
     log_format: Literal["auto", "json", "console"] = "auto"

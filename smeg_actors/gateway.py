@@ -1,4 +1,8 @@
-"""The gateway actor: publishes every lifecycle event to the events exchange, a batch per tick."""
+"""The gateway actor: publishes every lifecycle event to the events exchange, a batch per tick.
+
+An event the exchange cannot take because of its own data is parked by the publisher and the
+batch goes on; only a broker or store failure pauses publication (and is tried again).
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,8 @@ class GatewayActor(Supervised):
                 self._publish()
             case "published":
                 return self.published
+            case "parked":
+                return self.publisher.parked
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))
         return None

@@ -1,11 +1,13 @@
 """Logging set-up, in one place: structlog JSON lines on stderr (console renderer on a TTY).
 
 pika's and pykka's standard-library logs go through the same processors. Phone numbers are
-masked by callers (``mask_address``); bodies are never logged.
+masked by callers (``mask_address``); bodies are never logged, and tracebacks never carry local
+variables (they would).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from collections.abc import Iterator
@@ -49,10 +51,10 @@ def configure_logging(
         shared.insert(0, _add_pid(pid))
     renderer: structlog.types.Processor
     if use_json:
-        shared.append(structlog.processors.dict_tracebacks)
+        shared.append(structlog.processors.ExceptionRenderer(_no_locals()))
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer()
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=_console_tracebacks())
     number = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*shared, renderer],
@@ -67,6 +69,19 @@ def configure_logging(
     root.setLevel(number)
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # smeg reports broker failures itself
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _no_locals() -> structlog.tracebacks.ExceptionDictTransformer:
+    """Tracebacks as data, without local variables: a frame of an actor holding a request has
+    the number, the body and the metadata in its locals (structlog shows them by default)."""
+    return structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+
+
+def _console_tracebacks() -> structlog.typing.ExceptionRenderer:
+    """The console's traceback renderer, without local variables (see ``_no_locals``)."""
+    if importlib.util.find_spec("rich") is not None:
+        return structlog.dev.RichTracebackFormatter(show_locals=False)
+    return structlog.dev.plain_traceback
 
 
 def _add_pid(pid: int) -> structlog.types.Processor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from domain.message import Message
@@ -84,7 +85,8 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class ChildFailed:
-    """A supervised actor died."""
+    """A supervised actor died; ``orphans`` were told to it and never handled (for its successor)."""
 
     name: str
     error: str
+    orphans: tuple[Any, ...] = ()

@@ -6,8 +6,9 @@ tick looks as well every ``sweep_every`` seconds, for failures no local worker a
 node's, a dead process's). Looking on every tick, ten times a second, cost a tenth of the
 interpreter lock on PostgreSQL, for nothing. A publication that fails is retried on later ticks
 with a growing pause; nothing is lost meanwhile, because the position in the log moves only after
-a batch is published. The actor owns the broker connection (pika is not thread-safe) and
-services its heartbeats on every tick.
+a batch is published. A failure that cannot be published because of its own data is parked by
+the outbox (``smeg projections parked``) and does not hold up the others. The actor owns the
+broker connection (pika is not thread-safe) and services its heartbeats on every tick.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class PublisherActor(Supervised):
         self.monotonic = monotonic
         self.next_sweep = self.last_look = monotonic() - sweep_every
         self.published = 0
+        self.parked = getattr(outbox, "parked", 0)
         self.retry_at = 0.0
         self.delay = 0.5
 
@@ -80,7 +82,9 @@ class PublisherActor(Supervised):
         self.last_look = self.monotonic()
         self.next_sweep = self.last_look + self.sweep_every
         try:
-            while published := self.outbox.publish_pending():
+            while settled := self.outbox.publish_pending():
+                parked = getattr(self.outbox, "parked", 0)
+                published, self.parked = settled - (parked - self.parked), parked
                 self.published += published
                 log.info("failed_messages_published", count=published)
         except Exception as exc:

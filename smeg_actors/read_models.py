@@ -6,14 +6,17 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from adapters.event_store import MessageStore
 from adapters.events_exchange import TRACKING_NAME as EVENTS_TRACKING
 from adapters.events_exchange import EventsExchangePublisher
-from adapters.projections import Projection, ProjectionRunner, read_position, step_together
+from adapters.failed_outbox import TRACKING_NAME as FAILED_TRACKING
+from adapters.parked_events import ParkedEvent, latest_parked, parked_counts
+from adapters.projections import Projection, ProjectionRunner, read_position, step_together, tracking
 from adapters.stats_view import stats_projections
 from adapters.status_view import MessageStatusProjection
 
@@ -32,30 +35,67 @@ def runners(store: MessageStore, engine: Engine) -> list[ProjectionRunner]:
 
 @dataclass(frozen=True)
 class FollowerStatus:
-    """How far one log follower is behind the head of the log."""
+    """How far one log follower is behind the head of the log, and what it parked."""
 
     name: str
     position: int
     head: int
     lag_events: int
     lag_seconds: float
+    parked: int = 0
+    latest_parked: tuple[ParkedEvent, ...] = ()
+    #: False for the failed-queue outbox: it reads Failed events only, so its position stays at
+    #: the latest one and its distance to the head says nothing (its lag is left out, as 0).
+    lag_known: bool = True
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "position": self.position,
+            "head": self.head,
+            "lag_events": self.lag_events if self.lag_known else None,
+            "lag_seconds": round(self.lag_seconds, 3) if self.lag_known else None,
+            "parked": self.parked,
+            "latest_parked": [item.as_json() for item in self.latest_parked],
+        }
 
 
-def follower_status(store: MessageStore, engine: Engine) -> list[FollowerStatus]:
-    """Position and lag (events, and age of the oldest unapplied event) of each follower."""
+def follower_status(store: MessageStore, engine: Engine, *, latest: int = 3) -> list[FollowerStatus]:
+    """Position and lag (events, and age of the oldest unapplied event) of each follower, with
+    how many events it parked and the ``latest`` of them. The failed-queue outbox is listed
+    (without a lag) once its position exists."""
     head = store.max_position()
     rows = []
     with engine.connect() as connection:
         names = [p.name for p in all_projections()] + [EVENTS_TRACKING]
         positions = {name: read_position(connection, name) for name in names}
+        failed = connection.scalar(
+            select(tracking.c.position).where(tracking.c.projection == FAILED_TRACKING)
+        )
+        counts = parked_counts(connection)
+        recent = {
+            name: tuple(latest_parked(connection, name, latest)) for name, count in counts.items() if count
+        }
     for name, position in positions.items():
         lag_seconds = 0.0
         pending = store.read_events(position, 1)[0] if position < head else []
         if pending:
             oldest = pending[0][1].timestamp
             lag_seconds = max(0.0, (datetime.now(timezone.utc) - oldest).total_seconds())
-        rows.append(FollowerStatus(name, position, head, max(0, head - position), lag_seconds))
+        lag = max(0, head - position)
+        rows.append(
+            FollowerStatus(name, position, head, lag, lag_seconds, counts.get(name, 0), recent.get(name, ()))
+        )
+    if failed is not None:
+        parked = (counts.get(FAILED_TRACKING, 0), recent.get(FAILED_TRACKING, ()))
+        rows.append(FollowerStatus(FAILED_TRACKING, int(failed), head, 0, 0.0, *parked, lag_known=False))
     return rows
+
+
+def parked_events(engine: Engine, follower: str | None = None, limit: int = 100) -> list[ParkedEvent]:
+    """Parked events, newest first, of one follower or of all."""
+    with engine.connect() as connection:
+        return latest_parked(connection, follower, limit)
 
 
 def run_forever(

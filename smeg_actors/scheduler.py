@@ -2,8 +2,9 @@
 
 Its state is the store's: on start it rebuilds the pending retries from the ``message_status``
 read model (overdue ones are released at once), and every sweep it adopts messages overdue by
-more than ``orphan_margin`` — those of a process that died — so none is dropped. With several
-processes, the store's optimistic concurrency decides who attempts: one Attempted per version.
+more than ``orphan_margin`` — those of a process that died — so none is dropped. Both read every
+such row, page by page, however many there are. With several processes, the store's optimistic
+concurrency decides who attempts: one Attempted per version.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import structlog
 from sqlalchemy import Engine
 
 from adapters.event_store import MessageNotFoundError, MessageStore, StoreUnavailableError
-from adapters.status_view import unfinished
+from adapters.status_view import UNFINISHED_PAGE, unfinished
 from smeg_actors.clock import Clock
 from smeg_actors.messages import DeliverMessages, Recover, ScheduleRetry, Tick, WorkItem
 from smeg_actors.supervisor import Children, Supervised
@@ -40,6 +41,7 @@ class SchedulerActor(Supervised):
         stale_after: an attempt older than this with no outcome is deemed interrupted.
         sweep_every: seconds between orphan sweeps.
         orphan_margin: how overdue a message must be before a sweep adopts it.
+        page_size: rows of ``message_status`` read per query when adopting (all are read).
     """
 
     def __init__(
@@ -55,12 +57,14 @@ class SchedulerActor(Supervised):
         stale_after: float,
         sweep_every: float = 5.0,
         orphan_margin: float = 30.0,
+        page_size: int = UNFINISHED_PAGE,
     ) -> None:
         super().__init__(name, supervisor)
         self.store, self.engine, self.catch_up = store, engine, catch_up
         self.children, self.clock, self.stale_after = children, clock, stale_after
         self.sweep_every = timedelta(seconds=sweep_every)
         self.orphan_margin = timedelta(seconds=orphan_margin)
+        self.page_size = page_size
         self.heap: list[tuple[datetime, int, UUID]] = []
         self.due: dict[UUID, datetime] = {}
         self.seq = 0
@@ -121,13 +125,22 @@ class SchedulerActor(Supervised):
             self._push(aggregate_id, due)
 
     def _adopt(self, *, before: datetime | None) -> None:
+        """Push every unfinished message (due before ``before``, for a sweep), page by page.
+
+        A page that fails to load ends this walk; what it already pushed stays, and the next
+        sweep walks again.
+        """
         self.next_sweep = self.clock() + self.sweep_every
+        count = 0
         try:
-            found = unfinished(self.engine, stale_after=self.stale_after, before=before)
+            for page in unfinished(
+                self.engine, stale_after=self.stale_after, before=before, page_size=self.page_size
+            ):
+                for aggregate_id, due in page:
+                    self._push(aggregate_id, due)
+                count += len(page)
         except Exception as exc:
-            log.warning("pending_rebuild_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            log.warning("pending_rebuild_failed", error=f"{type(exc).__name__}: {exc}"[:300], adopted=count)
             return
-        for aggregate_id, due in found:
-            self._push(aggregate_id, due)
-        if found:
-            log.info("pending_messages_adopted", count=len(found), sweep=before is not None)
+        if count:
+            log.info("pending_messages_adopted", count=count, sweep=before is not None)

@@ -2,10 +2,16 @@
 
 pykka has no linking: a child's ``on_failure`` reports to us (``Supervised``), and a liveness
 sweep on every tick catches the deaths that ``on_failure`` never sees (a failed ``on_start``).
+
+pykka drops what was told to an actor that crashes before handling it. Nothing handed to a child
+may be lost that way: a dying child takes its unhandled messages out of its inbox and hands them
+to the supervisor, and a message told to a child that is dead waits in ``Children`` until its
+successor starts. Both happen under ``TELL_LOCK``, so no message slips in between.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import traceback
@@ -22,6 +28,10 @@ from smeg_actors.messages import ChildFailed, Tick
 
 log = structlog.get_logger(__name__)
 
+#: Held while a message is told to a child and while a dying child empties its inbox: a message
+#: is either in the inbox before it is emptied, or finds the child dead and waits for its successor.
+TELL_LOCK = threading.Lock()
+
 
 class Children:
     """The current ref of each child by name, shared with actors that send to siblings.
@@ -31,6 +41,7 @@ class Children:
 
     def __init__(self) -> None:
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
+        self._parked: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> pykka.ActorRef[Any]:
@@ -38,8 +49,24 @@ class Children:
             return self._refs[name]
 
     def set(self, name: str, ref: pykka.ActorRef[Any]) -> None:
-        with self._lock:
-            self._refs[name] = ref
+        """Make ``ref`` the child ``name``, and hand it what waited for it."""
+        with TELL_LOCK:
+            with self._lock:
+                self._refs[name] = ref
+            parked = self._parked.pop(name, [])
+            for message in parked:
+                self._tell_or_park(name, ref, message)
+        if parked:
+            log.info("parked_messages_handed_on", child=name, count=len(parked))
+
+    def park(self, name: str, messages: tuple[Any, ...]) -> None:
+        """Keep ``messages`` for the next child called ``name``."""
+        with TELL_LOCK:
+            self._parked.setdefault(name, []).extend(messages)
+
+    def parked(self, name: str) -> int:
+        with TELL_LOCK:
+            return len(self._parked.get(name, ()))
 
     def items(self) -> list[tuple[str, pykka.ActorRef[Any]]]:
         with self._lock:
@@ -53,11 +80,24 @@ class Children:
             pass
 
     def tell(self, name: str, message: Any) -> None:
-        """Send to a child; a message to a child that is restarting is logged and dropped."""
+        """Send to a child; a message to a child that is restarting waits for its successor."""
+        with TELL_LOCK:
+            with self._lock:
+                ref = self._refs.get(name)
+            parked = not self._tell_or_park(name, ref, message)
+        if parked:
+            log.info("message_to_restarting_child_parked", child=name, message=type(message).__name__)
+
+    def _tell_or_park(self, name: str, ref: pykka.ActorRef[Any] | None, message: Any) -> bool:
+        """Under TELL_LOCK: tell ``ref``, or park the message if it is dead. True if told."""
         try:
-            self.get(name).tell(message)
+            if ref is None:
+                raise KeyError(name)
+            ref.tell(message)
+            return True
         except (pykka.ActorDeadError, KeyError):
-            log.warning("message_to_dead_child_dropped", child=name, message=type(message).__name__)
+            self._parked.setdefault(name, []).append(message)
+            return False
 
 
 class Supervised(pykka.ThreadingActor):
@@ -76,17 +116,43 @@ class Supervised(pykka.ThreadingActor):
     ) -> None:
         first_line = (str(exception_value).strip().splitlines() or [""])[0]
         error = f"{exception_type.__name__ if exception_type else '?'}: {first_line}"
+        orphans = self._orphans()
         log.error(
             "actor_crashed",
             actor=self.name,
             error=error,
             where="".join(traceback.format_tb(traceback_)[-1:]).strip(),
+            unhandled=len(orphans),
         )
         if self.supervisor is not None:
             try:
-                self.supervisor.tell(ChildFailed(self.name, error))
+                self.supervisor.tell(ChildFailed(self.name, error, orphans))
+                return
             except pykka.ActorDeadError:
                 pass
+        if orphans:
+            log.error("unhandled_messages_lost_with_actor", actor=self.name, count=len(orphans))
+
+    def _orphans(self) -> tuple[Any, ...]:
+        """Empty the inbox of this dead actor: what was told comes back, what was asked fails."""
+        orphans: list[Any] = []
+        inbox: queue.Queue[Any] = self.actor_inbox  # type: ignore[assignment]
+        with TELL_LOCK:
+            while True:
+                try:
+                    envelope = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                message, reply_to = envelope.message, envelope.reply_to
+                if type(message).__module__.startswith("pykka"):  # a stop request
+                    if reply_to is not None:
+                        reply_to.set(None)
+                elif reply_to is not None:
+                    dead = pykka.ActorDeadError(f"{self.actor_ref} crashed before handling the message")
+                    reply_to.set_exception(exc_info=(pykka.ActorDeadError, dead, None))
+                else:
+                    orphans.append(message)
+        return tuple(orphans)
 
 
 @dataclass(frozen=True)
@@ -136,7 +202,9 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case ChildFailed(name=name, error=error):
+            case ChildFailed(name=name, error=error, orphans=orphans):
+                if orphans and not self.stopping:
+                    self.children.park(name, orphans)
                 self._child_failed(name, error)
             case Tick():
                 self._sweep()

@@ -174,9 +174,10 @@ class WorkerActor(Supervised):
         if message is None:
             log.warning("outcome_not_recorded", refused=str(outcome.refused), conflict=outcome.conflict)
             return
-        # Binding the ids costs more than the line itself: skip both when info lines are off.
-        if log.is_enabled_for(logging.INFO):
-            self._log_finished(message)
+        # Binding the ids costs more than the line itself: skip both when the line's level is off.
+        level = _finished_level(message)
+        if log.is_enabled_for(level):
+            self._log_finished(message, level)
         if message.status == BACKED_OFF and message.retry_at is not None:
             self.children.tell("scheduler", ScheduleRetry(message.id, message.retry_at))
         elif message.status == FAILED:
@@ -185,9 +186,11 @@ class WorkerActor(Supervised):
             self.children.tell_quietly("redriver", ProviderRecovered(message.last_provider or ""))
 
     @staticmethod
-    def _log_finished(message: Message) -> None:
+    def _log_finished(message: Message, level: int) -> None:
+        failure = {"reason": message.last_error, "permanent": message.permanent}
         with message_context(message.message_id, message.correlation_id):
-            log.info(
+            log.log(
+                level,
                 "attempt_finished",
                 status=message.status,
                 attempt=message.attempts,
@@ -195,6 +198,7 @@ class WorkerActor(Supervised):
                 to=mask_address(message.to),
                 error=message.last_error if message.status != DELIVERED else None,
                 retry_at=message.retry_at.isoformat() if message.retry_at else None,
+                **(failure if message.status == FAILED else {}),
             )
 
     def _commit(self, changes: list[Change]) -> list[Outcome] | None:
@@ -208,6 +212,14 @@ class WorkerActor(Supervised):
         except StoreUnavailableError as exc:
             self.on_store_lost(str(exc))
             return None
+
+
+def _finished_level(message: Message) -> int:
+    """Failed is what an operator must hear of: a warning when the attempts ran out (a provider
+    outage looks like this), an error when the provider refused for good; the rest is info."""
+    if message.status != FAILED:
+        return logging.INFO
+    return logging.ERROR if message.permanent else logging.WARNING
 
 
 def _outbound(message: Message) -> OutboundMessage:

@@ -20,6 +20,8 @@ from typing import Any
 import pika
 import pytest
 
+from adapters.rabbitmq import Topology
+
 ROOT = Path(__file__).resolve().parents[2]
 AMQP_URL = os.environ.get("SMEG_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -229,7 +231,7 @@ def publish_requests(prefix: str, ids: list[str], url: str = AMQP_URL) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     channel.confirm_delivery()
-    channel.queue_declare(f"{prefix}.send", durable=True, arguments={"x-queue-type": "quorum"})
+    Topology(prefix).declare(channel)  # as smeg declares it, poison-message arguments included
     for message_id in ids:
         body = {"message_id": message_id, "channel": "sms", "to": "+447700900123", "body": "hi"}
         channel.basic_publish(

@@ -27,7 +27,7 @@ from tests.e2e.conftest import AMQP_URL, ROOT, StubProvider, run_cli, smeg_env
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
 TO = "+447700900123"
-MASKED_TO = "+44******0123"
+MASKED_TO = "*********0123"
 BODY = "Your code is 4711, don't share it"
 SENDER = "ACME"
 EXHAUSTING = BackoffPolicy(initial=60, max_attempts=1)

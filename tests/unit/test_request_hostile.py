@@ -29,7 +29,9 @@ def refusal(data: bytes, **kwargs: Any) -> str:
 
 @pytest.mark.parametrize("loads", [None, orjson.loads])
 def test_brackets_nested_1100_deep_are_refused_without_recursion(loads):
-    assert refusal(b"[" * 1100 + b"]" * 1100, strict_loads=loads) == f"body nests deeper than {MAX_DEPTH} levels"
+    assert (
+        refusal(b"[" * 1100 + b"]" * 1100, strict_loads=loads) == f"body nests deeper than {MAX_DEPTH} levels"
+    )
 
 
 @pytest.mark.parametrize("loads", [None, orjson.loads])
@@ -135,7 +137,7 @@ def test_no_byte_string_raises_anything_but_invalid_request_error(data):
 
 
 @given(
-    prefix=st.text(alphabet="[{\"\\:,a1 ", max_size=300),
+    prefix=st.text(alphabet='[{"\\:,a1 ', max_size=300),
     depth=st.integers(min_value=0, max_value=3000),
 )
 def test_any_mix_of_brackets_and_strings_is_refused_or_parsed_never_raised(prefix, depth):

@@ -1,0 +1,95 @@
+"""Nothing told to a supervised child is lost when it crashes: what waited in its inbox, and what
+is told while it restarts, reaches its successor (pykka alone drops both)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pykka
+
+from smeg_actors.supervisor import Children, ChildSpec, Supervised, SupervisorActor
+
+
+class Recorder(Supervised):
+    """Records what it handles; the first ``"crash"`` blocks until released, then raises."""
+
+    crashed = False
+
+    def __init__(
+        self, name: str, supervisor: pykka.ActorRef[Any] | None, *, seen: list[Any], gate: threading.Event
+    ) -> None:
+        super().__init__(name, supervisor)
+        self.seen, self.gate = seen, gate
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "crash" and not Recorder.crashed:
+            Recorder.crashed = True
+            self.gate.wait(5)
+            raise RuntimeError("injected crash")
+        if message == "ping?":
+            return "pong"
+        self.seen.append(message)
+        return None
+
+
+def wait_until(condition: Any, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_messages_queued_behind_a_crash_and_told_during_the_restart_reach_the_successor() -> None:
+    Recorder.crashed = False
+    seen: list[Any] = []
+    gate = threading.Event()
+    children = Children()
+    spec = ChildSpec("child", lambda sup: Recorder.start("child", sup, seen=seen, gate=gate))
+    supervisor = SupervisorActor.start([spec], children, escalate=lambda _why: None)
+    try:
+        supervisor.ask("counts", timeout=5)
+        children.tell("child", "crash")
+        for i in range(100):  # queued behind the crash, in the inbox pykka would drop
+            children.tell("child", i)
+        gate.set()
+        for i in range(100, 200):  # told while the child is dead or restarting
+            children.tell("child", i)
+
+        wait_until(lambda: len(seen) == 200)
+        assert sorted(seen) == list(range(200))
+        assert supervisor.ask("counts", timeout=5) == {"child": 1}
+    finally:
+        supervisor.ask("stop_children", timeout=5)
+        supervisor.stop()
+
+
+def test_an_ask_queued_behind_a_crash_fails_at_once_instead_of_hanging() -> None:
+    Recorder.crashed = False
+    gate = threading.Event()
+    actor = Recorder.start("child", None, seen=[], gate=gate)
+    actor.tell("crash")
+    future = actor.ask("ping?", block=False)
+    gate.set()
+    try:
+        future.get(timeout=5)
+    except pykka.ActorDeadError:
+        pass
+    else:
+        raise AssertionError("the ask should fail with ActorDeadError")
+
+
+def test_a_message_for_a_child_not_started_yet_waits_for_it() -> None:
+    children = Children()
+    seen: list[Any] = []
+    children.tell("later", "hello")
+    assert children.parked("later") == 1
+
+    ref = Recorder.start("later", None, seen=seen, gate=threading.Event())
+    try:
+        children.set("later", ref)
+        wait_until(lambda: seen == ["hello"])
+        assert children.parked("later") == 0
+    finally:
+        ref.stop()
