@@ -140,11 +140,12 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def check_broker(url: str, topology: Topology) -> None:
-    """Connect and declare the topology; raise BrokerUnavailableError if that fails."""
+def check_broker(url: str, topology: Topology) -> bool:
+    """Connect and declare the topology; raise BrokerUnavailableError if that fails. Returns
+    whether the send queue has the poison-message handling (see ``Topology.declare``)."""
     connection = connect(url, name="smeg-check")
     try:
-        topology.declare(connection.channel())
+        return topology.declare(connection.channel())
     except pika.exceptions.AMQPError as exc:
         raise BrokerUnavailableError(describe_error(exc)) from None
     finally:

@@ -5,11 +5,13 @@ Pure: ``load_settings`` takes the environment as a mapping, so it is tested with
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import pika
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from adapters.sql import read_models_beside
@@ -89,6 +91,11 @@ class Settings(BaseModel):
     def _amqp(cls, value: str) -> str:
         if not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// or amqps:// URL")
+        try:
+            pika.URLParameters(value)
+        except Exception as exc:  # pika raises ValueError and others; the value may hold a password
+            reason = re.sub(r"'[^']*'", "'…'", (str(exc).splitlines() or [""])[0])
+            raise ValueError(f"is not a valid AMQP URL ({reason[:120]})") from None
         return value
 
     @property

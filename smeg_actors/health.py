@@ -17,7 +17,8 @@ from adapters.sql import make_engine
 from domain.ports import Provider, ProviderUnhealthyError
 from smeg_actors.config import Settings
 
-Check = tuple[str, Callable[[], None]]
+#: A dependency's name and its check, which raises with a one-line reason or returns a note.
+Check = tuple[str, Callable[[], str | None]]
 
 
 def dependency_checks(
@@ -47,7 +48,14 @@ def dependency_checks(
     checks: list[Check] = [("store", check_store)]
     if settings.read_models_database_url != settings.database_url:
         checks.append(("read models", check_read_models))
-    checks.append(("broker", lambda: check_broker(settings.amqp_url, Topology(settings.queue_prefix))))
+    def check_rabbitmq() -> str | None:
+        topology = Topology(settings.queue_prefix)
+        if check_broker(settings.amqp_url, topology):
+            return None
+        fix = topology.poison_policy_command()
+        return f"warning: {topology.send} has no poison-message handling; run: {fix}"
+
+    checks.append(("broker", check_rabbitmq))
     for name, provider in providers.items():
         checks.append((f"provider {name}", provider.check_health))
     return checks
@@ -58,12 +66,12 @@ def run_checks(checks: list[Check]) -> tuple[bool, list[str]]:
     lines, healthy = [], True
     for name, check in checks:
         try:
-            check()
+            note = check()
         except (StoreError, BrokerUnavailableError, ProviderUnhealthyError, OSError) as exc:
             healthy = False
             lines.append(f"{name}: FAILED: {_one_line(exc)}")
         else:
-            lines.append(f"{name}: ok")
+            lines.append(f"{name}: ok ({note})" if note else f"{name}: ok")
     return healthy, lines
 
 

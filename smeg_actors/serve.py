@@ -48,7 +48,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
         for line in lines:
             click.echo(line, err=True)
         if not healthy:
-            return EXIT_UNHEALTHY
+            return exiting(EXIT_UNHEALTHY, "a dependency failed the start-up check")
         store = stores[0]
     else:  # a child of a group, whose parent has just checked every dependency for all of them
         store = open_store(settings)
@@ -71,8 +71,9 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     except (BrokerUnavailableError, StoreError) as exc:
         click.echo(f"smeg: start failed: {exc}", err=True)
         runtime.stop(timeout=2)
-        return EXIT_UNHEALTHY
+        return exiting(EXIT_UNHEALTHY, f"start failed: {exc}")
     code = runtime.wait()
+    exiting(code, runtime.stop_reason.reason)
     if code == EXIT_OK:
         runtime.stop(timeout=settings.shutdown_timeout)
         store.close()
@@ -96,4 +97,13 @@ def serve_group(settings: Settings, processes: int, config_path: str | None) -> 
     code = group.run()
     if group.reason:
         click.echo(f"smeg: stopping (exit {code}): {group.reason}", err=True)
+    return exiting(code, group.reason or "stopped")
+
+
+def exiting(code: int, cause: str) -> int:
+    """Log the process's exit with its code and cause: at error unless asked to stop (0)."""
+    if code == EXIT_OK:
+        log.info("process_exiting", exit_code=code, cause=cause)
+    else:
+        log.error("process_exiting", exit_code=code, cause=cause)
     return code

@@ -1,0 +1,75 @@
+"""How ``smeg run`` ends: a malformed setting is exit 2 in one line, and every exit is logged."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import pika
+import pytest
+import structlog
+
+from adapters.rabbitmq import QUEUE_ARGUMENTS
+from smeg_actors.logs import configure_logging
+from smeg_actors.serve import exiting
+from tests.e2e.conftest import AMQP_URL, StubProvider, run_cli, smeg_env
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://guest:s3cret@127.0.0.1:notaport/%2F",
+        "amqp://[::1",
+        "amqp://guest:guest@127.0.0.1:5672/%2F?heartbeat=abc",
+        "amqp://guest:guest@127.0.0.1:99999/%2F",
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_a_malformed_amqp_url_is_an_invalid_setting_exit_2_in_one_line(url: str, command: str) -> None:
+    result = run_cli(smeg_env(SMEG_AMQP_URL=url), command)
+
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("smeg: invalid setting SMEG_AMQP_URL")
+    assert "s3cret" not in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_an_exit_is_logged_at_error_with_its_code_and_cause_unless_it_was_asked_for() -> None:
+    out = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging(fmt="json", level="info", stream=out)
+    try:
+        structlog.get_logger("smeg_actors.serve")
+        assert exiting(4, "broker connection lost: StreamLostError") == 4
+        assert exiting(0, "signal") == 0
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    exits = [(x["level"], x["exit_code"], x["cause"]) for x in lines if x["event"] == "process_exiting"]
+    assert exits == [("error", 4, "broker connection lost: StreamLostError"), ("info", 0, "signal")]
+
+
+def test_check_names_the_policy_for_a_send_queue_of_an_older_install(
+    e2e_prefix: str, stub: StubProvider, tmp_path: Path
+) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    connection.channel().queue_declare(f"{e2e_prefix}.send", durable=True, arguments=QUEUE_ARGUMENTS)
+    connection.close()
+    env = smeg_env(
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/smeg.db",
+        SMEG_PROVIDER_URL=stub.url,
+    )
+
+    result = run_cli(env, "check")
+
+    assert result.returncode == 0, result.stderr + result.stdout
+    [broker] = [line for line in result.stdout.splitlines() if line.startswith("broker:")]
+    assert broker.startswith(f"broker: ok (warning: {e2e_prefix}.send has no poison-message handling; run: ")
+    assert f"rabbitmqctl set_policy {e2e_prefix}-send-poison" in broker
