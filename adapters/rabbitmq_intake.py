@@ -18,6 +18,7 @@ import pika.exceptions
 import structlog
 from pika.adapters.blocking_connection import BlockingChannel
 
+from adapters.ack_window import AckWindow
 from adapters.rabbitmq import BrokerUnavailableError, Topology, connect, describe_error
 from adapters.rabbitmq_reject import capped_reason, lost_to_undecodable_frame, publish_rejected
 from domain.errors import InvalidRequestError
@@ -58,53 +59,6 @@ class SilenceWatchdog:
             self.seen, self.since = received, now
         elif now - self.since > self.limit:
             raise BrokerUnavailableError(f"no traffic from the broker for {now - self.since:.0f}s")
-
-
-class AckWindow:
-    """Which deliveries one ``multiple=True`` ack may settle now (consumer thread only).
-
-    Batches finish out of order (several intake actors take them in turn). Acking a batch that
-    finished before a lower one tag by tag cost a frame and a flush of the connection each, on
-    the consumer thread every request passes through; instead a finished tag waits until every
-    lower tag still pending is settled, and one ``multiple=True`` ack then covers them all.
-    """
-
-    def __init__(self) -> None:
-        self.pending: set[int] = set()
-        self.done: set[int] = set()
-
-    def delivered(self, tag: int) -> None:
-        self.pending.add(tag)
-
-    def finished(self, tags: Sequence[int]) -> int | None:
-        """``tags`` are durable; the tag to ack with ``multiple=True``, if any may be now."""
-        self.pending.difference_update(tags)
-        self.done.update(tags)
-        return self._settled()
-
-    def released(self, tags: Sequence[int]) -> int | None:
-        """``tags`` went back to the broker; finished tags above them may now be acked."""
-        self.pending.difference_update(tags)
-        self.done.difference_update(tags)
-        return self._settled()
-
-    def leftover(self) -> list[int]:
-        """Finished tags still waiting on a lower one (to ack one by one when closing)."""
-        left, self.done = sorted(self.done), set()
-        return left
-
-    def _settled(self) -> int | None:
-        if not self.done:
-            return None
-        if self.pending:
-            low = min(self.pending)
-            ready = [tag for tag in self.done if tag < low]
-        else:
-            ready = list(self.done)
-        if not ready:
-            return None
-        self.done.difference_update(ready)
-        return max(ready)
 
 
 class RabbitIntake(threading.Thread):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.rabbitmq_intake import AckWindow
+from adapters.ack_window import AckWindow
 
 
 def window(*tags: int) -> AckWindow:
