@@ -225,10 +225,12 @@ def test_a_delivery_pika_cannot_decode_leaves_the_send_queue_by_its_delivery_lim
     Topology(prefix).declare(rabbit)
     rabbit.basic_publish("", f"{prefix}.send", valid("before"))
     publish_undecodable(rabbit, f"{prefix}.send", b"poison", monkeypatch)
-    rabbit.basic_publish("", f"{prefix}.send", valid("after"))
+    after = {f"after-{i}" for i in range(120)}  # past the one-at-a-time stretch (prefetch 50)
+    for message_id in sorted(after):
+        rabbit.basic_publish("", f"{prefix}.send", valid(message_id))
 
     collected.start()  # the poison is there from the first read: the start itself must survive it
-    collected.wait_for({"before", "after"}, timeout=60)
+    collected.wait_for({"before", *after}, timeout=60)
     assert collected.intake.is_alive()
     assert collected.lost == []
     assert message_count(rabbit, f"{prefix}.rejected", 1) == 1
