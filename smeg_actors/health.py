@@ -48,6 +48,7 @@ def dependency_checks(
     checks: list[Check] = [("store", check_store)]
     if settings.read_models_database_url != settings.database_url:
         checks.append(("read models", check_read_models))
+
     def check_rabbitmq() -> str | None:
         topology = Topology(settings.queue_prefix)
         if check_broker(settings.amqp_url, topology):
