@@ -23,6 +23,10 @@ class NoAttemptInFlightError(InvalidTransitionError):
     """An outcome was recorded but no attempt is waiting for one."""
 
 
+class AttemptSupersededError(InvalidTransitionError):
+    """An outcome arrived for an attempt that was closed (deemed interrupted) and followed by another."""
+
+
 class RetryNotDueError(InvalidTransitionError):
     """An attempt was started before the message's ``retry_at``."""
 

@@ -17,6 +17,7 @@ from eventsourcing.utils import get_topic, resolve_topic
 from domain.backoff import BackoffPolicy
 from domain.errors import (
     AttemptOutcomePendingError,
+    AttemptSupersededError,
     MessageAlreadyFinalError,
     NoAttemptInFlightError,
     NotFailedError,
@@ -258,10 +259,15 @@ class Message(Aggregate):
         self._trigger(self.Attempted, now, attempt=self.attempts + 1, provider=provider)
 
     def record_delivery(
-        self, provider_message_id: str, *, now: datetime, latency_ms: float | None = None
+        self,
+        provider_message_id: str,
+        *,
+        now: datetime,
+        latency_ms: float | None = None,
+        attempt: int | None = None,
     ) -> None:
-        """The provider accepted the message in flight."""
-        self._check_in_flight()
+        """The provider accepted the message in flight (``attempt``: the one that was answered)."""
+        self._check_in_flight(attempt)
         self._trigger(
             self.Delivered,
             now,
@@ -272,10 +278,16 @@ class Message(Aggregate):
         )
 
     def record_permanent_failure(
-        self, reason: str, *, error: str, now: datetime, status_code: int | None = None
+        self,
+        reason: str,
+        *,
+        error: str,
+        now: datetime,
+        status_code: int | None = None,
+        attempt: int | None = None,
     ) -> None:
         """The provider refused for good: fail now, without further attempts."""
-        self._check_in_flight()
+        self._check_in_flight(attempt)
         self._fail(reason, error, status_code, now, permanent=True)
 
     def record_transient_failure(
@@ -289,9 +301,10 @@ class Message(Aggregate):
         latency_ms: float | None = None,
         retry_after: float | None = None,
         rng: random.Random | None = None,
+        attempt: int | None = None,
     ) -> None:
         """Back off by the policy, or fail as exhausted when the cycle's attempts are spent."""
-        self._check_in_flight()
+        self._check_in_flight(attempt)
         if policy.exhausted(self.cycle_attempts):
             self._fail(reason, error, status_code, now, permanent=False)
             return
@@ -361,8 +374,12 @@ class Message(Aggregate):
         if self.is_final:
             raise MessageAlreadyFinalError(f"message is already {self.status}")
 
-    def _check_in_flight(self) -> None:
+    def _check_in_flight(self, attempt: int | None = None) -> None:
+        """An outcome needs an attempt in flight, and (when named) the very attempt it answers:
+        a late answer to an attempt another process closed as interrupted must not close the next."""
         self._check_not_final()
+        if attempt is not None and attempt != self.attempts:
+            raise AttemptSupersededError(f"attempt {attempt} was closed; attempt {self.attempts} followed it")
         if self.status != IN_FLIGHT:
             raise NoAttemptInFlightError(f"message is {self.status}, no attempt in flight")
 

@@ -146,15 +146,20 @@ class WorkerActor(Supervised):
         return self.calls.run(calls, timeout=self.call_timeout)
 
     def _outcome_change(self, message: Message, result: Result, latency_ms: float, now: datetime) -> Change:
+        attempt = message.attempts  # the attempt this answer belongs to, whatever the store holds now
+
         def record(target: Message) -> None:
             if isinstance(result, ProviderReceipt):
-                target.record_delivery(result.provider_message_id, now=now, latency_ms=latency_ms)
+                target.record_delivery(
+                    result.provider_message_id, now=now, latency_ms=latency_ms, attempt=attempt
+                )
             elif isinstance(result, PermanentDeliveryError):
                 target.record_permanent_failure(
                     result.reason,
                     error=type(result).__name__,
                     now=now,
                     status_code=result.status_code,
+                    attempt=attempt,
                 )
             else:
                 target.record_transient_failure(
@@ -165,6 +170,7 @@ class WorkerActor(Supervised):
                     status_code=result.status_code,
                     latency_ms=latency_ms,
                     retry_after=result.retry_after,
+                    attempt=attempt,
                 )
 
         return Change(load=lambda: self.store.get(message.id), apply=record, cached=message)
