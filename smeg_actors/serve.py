@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from types import FrameType
 
 import click
@@ -75,8 +77,12 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     code = runtime.wait()
     exiting(code, runtime.stop_reason.reason)
     if code == EXIT_OK:
-        runtime.stop(timeout=settings.shutdown_timeout)
-        store.close()
+
+        def stop() -> None:
+            runtime.stop(timeout=settings.shutdown_timeout)
+            store.close()
+
+        within(settings.shutdown_timeout + SHUTDOWN_MARGIN, stop)
     else:
         # A lost dependency: stopping actors blocked on it could take long. Exit now; the broker
         # requeues every unacked request, and the store holds every recorded step.
@@ -98,6 +104,33 @@ def serve_group(settings: Settings, processes: int, config_path: str | None) -> 
     if group.reason:
         click.echo(f"smeg: stopping (exit {code}): {group.reason}", err=True)
     return exiting(code, group.reason or "stopped")
+
+
+#: Seconds a graceful stop may take beyond SMEG_SHUTDOWN_TIMEOUT (closing the store and the
+#: actors after the in-flight attempts) before the process exits regardless.
+SHUTDOWN_MARGIN = 15.0
+
+
+def within(limit: float, stop: Callable[[], None]) -> None:
+    """Run ``stop``; if it is still running after ``limit`` s, log every thread's stack and exit 0
+    at once. A stop is a sum of bounded waits that can add up past the promised timeout; an
+    orchestrator must never have to kill a process it asked to stop. Nothing is lost: what is
+    not acked goes back to the broker, what is recorded is in the store."""
+    timer = threading.Timer(limit, _overran, args=(limit,))
+    timer.daemon = True
+    timer.start()
+    try:
+        stop()
+    finally:
+        timer.cancel()
+
+
+def _overran(limit: float) -> None:
+    log.error("shutdown_overran", limit_s=limit)
+    pykka.debug.log_thread_tracebacks()
+    exiting(EXIT_OK, f"graceful stop overran {limit:g}s")
+    sys.stderr.flush()
+    os._exit(EXIT_OK)
 
 
 def exiting(code: int, cause: str) -> int:
