@@ -27,6 +27,7 @@ from smeg_actors.process_group import PARENT_PID_VARIABLE
 
 
 @click.group()
+@click.version_option(package_name="smeg", message="smeg %(version)s")
 @click.option("--config", "config_path", type=str, default=None, help="TOML settings file.")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:

@@ -73,3 +73,12 @@ def test_check_names_the_policy_for_a_send_queue_of_an_older_install(
     [broker] = [line for line in result.stdout.splitlines() if line.startswith("broker:")]
     assert broker.startswith(f"broker: ok (warning: {e2e_prefix}.send has no poison-message handling; run: ")
     assert f"rabbitmqctl set_policy {e2e_prefix}-send-poison" in broker
+
+
+def test_version_prints_the_package_version_and_exits_0_whatever_the_settings() -> None:
+    from importlib.metadata import version
+
+    result = run_cli(smeg_env(SMEG_AMQP_URL="not a url"), "--version")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"smeg {version('smeg')}"
