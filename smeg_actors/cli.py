@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
+import structlog
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from adapters.event_store import MessageNotFoundError, MessageStore, StoreError
@@ -20,7 +21,7 @@ from adapters.gc_policy import collect_less
 from domain.audit import describe, event_record
 from smeg_actors.cli_read_models import audit_replay, projections, report
 from smeg_actors.cli_support import CommandError, open_store, parse_time, quiet_stdout, settings_of
-from smeg_actors.config import SettingsError, load_settings, processes_value
+from smeg_actors.config import SettingsError, load_settings, processes_value, unknown_variables
 from smeg_actors.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_UNHEALTHY
 from smeg_actors.logs import configure_logging
 from smeg_actors.process_group import PARENT_PID_VARIABLE
@@ -37,6 +38,10 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     configure_logging(
         fmt=settings.log_format, level=settings.log_level, pid=os.getpid() if in_group else None
     )
+    for variable, closest in unknown_variables(os.environ):
+        structlog.get_logger(__name__).warning(
+            "unknown_setting_variable", variable=variable, closest_setting=closest
+        )
     ctx.obj = {"settings": settings, "config_path": config_path}
 
 

@@ -5,6 +5,7 @@ Pure: ``load_settings`` takes the environment as a mapping, so it is tested with
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Mapping
@@ -149,6 +150,27 @@ def load_settings(environ: Mapping[str, str], config_path: str | None = None) ->
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+
+
+#: ``SMEG_`` variables that are not settings: read by smeg itself, or by its own tooling.
+OTHER_VARIABLES = frozenset({"CONFIG", "DEBUG", "PARENT_PID", "READY_FD", "GO_FD", "STORE_TIMEOUT"})
+TOOLING_PREFIXES = ("TEST_", "FUZZ_", "BENCH_")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Each ``SMEG_`` variable that is no setting (a typo is otherwise silently ignored), with the
+    closest setting's variable, if any is close."""
+    names = sorted(name for name in Settings.model_fields if name != "providers")
+    unknown: list[tuple[str, str | None]] = []
+    for key in sorted(environ):
+        rest = key[len(ENV_PREFIX) :]
+        if not key.startswith(ENV_PREFIX) or rest.lower() in names or rest in OTHER_VARIABLES:
+            continue
+        if rest.startswith(TOOLING_PREFIXES):
+            continue
+        close = difflib.get_close_matches(rest.lower(), names, n=1, cutoff=0.6)
+        unknown.append((key, f"{ENV_PREFIX}{close[0].upper()}" if close else None))
+    return unknown
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

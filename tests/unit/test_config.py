@@ -360,3 +360,32 @@ def test_read_models_live_beside_the_store_unless_told_otherwise() -> None:
     assert chosen.read_models_database_url == postgres
     with pytest.raises(SettingsError, match="read_models_url"):
         load_settings({"SMEG_READ_MODELS_URL": "mysql://h/db"})
+
+
+# --- misspelled variables ---------------------------------------------------------------------
+
+
+def test_a_misspelled_variable_is_named_with_the_closest_setting() -> None:
+    from smeg_actors.config import unknown_variables
+
+    environ = {"SMEG_WORKER": "4", "SMEG_PROVIDERURL": "x", "SMEG_ZZZ": "1", "SMEG_WORKERS": "4", "HOME": "/"}
+
+    assert unknown_variables(environ) == [
+        ("SMEG_PROVIDERURL", "SMEG_PROVIDER_URL"),
+        ("SMEG_WORKER", "SMEG_WORKERS"),
+        ("SMEG_ZZZ", None),
+    ]
+
+
+def test_smegs_own_variables_that_are_not_settings_are_not_warned_about() -> None:
+    from smeg_actors.config import unknown_variables
+
+    environ = {"SMEG_CONFIG": "a.toml", "SMEG_DEBUG": "1", "SMEG_PARENT_PID": "1", "SMEG_TEST_AMQP_URL": "x"}
+
+    assert unknown_variables(environ) == []
+
+
+def test_providers_cannot_come_from_one_variable_and_say_so_by_a_warning() -> None:
+    from smeg_actors.config import unknown_variables
+
+    assert unknown_variables({"SMEG_PROVIDERS": "x"})[0][0] == "SMEG_PROVIDERS"
