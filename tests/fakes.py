@@ -1,11 +1,12 @@
-"""Fakes for the ports (tests only): a scriptable provider and a crashing clock."""
+"""Fakes for the ports (tests only): a scriptable provider, a clock the test moves, a crashing clock."""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import Generic, TypeVar
 
 from domain.ports import (
     OutboundMessage,
@@ -69,3 +70,25 @@ class CrashingClock:
         if self.should_crash():
             raise RuntimeError("injected crash")
         return datetime.now(timezone.utc)
+
+
+Now = TypeVar("Now", float, datetime)
+
+
+class FakeClock(Generic[Now]):
+    """Now (a monotonic float or a UTC datetime), moved only by the test: never freezegun around
+    actors (library-notes G3). ``sleep`` records the wait and moves the clock by it."""
+
+    def __init__(self, now: Now) -> None:
+        self.now: Now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> Now:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if isinstance(self.now, datetime):
+            self.now = self.now + timedelta(seconds=seconds)
+        else:
+            self.now = self.now + seconds

@@ -25,6 +25,7 @@ from adapters.event_store import (
 from domain.backoff import BackoffPolicy
 from domain.errors import AttemptOutcomePendingError, MessageAlreadyFinalError
 from domain.message import Message
+from tests.fakes import FakeClock
 
 UNREACHABLE_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:1/test"
 NO_WAIT = BackoffPolicy(initial=0)
@@ -701,22 +702,9 @@ def test_two_in_memory_sqlite_stores_do_not_share_events():
 # --- retry_until ----------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def test_retry_until_gives_up_after_the_grace_and_re_raises_the_last_error():
     # Given an operation that always fails
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     errors: list[StoreUnavailableError] = []
     retried: list[float] = []
 
@@ -743,7 +731,7 @@ def test_retry_until_gives_up_after_the_grace_and_re_raises_the_last_error():
 
 
 def test_retry_until_returns_the_result_once_the_operation_succeeds():
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     results = iter([StoreUnavailableError("down"), StoreUnavailableError("down"), "ok"])
 
     def operation() -> str:
@@ -757,7 +745,7 @@ def test_retry_until_returns_the_result_once_the_operation_succeeds():
 
 
 def test_retry_until_doubles_the_wait_up_to_five_seconds():
-    clock = FakeClock()
+    clock = FakeClock(0.0)
 
     def operation() -> None:
         raise StoreUnavailableError("down")
@@ -771,7 +759,7 @@ def test_retry_until_doubles_the_wait_up_to_five_seconds():
 
 
 def test_retry_until_with_no_grace_tries_once():
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     calls: list[int] = []
 
     def operation() -> None:
@@ -786,7 +774,7 @@ def test_retry_until_with_no_grace_tries_once():
 
 
 def test_retry_until_does_not_retry_other_errors():
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     calls: list[int] = []
 
     def operation() -> None:

@@ -10,14 +10,7 @@ from adapters.failed_outbox import FailedOutbox
 from smeg_actors.messages import PublishFailed, Tick
 from smeg_actors.publisher import NUDGE_GAP, PublisherActor
 from smeg_actors.supervisor import Children
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 class FakeBroker:
@@ -46,7 +39,7 @@ class FakeOutbox:
 
 @pytest.fixture
 def rig() -> tuple[PublisherActor, FakeOutbox, FakeClock]:
-    outbox, clock = FakeOutbox(), FakeClock()
+    outbox, clock = FakeOutbox(), FakeClock(1000.0)
     actor = PublisherActor(
         "publisher",
         None,

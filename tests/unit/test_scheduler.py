@@ -23,22 +23,13 @@ from domain.message import Message
 from smeg_actors.messages import DeliverMessages, Recover, ScheduleRetry, Tick
 from smeg_actors.scheduler import SchedulerActor
 from smeg_actors.supervisor import Children
+from tests.fakes import FakeClock
 
 WAIT = 5.0
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 POLICY = BackoffPolicy(initial=60, factor=3, max_delay=3600, max_attempts=5)
 STALE_AFTER = 120.0
 MS = timedelta(milliseconds=1)
-
-
-class FakeClock:
-    """UTC now, moved only by the test (never freezegun around actors: library-notes G3)."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class FakeDispatcher(pykka.ThreadingActor):

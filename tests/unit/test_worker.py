@@ -34,22 +34,12 @@ from smeg_actors.messages import (
 from smeg_actors.provider_calls import ProviderCalls
 from smeg_actors.supervisor import Children
 from smeg_actors.worker import WorkerActor
-from tests.fakes import FakeProvider
+from tests.fakes import FakeClock, FakeProvider
 
 WAIT = 5.0
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 POLICY = BackoffPolicy(initial=60, factor=3, max_delay=3600, max_attempts=3)
 STALE_AFTER = 120.0
-
-
-class FakeClock:
-    """UTC now, moved only by the test (never freezegun around actors: library-notes G3)."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class Recorder(pykka.ThreadingActor):
