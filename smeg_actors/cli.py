@@ -6,6 +6,7 @@ traceback; ``main(argv)`` returns the code so tests can call it directly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -96,8 +97,9 @@ def audit_export(ctx: click.Context, since: str | None, until: str | None) -> No
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per dependency, in a list.")
 @click.pass_context
-def check(ctx: click.Context) -> int:
+def check(ctx: click.Context, as_json: bool) -> int:
     """Check the store, the broker and every provider; exit 3 if any fails."""
     from smeg_actors.health import dependency_checks, run_checks
     from smeg_actors.wiring import build_providers
@@ -110,11 +112,14 @@ def check(ctx: click.Context) -> int:
         stores.append(open_configured_store(settings))
         return stores[-1]
 
-    healthy, lines = run_checks(dependency_checks(settings, store, build_providers(settings)))
+    healthy, results = run_checks(dependency_checks(settings, store, build_providers(settings)))
     for opened in stores:
         opened.close()
-    for line in lines:
-        click.echo(line)
+    if as_json:
+        click.echo(json.dumps([result.as_json() for result in results], indent=2))
+    else:
+        for result in results:
+            click.echo(result.line())
     return EXIT_OK if healthy else EXIT_UNHEALTHY
 
 
@@ -167,8 +172,9 @@ def retry(ctx: click.Context, message_id: str) -> None:
 @cli.command()
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N messages.")
 @click.option("--dry-run", is_flag=True, help="Show what would be redriven; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object.")
 @click.pass_context
-def redrive(ctx: click.Context, limit: int | None, dry_run: bool) -> None:
+def redrive(ctx: click.Context, limit: int | None, dry_run: bool, as_json: bool) -> None:
     """Give the non-permanent failures on the failed queue a fresh cycle."""
     from adapters.rabbitmq import BrokerUnavailableError, Topology
     from adapters.rabbitmq_failed import FailedQueueReader
@@ -187,6 +193,9 @@ def redrive(ctx: click.Context, limit: int | None, dry_run: bool) -> None:
     finally:
         reader.close()
         store.close()
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, **dataclasses.asdict(report)}, indent=2))
+        return
     verb = "would redrive" if dry_run else "redriven"
     for message_id in report.redriven:
         click.echo(f"{verb}: {message_id}")

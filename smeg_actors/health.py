@@ -7,6 +7,7 @@ one, the broker (connect and declare), each provider.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -62,18 +63,34 @@ def dependency_checks(
     return checks
 
 
-def run_checks(checks: list[Check]) -> tuple[bool, list[str]]:
-    """Run every check; return whether all passed, and one line per dependency."""
-    lines, healthy = [], True
+@dataclass(frozen=True)
+class CheckResult:
+    """One dependency's verdict: ``detail`` is the failure's reason, or a note on a pass."""
+
+    name: str
+    ok: bool
+    detail: str | None = None
+
+    def line(self) -> str:
+        if not self.ok:
+            return f"{self.name}: FAILED: {self.detail}"
+        return f"{self.name}: ok ({self.detail})" if self.detail else f"{self.name}: ok"
+
+    def as_json(self) -> dict[str, object]:
+        return {"dependency": self.name, "ok": self.ok, "detail": self.detail}
+
+
+def run_checks(checks: list[Check]) -> tuple[bool, list[CheckResult]]:
+    """Run every check; return whether all passed, and each dependency's verdict."""
+    results = []
     for name, check in checks:
         try:
             note = check()
         except (StoreError, BrokerUnavailableError, ProviderUnhealthyError, OSError) as exc:
-            healthy = False
-            lines.append(f"{name}: FAILED: {_one_line(exc)}")
+            results.append(CheckResult(name, False, _one_line(exc)))
         else:
-            lines.append(f"{name}: ok ({note})" if note else f"{name}: ok")
-    return healthy, lines
+            results.append(CheckResult(name, True, note))
+    return all(result.ok for result in results), results
 
 
 def _one_line(exc: BaseException) -> str:

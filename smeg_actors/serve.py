@@ -46,9 +46,9 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
         return stores[-1]
 
     if parent is None:
-        healthy, lines = run_checks(dependency_checks(settings, open_checked_store, providers))
-        for line in lines:
-            click.echo(line, err=True)
+        healthy, results = run_checks(dependency_checks(settings, open_checked_store, providers))
+        for result in results:
+            click.echo(result.line(), err=True)
         if not healthy:
             return exiting(EXIT_UNHEALTHY, "a dependency failed the start-up check")
         store = stores[0]

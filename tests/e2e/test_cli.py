@@ -684,6 +684,21 @@ def test_redrive_dry_run_changes_nothing_in_the_store_or_the_failed_queue(
     assert settle_depth(e2e_prefix, 3) == 3
 
 
+def test_redrive_dry_run_json_lists_each_outcome_and_changes_nothing(
+    db: str, e2e_prefix: str, redrive_env: dict[str, str]
+) -> None:
+    seed_three_failures(db, e2e_prefix)
+
+    result = run_cli(redrive_env, "redrive", "--dry-run", "--json")
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dry_run"] is True
+    assert "exhausted" in report["redriven"]  # a dry run does not ask the store which are still Failed
+    assert report["permanent"] == ["permanent"]
+    assert settle_depth(e2e_prefix, 3) == 3
+
+
 def test_redrive_retries_only_the_exhausted_failure_skips_the_delivered_one_and_keeps_the_permanent_one(
     db: str, e2e_prefix: str, redrive_env: dict[str, str]
 ) -> None:
@@ -823,6 +838,25 @@ def test_check_with_store_broker_and_provider_reachable_exits_0_and_says_ok_for_
         "broker: ok",
         "provider default: ok",
     ]
+
+
+def test_check_json_gives_each_dependency_its_verdict_and_the_same_exit_code(
+    db: str, e2e_prefix: str
+) -> None:
+    env = smeg_env(
+        SMEG_DATABASE_URL=db,
+        SMEG_QUEUE_PREFIX=e2e_prefix,
+        SMEG_PROVIDER_URL=f"http://127.0.0.1:{closed_port()}/send",
+    )
+
+    result = run_cli(env, "check", "--json")
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    verdicts = {item["dependency"]: item for item in json.loads(result.stdout)}
+    assert verdicts["store"] == {"dependency": "store", "ok": True, "detail": None}
+    assert verdicts["broker"]["ok"] is True
+    assert verdicts["provider default"]["ok"] is False
+    assert "ConnectionRefusedError" in verdicts["provider default"]["detail"]
 
 
 def test_read_models_on_an_unreachable_database_fail_the_check_and_the_commands_in_one_line(
