@@ -152,7 +152,7 @@ def retry(ctx: click.Context, message_id: str) -> None:
     from domain.message import Message
     from smeg_actors.clock import utc_now
 
-    store = open_store(settings_of(ctx))
+    store = open_store(settings_of(ctx), must_exist=False)
     try:
         outcome = store.update(
             Message.create_id(message_id),
@@ -182,7 +182,7 @@ def redrive(ctx: click.Context, limit: int | None, dry_run: bool, as_json: bool)
     from smeg_actors.redrive import redrive as redrive_queue
 
     settings = settings_of(ctx)
-    store = open_store(settings)
+    store = open_store(settings, must_exist=False)
     try:
         reader = FailedQueueReader(settings.amqp_url, Topology(settings.queue_prefix))
     except BrokerUnavailableError as exc:

@@ -110,10 +110,10 @@ def projections() -> None:
     """Read models that follow the event log."""
 
 
-def _store_and_engine(settings: Settings) -> tuple[MessageStore, Any]:
+def _store_and_engine(settings: Settings, *, must_exist: bool = True) -> tuple[MessageStore, Any]:
     from smeg_actors.wiring import open_engine
 
-    return open_store(settings), open_engine(settings)
+    return open_store(settings, must_exist=must_exist), open_engine(settings)
 
 
 @projections.command("status")
@@ -209,7 +209,7 @@ def projections_run(ctx: click.Context) -> None:
     from smeg_actors.read_models import run_forever
 
     settings = settings_of(ctx)
-    store, engine = _store_and_engine(settings)
+    store, engine = _store_and_engine(settings, must_exist=False)
     events = EventsExchangePublisher(store, engine, settings.amqp_url, Topology(settings.queue_prefix))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import click
 
@@ -27,14 +28,33 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
-def open_store(settings: Settings) -> MessageStore:
-    """The event store, or a CommandError (exit 3) saying why it cannot be opened."""
+def open_store(settings: Settings, *, must_exist: bool = True) -> MessageStore:
+    """The event store, or a CommandError (exit 3) saying why it cannot be opened.
+
+    A command that reads what is recorded (or acts on it) must not create an empty SQLite store
+    where a mistyped path points and then report nothing: that the file is missing is the error.
+    """
+    if must_exist:
+        _check_sqlite_file(settings.database_url)
     try:
         from smeg_actors.wiring import open_store as open_configured_store
 
         return open_configured_store(settings)
     except StoreError as exc:
         raise CommandError(f"event store unavailable: {exc}", EXIT_UNHEALTHY) from None
+
+
+def _check_sqlite_file(url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:" or path.startswith("file:"):
+        return
+    if not Path(path).exists():
+        raise CommandError(
+            f"no event store at {path} (SMEG_DATABASE_URL): nothing has been recorded there", EXIT_UNHEALTHY
+        )
 
 
 def parse_time(value: str | None, option: str) -> datetime | None:

@@ -456,7 +456,10 @@ def test_audit_export_with_a_malformed_bound_exits_non_zero_with_one_line_naming
     assert result.stdout == ""
 
 
-def test_audit_export_of_an_empty_store_prints_nothing_and_exits_0(env: dict[str, str]) -> None:
+def test_audit_export_of_an_empty_store_prints_nothing_and_exits_0(db: str, env: dict[str, str]) -> None:
+    with opened(db):
+        pass  # an empty store: created, nothing recorded
+
     result = run_cli(env, "audit", "export")
 
     assert result.returncode == 0, result.stderr
@@ -838,6 +841,25 @@ def test_check_with_store_broker_and_provider_reachable_exits_0_and_says_ok_for_
         "broker: ok",
         "provider default: ok",
     ]
+
+
+def test_read_only_commands_on_a_mistyped_sqlite_path_exit_3_and_create_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    env = smeg_env(SMEG_DATABASE_URL=f"sqlite:///{missing}")
+
+    for args in (
+        ["history", "m-1"],
+        ["report"],
+        ["audit", "export"],
+        ["projections", "status"],
+    ):
+        result = run_cli(env, *args)
+        line = assert_one_line_error(result)
+        assert result.returncode == 3, args
+        assert (
+            line == f"smeg: no event store at {missing} (SMEG_DATABASE_URL): nothing has been recorded there"
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_check_json_gives_each_dependency_its_verdict_and_the_same_exit_code(
