@@ -508,9 +508,31 @@ def _open_application(env: dict[str, str]) -> Messages:
                 sign in str(exc) for sign in ("duplicate key", "already exists", "concurrently updated")
             )
             if not racing or attempt == 2:
-                raise StoreUnavailableError(_one_line(exc)) from None
+                raise StoreUnavailableError(_diagnosed(exc, env)) from None
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _diagnosed(exc: BaseException, env: Mapping[str, str]) -> str:
+    """The pool only says it "couldn't get a connection after 5.00 sec"; one direct connection
+    says why (refused at host:port, no such database, authentication failed)."""
+    text = _one_line(exc)
+    if "couldn't get a connection" not in text or "POSTGRES_HOST" not in env:
+        return text
+    where = f"{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}"
+    try:
+        psycopg.connect(
+            host=env["POSTGRES_HOST"],
+            port=env["POSTGRES_PORT"],
+            dbname=env["POSTGRES_DBNAME"],
+            user=env["POSTGRES_USER"],
+            password=env.get("POSTGRES_PASSWORD", ""),
+            connect_timeout=5,
+        ).close()
+    except psycopg.Error as cause:
+        reason = " ".join(str(cause).split("\n")[0].split())
+        return f"PostgreSQL at {where}: {reason.split(' failed: ')[-1]}"
+    return text
 
 
 def retry_until(

@@ -131,12 +131,18 @@ def connect(url: str, *, heartbeat: int | None = None, name: str = "smeg") -> pi
     try:
         return pika.BlockingConnection(params)
     except (pika.exceptions.AMQPError, OSError) as exc:
-        raise BrokerUnavailableError(describe_error(exc)) from None
+        raise BrokerUnavailableError(
+            f"RabbitMQ at {params.host}:{params.port}: {describe_error(exc)}"
+        ) from None
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line for a pika error (its repr is often empty or nested)."""
+    """One line for a pika error (its repr is often empty or nested: a failed connect holds its
+    cause, such as ``ConnectionRefusedError``, as its only argument)."""
     text = str(exc).strip().replace("\n", " ")
+    if not text and exc.args:
+        text = " ".join(repr(arg) if isinstance(arg, BaseException) else str(arg) for arg in exc.args)
+        text = text.strip().replace("\n", " ")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

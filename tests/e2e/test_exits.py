@@ -82,3 +82,44 @@ def test_version_prints_the_package_version_and_exits_0_whatever_the_settings() 
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"smeg {version('smeg')}"
+
+
+def test_store_errors_name_their_cause_not_the_pools_timeout() -> None:
+    port = _closed_port()
+    cases = {
+        f"postgresql+psycopg://postgres@127.0.0.1:{port}/test": (
+            f"PostgreSQL at 127.0.0.1:{port}: Connection refused"
+        ),
+        "postgresql+psycopg://postgres@127.0.0.1:5432/no_such_db": 'database "no_such_db" does not exist',
+    }
+    for url, cause in cases.items():
+        result = run_cli(smeg_env(SMEG_DATABASE_URL=url), "history", "m-1")
+
+        assert result.returncode == 3, result.stderr
+        [line] = result.stderr.splitlines()
+        assert cause in line
+        assert "couldn't get a connection" not in line
+
+
+def test_a_broker_that_refuses_is_named_with_its_address_and_cause(tmp_path: Path) -> None:
+    port = _closed_port()
+    env = smeg_env(
+        SMEG_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{port}/%2F",
+        SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/smeg.db",
+        SMEG_PROVIDER_URL=f"http://127.0.0.1:{port}/",
+    )
+
+    result = run_cli(env, "check")
+
+    assert result.returncode == 3
+    [broker] = [line for line in result.stdout.splitlines() if line.startswith("broker:")]
+    assert f"RabbitMQ at 127.0.0.1:{port}" in broker
+    assert "Connection refused" in broker
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
