@@ -21,6 +21,7 @@ from adapters.event_store import MessageNotFoundError, MessageStore, StoreError
 from adapters.gc_policy import collect_less
 from domain.audit import describe, event_record
 from smeg_actors.cli_read_models import audit_replay, projections, report
+from smeg_actors.cli_settings import settings_command
 from smeg_actors.cli_support import CommandError, open_store, parse_time, quiet_stdout, settings_of
 from smeg_actors.config import SettingsError, load_settings, processes_value, unknown_variables
 from smeg_actors.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_UNHEALTHY
@@ -223,6 +224,7 @@ def demo(messages: int, database: str) -> int:
 audit.add_command(audit_replay)
 cli.add_command(report)
 cli.add_command(projections)
+cli.add_command(settings_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -123,3 +123,31 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_settings_lists_every_setting_with_its_value_and_masks_passwords(tmp_path: Path) -> None:
+    from smeg_actors.config import Settings
+
+    config = tmp_path / "smeg.toml"
+    config.write_text(
+        '[providers.gateway]\ntype = "http"\nurl = "https://x.example/send"\ntoken_env = "TOKEN"\n'
+    )
+    env = smeg_env(
+        SMEG_AMQP_URL="amqp://smeg:s3cret@rabbit.internal:5672/%2F",
+        SMEG_DATABASE_URL="postgresql+psycopg://smeg:pw-123@db.internal/smeg",
+        SMEG_WORKERS="7",
+        TOKEN="tok-SECRET",
+    )
+
+    result = run_cli(env, "--config", str(config), "settings", "--json")
+
+    assert result.returncode == 0, result.stderr
+    rows = {row["variable"]: row for row in json.loads(result.stdout)}
+    assert set(rows) == {f"SMEG_{name.upper()}" for name in Settings.model_fields}
+    assert rows["SMEG_WORKERS"]["value"] == 7 and rows["SMEG_WORKERS"]["default"] == 16
+    assert rows["SMEG_AMQP_URL"]["value"] == "amqp://smeg:***@rabbit.internal:5672/%2F"
+    assert rows["SMEG_PROVIDERS"]["value"] == {"gateway": {"type": "http"}}
+    for secret in ("s3cret", "pw-123", "tok-SECRET"):
+        assert secret not in result.stdout + result.stderr
+    text = run_cli(env, "--config", str(config), "settings")
+    assert text.returncode == 0 and "SMEG_WORKERS" in text.stdout and "s3cret" not in text.stdout

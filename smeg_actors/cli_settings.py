@@ -1,0 +1,75 @@
+"""``smeg settings``: every setting, its variable, its default and the value in force.
+
+Secrets never appear: passwords in URLs are masked, and of the providers only names and types
+are shown (their tokens live in variables the TOML names, which smeg never prints).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+from sqlalchemy.engine import make_url
+
+from smeg_actors.cli_support import settings_of
+from smeg_actors.config import ENV_PREFIX, Settings
+
+URL_SETTINGS = frozenset({"database_url", "read_models_url", "amqp_url", "provider_url"})
+
+
+@click.command("settings")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per setting, in a list.")
+@click.pass_context
+def settings_command(ctx: click.Context, as_json: bool) -> None:
+    """Every setting: its SMEG_ variable, its default and the value in force (secrets masked)."""
+    rows = setting_rows(settings_of(ctx))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(row["variable"]) for row in rows)
+    for row in rows:
+        click.echo(f"{row['variable']:<{width}}  {_text(row['value'])}  (default {_text(row['default'])})")
+
+
+def setting_rows(settings: Settings) -> list[dict[str, Any]]:
+    """Each setting as ``{setting, variable, value, default}``, secrets masked."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        value, default = getattr(settings, name), _default(info)
+        if name == "providers":
+            value = {key: {"type": config.get("type", "?")} for key, config in value.items()}
+        elif name in URL_SETTINGS:
+            value, default = masked(value), masked(default)
+        rows.append(
+            {"setting": name, "variable": f"{ENV_PREFIX}{name.upper()}", "value": value, "default": default}
+        )
+    return rows
+
+
+def masked(url: Any) -> Any:
+    """A URL with its password replaced by ``***`` (anything else as it is)."""
+    if not isinstance(url, str) or "@" not in url:
+        return url
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a SQLAlchemy URL (amqp://): mask by hand
+        scheme, _, rest = url.partition("://")
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
+
+
+def _default(info: FieldInfo) -> Any:
+    if info.default_factory is not None:
+        return info.default_factory()  # type: ignore[call-arg]
+    return None if info.default is PydanticUndefined else info.default
+
+
+def _text(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    return json.dumps(value) if isinstance(value, dict) else str(value)
