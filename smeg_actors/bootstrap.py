@@ -88,8 +88,8 @@ class Runtime:
         stale_after: float | None = None,
         redrive: bool = True,
         events: EventsExchangePublisher | None = None,
-        max_restarts: int = 5,
-        restart_period: float = 10.0,
+        max_restarts: int | None = None,
+        restart_period: float | None = None,
     ) -> None:
         if not providers:
             raise ValueError("at least one provider must be configured")
@@ -100,7 +100,9 @@ class Runtime:
         self.call_timeout = timeout + 5.0
         default_stale = settings.stale_after or 2 * self.call_timeout + 30
         self.stale_after = stale_after if stale_after is not None else default_stale
-        self.with_redrive, self.max_restarts, self.restart_period = redrive, max_restarts, restart_period
+        self.with_redrive = redrive
+        self.max_restarts = settings.restart_max if max_restarts is None else max_restarts
+        self.restart_period = settings.restart_period if restart_period is None else restart_period
         self.events = events
         self.stop_reason = Stop()
         self.children = Children()

@@ -58,6 +58,8 @@ class Settings(BaseModel):
     provider_concurrency: int = Field(default=256, ge=1, le=4096)
     redrive_rate: float = Field(default=20.0, gt=0)
     redrive_max_cycles: int = Field(default=DEFAULT_REDRIVE_MAX_CYCLES, ge=0, le=1000)
+    restart_max: int = Field(default=5, ge=0, le=1000)
+    restart_period: float = Field(default=10.0, gt=0)
     projector: Literal["auto", "inline", "process", "external"] = "auto"
     processes: int | Literal["auto"] = 1
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -28,6 +28,9 @@ from smeg_actors.messages import ChildFailed, Tick
 
 log = structlog.get_logger(__name__)
 
+#: The longest pause before restarting a child that keeps crashing, seconds.
+RESTART_BACKOFF_MAX = 0.5
+
 #: Held while a message is told to a child and while a dying child empties its inbox: a message
 #: is either in the inbox before it is emptied, or finds the child dead and waits for its successor.
 TELL_LOCK = threading.Lock()
@@ -180,19 +183,21 @@ class SupervisorActor(pykka.ThreadingActor):
         specs: list[ChildSpec],
         children: Children,
         *,
-        max_restarts: int = 5,
-        period: float = 10.0,
+        max_restarts: int,
+        period: float,
         escalate: Callable[[str], None],
         on_restart: Callable[[str], None] = lambda _n: None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         super().__init__()
         self.specs = {spec.name: spec for spec in specs}
         self.order = [spec.name for spec in specs]
         self.children = children
         self.max_restarts, self.period = max_restarts, period
-        self.escalate, self.on_restart, self.clock = escalate, on_restart, clock
+        self.escalate, self.on_restart, self.clock, self.sleep = escalate, on_restart, clock, sleep
         self.restarts: deque[float] = deque()
+        self.last_restart: dict[str, tuple[float, int]] = {}  # name -> (when, restarts in a row)
         self.restart_counts: dict[str, int] = {}
         self.stopping = False
 
@@ -239,6 +244,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 f"{name} crashed {len(self.restarts)} times in {self.period:g}s: {error.splitlines()[0]}"
             )
             return
+        self.sleep(self._backoff(name, now))
         try:
             self.children.set(name, self.specs[name].start(self.actor_ref))
         except Exception as exc:
@@ -250,6 +256,15 @@ class SupervisorActor(pykka.ThreadingActor):
         self.restart_counts[name] = self.restart_counts.get(name, 0) + 1
         log.warning("child_restarted", child=name, error=error, restarts=self.restart_counts[name])
         self.on_restart(name)
+
+    def _backoff(self, name: str, now: float) -> float:
+        """A child that crashes again soon after its restart waits a little longer each time
+        (50 ms doubling, at most RESTART_BACKOFF_MAX s): a crash loop on a resource that comes
+        back in a moment should not spend the whole restart intensity at once."""
+        when, in_a_row = self.last_restart.get(name, (float("-inf"), 0))
+        in_a_row = in_a_row + 1 if now - when < self.period else 0
+        self.last_restart[name] = (now, in_a_row)
+        return 0.0 if in_a_row == 0 else min(0.05 * 2 ** (in_a_row - 1), RESTART_BACKOFF_MAX)
 
     def _sweep(self) -> None:
         for name, ref in self.children.items():

@@ -311,7 +311,12 @@ def test_child_whose_restart_raises_escalates_instead_of_killing_the_supervisor(
         return Child.start("a", sup, arg="a-arg", lab=lab)
 
     sup = SupervisorActor.start(
-        [ChildSpec("a", start)], children, max_restarts=5, escalate=escalations, clock=FakeMonotonic()
+        [ChildSpec("a", start)],
+        children,
+        max_restarts=5,
+        period=10.0,
+        escalate=escalations,
+        clock=FakeMonotonic(),
     )
     sup.ask("counts", timeout=WAIT)
     # When

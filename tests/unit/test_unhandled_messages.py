@@ -47,7 +47,9 @@ def test_messages_queued_behind_a_crash_and_told_during_the_restart_reach_the_su
     gate = threading.Event()
     children = Children()
     spec = ChildSpec("child", lambda sup: Recorder.start("child", sup, seen=seen, gate=gate))
-    supervisor = SupervisorActor.start([spec], children, escalate=lambda _why: None)
+    supervisor = SupervisorActor.start(
+        [spec], children, max_restarts=5, period=10.0, escalate=lambda _why: None
+    )
     try:
         supervisor.ask("counts", timeout=5)
         children.tell("child", "crash")
@@ -93,3 +95,30 @@ def test_a_message_for_a_child_not_started_yet_waits_for_it() -> None:
         assert children.parked("later") == 0
     finally:
         ref.stop()
+
+
+class Crasher(Supervised):
+    """Crashes on every ``"crash"``."""
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "crash":
+            raise RuntimeError("again")
+        return None
+
+
+def test_a_child_crashing_again_soon_after_its_restart_waits_longer_each_time() -> None:
+    children, pauses = Children(), []
+    spec = ChildSpec("child", lambda sup: Crasher.start("child", sup))
+    supervisor = SupervisorActor.start(
+        [spec], children, max_restarts=10, period=60.0, escalate=lambda _why: None, sleep=pauses.append
+    )
+    try:
+        supervisor.ask("counts", timeout=5)
+        for restarts in range(1, 5):
+            children.tell("child", "crash")
+            wait_until(lambda restarts=restarts: supervisor.ask("counts", timeout=5) == {"child": restarts})
+
+        assert pauses == [0.0, 0.05, 0.1, 0.2]
+    finally:
+        supervisor.ask("stop_children", timeout=5)
+        supervisor.stop()
