@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import pika
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from adapters.sql import read_models_beside
@@ -94,6 +93,8 @@ class Settings(BaseModel):
     def _amqp(cls, value: str) -> str:
         if not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// or amqps:// URL")
+        import pika  # here, not at the top: every command reads settings, few need pika
+
         try:
             pika.URLParameters(value)
         except Exception as exc:  # pika raises ValueError and others; the value may hold a password
