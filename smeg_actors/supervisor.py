@@ -147,13 +147,12 @@ class Supervised(pykka.ThreadingActor):
                 except queue.Empty:
                     break
                 message, reply_to = envelope.message, envelope.reply_to
-                if type(message).__module__.startswith("pykka"):  # a stop request
-                    if reply_to is not None:
-                        reply_to.set(None)
+                if reply_to is not None and type(message).__name__ == "_ActorStop":
+                    reply_to.set(None)  # as pykka answers a stop request to a stopped actor
                 elif reply_to is not None:
                     dead = pykka.ActorDeadError(f"{self.actor_ref} crashed before handling the message")
                     reply_to.set_exception(exc_info=(pykka.ActorDeadError, dead, None))
-                else:
+                elif not type(message).__module__.startswith("pykka"):  # not a proxy's fire-and-forget
                     orphans.append(message)
         return tuple(orphans)
 

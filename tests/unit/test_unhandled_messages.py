@@ -33,6 +33,9 @@ class Recorder(Supervised):
         self.seen.append(message)
         return None
 
+    def ping(self) -> str:
+        return "pong"
+
 
 def wait_until(condition: Any, timeout: float = 5) -> None:
     deadline = time.monotonic() + timeout
@@ -80,6 +83,20 @@ def test_an_ask_queued_behind_a_crash_fails_at_once_instead_of_hanging() -> None
         pass
     else:
         raise AssertionError("the ask should fail with ActorDeadError")
+
+
+def test_a_proxy_call_queued_behind_a_crash_fails_instead_of_answering_none() -> None:
+    Recorder.crashed = False
+    gate = threading.Event()
+    actor = Recorder.start("child", None, seen=[], gate=gate)
+    actor.tell("crash")
+    future = actor.proxy().ping()
+    gate.set()
+    try:
+        answer = future.get(timeout=5)
+    except pykka.ActorDeadError:
+        return
+    raise AssertionError(f"the proxy call should fail with ActorDeadError, got {answer!r}")
 
 
 def test_a_message_for_a_child_not_started_yet_waits_for_it() -> None:
