@@ -35,5 +35,13 @@ class NotFailedError(InvalidTransitionError):
     """A retry was requested for a message that has not Failed."""
 
 
+class RedriveBudgetSpentError(InvalidTransitionError):
+    """The automatic redriver has already given this message every cycle it may."""
+
+    def __init__(self, cycles: int) -> None:
+        super().__init__(f"{cycles} automatic redrives already")
+        self.cycles = cycles
+
+
 class InvalidRequestError(DomainError):
     """A send request breaks the rules of the edge (field, size, format)."""

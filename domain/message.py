@@ -21,6 +21,7 @@ from domain.errors import (
     MessageAlreadyFinalError,
     NoAttemptInFlightError,
     NotFailedError,
+    RedriveBudgetSpentError,
     RetryNotDueError,
 )
 
@@ -330,6 +331,13 @@ class Message(Aggregate):
         if self.status != FAILED:
             raise NotFailedError(f"message is {self.status}, not failed")
         self._trigger(self.RetryRequested, now, requested_by=requested_by)
+
+    def request_automatic_retry(self, *, budget: int, now: datetime) -> None:
+        """The automatic redriver's retry: refused once ``budget`` of them came in a row (a
+        person's retry resets the count), so a message that never delivers waits for a person."""
+        if self.status == FAILED and self.automatic_retries >= budget:
+            raise RedriveBudgetSpentError(self.automatic_retries)
+        self.request_retry(AUTO_REDRIVE, now=now)
 
     def _back_off(
         self,

@@ -30,8 +30,8 @@ import structlog
 from adapters.event_store import MessageNotFoundError, MessageStore
 from adapters.rabbitmq import Topology
 from adapters.rabbitmq_failed import FailedEntry, FailedQueueReader
-from domain.errors import DomainError, InvalidRequestError
-from domain.message import AUTO_REDRIVE, FAILED, Message
+from domain.errors import InvalidRequestError, RedriveBudgetSpentError
+from domain.message import Message
 from domain.request import SendRequest, parse_send_request
 from smeg_actors.clock import Clock
 from smeg_actors.config import DEFAULT_REDRIVE_MAX_CYCLES
@@ -46,14 +46,6 @@ BUDGET_HEADER = "x-smeg-auto-redrives"
 
 #: ``requested_by`` of an operator's ``smeg redrive``.
 OPERATOR_REDRIVE = "redrive"
-
-
-class RedriveBudgetSpentError(DomainError):
-    """The automatic redriver has already given this message all the cycles it may."""
-
-    def __init__(self, cycles: int) -> None:
-        super().__init__(f"{cycles} automatic redrives already")
-        self.cycles = cycles
 
 
 @dataclass
@@ -164,10 +156,8 @@ def _retry(budget: int | None, clock: Clock) -> Callable[[Message], None]:
     def retry(message: Message) -> None:
         if budget is None:
             message.request_retry(OPERATOR_REDRIVE, now=clock())
-            return
-        if message.status == FAILED and message.automatic_retries >= budget:
-            raise RedriveBudgetSpentError(message.automatic_retries)
-        message.request_retry(AUTO_REDRIVE, now=clock())
+        else:
+            message.request_automatic_retry(budget=budget, now=clock())
 
     return retry
 
