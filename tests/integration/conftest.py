@@ -10,8 +10,10 @@ from typing import Any
 
 import pika
 import pytest
+from sqlalchemy import Engine
 
 from adapters.event_store import MessageStore
+from adapters.sql import make_engine, read_models_beside
 from tests.integration.backends import Backend
 
 AMQP_URL = os.environ.get("SMEG_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -74,3 +76,19 @@ def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
 @pytest.fixture
 def store(backend: Backend) -> MessageStore:
     return backend.open()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_and_engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[tuple[MessageStore, Engine]]:
+    """The event store and the read models' engine, on a SQLite file (read models beside it) and
+    on a PostgreSQL schema of the test's own."""
+    if request.param == "sqlite":
+        url, schema = f"sqlite:///{tmp_path}/smeg.db", ""
+        engine = make_engine(read_models_beside(url))
+    else:
+        url, schema = request.getfixturevalue("pg_schema")
+        engine = make_engine(url, schema=schema)
+    store = MessageStore(url, schema=schema)
+    yield store, engine
+    store.close()
+    engine.dispose()

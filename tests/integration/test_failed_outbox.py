@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -38,18 +37,9 @@ class Recorder:
         self.got.append((request.message_id, headers))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[tuple[MessageStore, Engine]]:
-    if request.param == "sqlite":
-        url, schema = f"sqlite:///{tmp_path}/smeg.db", ""
-        engine = make_engine(read_models_beside(url))
-    else:
-        url, schema = request.getfixturevalue("pg_schema")
-        engine = make_engine(url, schema=schema)
-    store = MessageStore(url, schema=schema)
-    yield store, engine
-    store.close()
-    engine.dispose()
+@pytest.fixture
+def db(store_and_engine: tuple[MessageStore, Engine]) -> tuple[MessageStore, Engine]:
+    return store_and_engine
 
 
 def fail(store: MessageStore, *names: str, permanent: bool = True) -> None:

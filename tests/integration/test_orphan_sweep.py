@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -17,7 +16,6 @@ from sqlalchemy import Engine, insert
 
 from adapters.event_store import MessageStore
 from adapters.projections import create_tables
-from adapters.sql import make_engine, read_models_beside
 from adapters.status_view import message_status, unfinished
 from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, RECEIVED
 from smeg_actors.messages import DeliverMessages, Tick
@@ -29,20 +27,12 @@ STALE_AFTER = 120.0
 WAIT = 30.0
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[MessageStore, Engine]]:
-    if request.param == "sqlite":
-        url, schema = f"sqlite:///{tmp_path}/smeg.db", ""
-        engine = make_engine(read_models_beside(url))
-    else:
-        url, schema = request.getfixturevalue("pg_schema")
-        engine = make_engine(url, schema=schema)
-    store = MessageStore(url, schema=schema)
+@pytest.fixture
+def db(store_and_engine: tuple[MessageStore, Engine]) -> Iterator[tuple[MessageStore, Engine]]:
+    store, engine = store_and_engine
     create_tables(engine)
     yield store, engine
     pykka.ActorRegistry.stop_all(timeout=WAIT)
-    store.close()
-    engine.dispose()
 
 
 def row(

@@ -12,7 +12,6 @@ import math
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pika
@@ -37,7 +36,7 @@ from adapters.projections import (
 )
 from adapters.rabbitmq import BrokerUnavailableError, Topology
 from adapters.rabbitmq_failed import RabbitFailurePublisher
-from adapters.sql import make_engine, read_models_beside
+from adapters.sql import make_engine
 from adapters.stats_view import delivery_stats_hourly, failures_by_reason
 from adapters.status_view import MessageStatusProjection, message_status
 from domain.message import Message
@@ -50,18 +49,9 @@ LONG_CORRELATION_ID = "€" * 128
 NUL = "\x00"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[MessageStore, Engine]]:
-    if request.param == "sqlite":
-        url, schema = f"sqlite:///{tmp_path}/smeg.db", ""
-        engine = make_engine(read_models_beside(url))
-    else:
-        url, schema = request.getfixturevalue("pg_schema")
-        engine = make_engine(url, schema=schema)
-    store = MessageStore(url, schema=schema)
-    yield store, engine
-    store.close()
-    engine.dispose()
+@pytest.fixture
+def db(store_and_engine: tuple[MessageStore, Engine]) -> tuple[MessageStore, Engine]:
+    return store_and_engine
 
 
 @pytest.fixture
