@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 from pathlib import Path
 
 import pika
 import pytest
-import structlog
 
 from adapters.rabbitmq import QUEUE_ARGUMENTS
-from smeg_actors.logs import configure_logging
-from smeg_actors.serve import exiting
+from smeg_actors import serve as serve_module
 from tests.e2e.conftest import AMQP_URL, StubProvider, run_cli, smeg_env
+from tests.logcapture import captured_logs, json_lines
 
 
 @pytest.mark.parametrize(
@@ -38,19 +35,10 @@ def test_a_malformed_amqp_url_is_an_invalid_setting_exit_2_in_one_line(url: str,
 
 
 def test_an_exit_is_logged_at_error_with_its_code_and_cause_unless_it_was_asked_for() -> None:
-    out = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging(fmt="json", level="info", stream=out)
-    try:
-        structlog.get_logger("smeg_actors.serve")
-        assert exiting(4, "broker connection lost: StreamLostError") == 4
-        assert exiting(0, "signal") == 0
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    with captured_logs("info", serve_module) as out:
+        assert serve_module.exiting(4, "broker connection lost: StreamLostError") == 4
+        assert serve_module.exiting(0, "signal") == 0
+    lines = json_lines(out)
     exits = [(x["level"], x["exit_code"], x["cause"]) for x in lines if x["event"] == "process_exiting"]
     assert exits == [("error", 4, "broker connection lost: StreamLostError"), ("info", 0, "signal")]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import queue
 import threading
 import time
@@ -18,7 +17,6 @@ from typing import Any
 import pika
 import pykka
 import pytest
-import structlog
 
 from adapters.event_store import Change, MessageNotFoundError, MessageStore
 from adapters.failed_outbox import failed_request, failure_headers
@@ -28,11 +26,11 @@ from domain.backoff import BackoffPolicy
 from domain.message import AUTO_REDRIVE, FAILED, RECEIVED, Message
 from smeg_actors import redrive as redrive_module
 from smeg_actors.clock import utc_now
-from smeg_actors.logs import configure_logging
 from smeg_actors.messages import DeliverMessages, ProviderRecovered
 from smeg_actors.redrive import RedriverActor, redrive
 from smeg_actors.supervisor import Children
 from tests.integration.backends import Backend
+from tests.logcapture import captured_logs
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 ONE_ATTEMPT = BackoffPolicy(initial=60, factor=3, max_delay=3600, max_attempts=1)
@@ -118,15 +116,8 @@ def publisher(amqp_url: str, prefix: str) -> Iterator[RabbitFailurePublisher]:
 @pytest.fixture
 def logged(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     """What redrive writes at info and above, rendered as the service renders it."""
-    stream, root = io.StringIO(), logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging(fmt="json", level="info", stream=stream)
-    # The module's logger may have been cached under another test's configuration.
-    monkeypatch.setattr(redrive_module, "log", structlog.get_logger("smeg_actors.redrive"))
-    yield stream
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    root.handlers[:], root.level = handlers, level
+    with captured_logs("info", redrive_module) as stream:
+        yield stream
 
 
 class Process:

@@ -4,9 +4,7 @@ provider and the message's ids, the number masked and never the body, at every l
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,15 +12,14 @@ from typing import Any
 
 import pykka
 import pytest
-import structlog
 
 from adapters.event_store import MessageStore
 from domain.message import Message
 from domain.request import mask_address
 from smeg_actors import worker as worker_module
-from smeg_actors.logs import configure_logging
 from smeg_actors.messages import WorkItem
 from tests.fakes import FakeProvider
+from tests.logcapture import captured_logs, json_lines
 from tests.unit.test_worker import LOOPS, POLICY, T0, WAIT, Rig, received
 
 NUMBER = "+441234567890"
@@ -56,18 +53,10 @@ def logged_lines(
     rig: Rig, level: str, monkeypatch: pytest.MonkeyPatch, *messages: Any
 ) -> list[dict[str, Any]]:
     """Deliver ``messages`` in one batch with logging configured at ``level``; the JSON lines."""
-    stream, root = io.StringIO(), logging.getLogger()
-    handlers, root_level = root.handlers[:], root.level
-    configure_logging(fmt="json", level=level, stream=stream)
-    # The module's logger may have been cached under another test's configuration.
-    monkeypatch.setattr(worker_module, "log", structlog.get_logger("smeg_actors.worker"))
-    try:
+    with captured_logs(level, worker_module) as stream:
         ids = rig.seed(*messages)
         rig.deliver(rig.worker(), *(WorkItem(i) for i in ids))
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:], root.level = handlers, root_level
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
+    return json_lines(stream)
 
 
 @pytest.mark.parametrize("level", ["info", "warning"])

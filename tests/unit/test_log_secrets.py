@@ -16,9 +16,9 @@ from adapters.event_store import Change, Outcome
 from domain.ports import Delivery
 from domain.request import parse_send_request
 from smeg_actors.intake import IntakeActor
-from smeg_actors.logs import configure_logging
 from smeg_actors.messages import RequestsReceived
 from smeg_actors.supervisor import Children
+from tests.logcapture import captured_logs
 
 NUMBER = "+447700900123"
 BODY = "Your one-time code is 918273"
@@ -29,14 +29,8 @@ SECRETS = (NUMBER, "447700900123", BODY, "918273", SECRET_META, TOKEN)
 
 @pytest.fixture(params=["json", "console"])
 def stream(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging(fmt=request.param, level="debug", stream=out)
-    yield out
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    with captured_logs("debug", fmt=request.param) as out:
+        yield out
 
 
 class ExplodingStore:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import structlog
 
 from adapters.event_store import Change, MessageNotFoundError, MessageStore
 from adapters.failed_outbox import failed_request, failure_headers
@@ -23,8 +21,8 @@ from domain.backoff import BackoffPolicy
 from domain.message import AUTO_REDRIVE, FAILED, RECEIVED, Message
 from smeg_actors import redrive as redrive_module
 from smeg_actors.config import load_settings
-from smeg_actors.logs import configure_logging
 from smeg_actors.redrive import BUDGET_HEADER, RedriveReport, redrive
+from tests.logcapture import captured_logs
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 ONE_ATTEMPT = BackoffPolicy(initial=60, factor=3, max_delay=3600, max_attempts=1)
@@ -136,14 +134,8 @@ def retries(store: MessageStore, message_id: str) -> list[str]:
 @pytest.fixture
 def logged(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     """What redrive writes at warning and above, rendered as the service renders it."""
-    stream, root = io.StringIO(), logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging(fmt="json", level="warning", stream=stream)
-    # The module's logger may have been cached under another test's configuration.
-    monkeypatch.setattr(redrive_module, "log", structlog.get_logger("smeg_actors.redrive"))
-    yield stream
-    structlog.reset_defaults()
-    root.handlers[:], root.level = handlers, level
+    with captured_logs("warning", redrive_module) as stream:
+        yield stream
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:

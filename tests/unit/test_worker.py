@@ -35,6 +35,7 @@ from smeg_actors.provider_calls import ProviderCalls
 from smeg_actors.supervisor import Children
 from smeg_actors.worker import WorkerActor
 from tests.fakes import FakeClock, FakeProvider
+from tests.logcapture import captured_logs, json_lines
 
 WAIT = 5.0
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -444,28 +445,15 @@ def test_two_workers_given_the_same_message_at_once_make_exactly_one_attempt(rig
 def test_each_finished_attempt_is_one_info_line_with_the_message_ids_and_a_masked_number(
     rig: Rig, level: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import io
     import json
-    import logging
-
-    import structlog
 
     from smeg_actors import worker as worker_module
-    from smeg_actors.logs import configure_logging
 
-    stream, root = io.StringIO(), logging.getLogger()
-    handlers, root_level = root.handlers[:], root.level
-    configure_logging(fmt="json", level=level, stream=stream)
-    # The module's logger may have been cached under another test's configuration.
-    monkeypatch.setattr(worker_module, "log", structlog.get_logger("smeg_actors.worker"))
-    try:
+    with captured_logs(level, worker_module) as stream:
         message = received(to="+441234567890")
         [aggregate_id] = rig.seed(message)
         rig.deliver(rig.worker(), WorkItem(aggregate_id))
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:], root.level = handlers, root_level
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    lines = json_lines(stream)
     finished = [line for line in lines if line["event"] == "attempt_finished"]
     if level == "warning":
         assert finished == [] and lines == []
