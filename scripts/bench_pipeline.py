@@ -89,7 +89,7 @@ from adapters.sql import make_engine, read_models_beside  # noqa: E402
 from adapters.stats_view import delivery_stats_hourly  # noqa: E402
 from adapters.status_view import message_status, status_counts  # noqa: E402
 from domain.message import DELIVERED, FAILED  # noqa: E402
-from smeg_actors.process_group import cpu_count  # noqa: E402
+from smeg_actors.runtime.process_group import cpu_count  # noqa: E402
 
 DRAMATIQ = ROOT / ".venv" / "bin" / "dramatiq"
 

@@ -103,7 +103,7 @@ from adapters.stats_view import delivery_stats_hourly, failures_by_reason  # noq
 from adapters.status_view import message_status, status_counts  # noqa: E402
 from domain.backoff import BackoffPolicy  # noqa: E402
 from domain.message import DELIVERED, FAILED, Message  # noqa: E402
-from smeg_actors.read_models import all_projections, follower_status  # noqa: E402
+from smeg_actors.runtime.read_models import all_projections, follower_status  # noqa: E402
 
 SQLITE, POSTGRES = "sqlite", "postgres"
 STORES = (SQLITE, POSTGRES)

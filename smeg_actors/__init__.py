@@ -1,4 +1,5 @@
 """smeg's runtime: pykka actors, supervision, wiring and the ``smeg`` command line.
 
-The composition root (``bootstrap``) and the CLI are the only modules that import ``adapters``.
+``actors/`` holds the actors (ports only), ``runtime/`` the settings, the composition root and the
+process group, ``cli/`` the commands. Only ``runtime`` and ``cli`` import ``adapters``.
 """

@@ -2,6 +2,6 @@
 
 import sys
 
-from smeg_actors.cli import main
+from smeg_actors.cli.main import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from smeg_actors.logs import configure_logging
+from smeg_actors.runtime.logs import configure_logging
 
 
 @contextmanager

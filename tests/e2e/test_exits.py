@@ -9,7 +9,7 @@ import pika
 import pytest
 
 from adapters.rabbitmq import QUEUE_ARGUMENTS
-from smeg_actors import serve as serve_module
+from smeg_actors.runtime import serve as serve_module
 from tests.e2e.conftest import AMQP_URL, StubProvider, run_cli, smeg_env
 from tests.logcapture import captured_logs, json_lines
 
@@ -114,7 +114,7 @@ def _closed_port() -> int:
 
 
 def test_settings_lists_every_setting_with_its_value_and_masks_passwords(tmp_path: Path) -> None:
-    from smeg_actors.config import Settings
+    from smeg_actors.runtime.config import Settings
 
     config = tmp_path / "smeg.toml"
     config.write_text(

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from adapters.event_store import Change, MessageStore
 from adapters.sql import make_engine
 from domain.message import Message
-from smeg_actors.read_models import follower_status
+from smeg_actors.runtime.read_models import follower_status
 from tests.e2e.conftest import AMQP_URL, run_cli, smeg_env
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)

@@ -18,9 +18,9 @@ from adapters.event_store import MessageStore
 from adapters.projections import create_tables
 from adapters.status_view import message_status, unfinished
 from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, RECEIVED
-from smeg_actors.messages import DeliverMessages, Tick
-from smeg_actors.scheduler import SchedulerActor
-from smeg_actors.supervisor import Children
+from smeg_actors.actors.messages import DeliverMessages, Tick
+from smeg_actors.actors.scheduler import SchedulerActor
+from smeg_actors.actors.supervisor import Children
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 STALE_AFTER = 120.0

@@ -41,7 +41,7 @@ from adapters.stats_view import delivery_stats_hourly, failures_by_reason
 from adapters.status_view import MessageStatusProjection, message_status
 from domain.message import Message
 from domain.request import SendRequest, mask_address
-from smeg_actors.read_models import all_projections, follower_status, runners
+from smeg_actors.runtime.read_models import all_projections, follower_status, runners
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 #: 128 characters, 384 UTF-8 bytes: within the request's 128-character limit, beyond AMQP's 255 bytes.

@@ -19,10 +19,10 @@ from adapters.rabbitmq_failed import RabbitFailurePublisher
 from adapters.rabbitmq_intake import RabbitIntake
 from adapters.sql import make_engine, read_models_beside
 from domain.message import DELIVERED, FAILED, Message
-from smeg_actors.bootstrap import Runtime
-from smeg_actors.clock import Clock, utc_now
-from smeg_actors.config import Settings
-from smeg_actors.exit_codes import EXIT_ESCALATED
+from smeg_actors.runtime.bootstrap import Runtime
+from smeg_actors.runtime.clock import Clock, utc_now
+from smeg_actors.runtime.config import Settings
+from smeg_actors.runtime.exit_codes import EXIT_ESCALATED
 from tests.fakes import CrashingClock, FakeProvider
 
 

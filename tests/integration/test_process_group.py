@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from smeg_actors.process_group import ProcessGroup, cpu_count, cpu_quota
+from smeg_actors.runtime.process_group import ProcessGroup, cpu_count, cpu_quota
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHILD = textwrap.dedent(
     """
     import os, signal, sys, time
-    from smeg_actors.process_group import start_gate
+    from smeg_actors.runtime.process_group import start_gate
     gate = start_gate()
     out = open(sys.argv[1], "a")
     action = sys.argv[3]
@@ -184,7 +184,7 @@ def test_a_child_stops_by_itself_when_its_parent_is_killed(tmp_path: Path) -> No
         import os, subprocess, sys, time
         code = (
             "import sys, time, threading\\n"
-            "from smeg_actors.process_group import watch_parent\\n"
+            "from smeg_actors.runtime.process_group import watch_parent\\n"
             "done = threading.Event()\\n"
             "watch_parent(int(sys.argv[1]), done.set)\\n"
             "open(sys.argv[2], 'a').write('watching\\\\n')\\n"

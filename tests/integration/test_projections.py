@@ -20,7 +20,7 @@ from adapters.sql import make_engine
 from adapters.status_view import UNFINISHED_INDEX, MessageStatusProjection, message_status, unfinished_index
 from domain.backoff import BackoffPolicy
 from domain.message import Message
-from smeg_actors.read_models import all_projections
+from smeg_actors.runtime.read_models import all_projections
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 POLICY = BackoffPolicy(initial=1, factor=3, max_delay=60, max_attempts=3)
@@ -228,7 +228,7 @@ def test_stepping_all_read_models_together_from_two_threads_applies_each_event_o
 ) -> None:
     # Given a history, and two followers stepping all read models in one transaction each
     from adapters.projections import step_together
-    from smeg_actors.read_models import runners
+    from smeg_actors.runtime.read_models import runners
 
     store, engine = backend
     seed(store, 500)

@@ -10,8 +10,8 @@ from typing import Any
 import pykka
 import pytest
 
-from smeg_actors.config import Settings
-from smeg_actors.projector_process import ProjectorProcessActor
+from smeg_actors.runtime.config import Settings
+from smeg_actors.runtime.projector_process import ProjectorProcessActor
 
 UNREACHABLE_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:1/test"
 

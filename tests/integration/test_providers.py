@@ -25,7 +25,7 @@ from domain.ports import (
     ProviderUnhealthyError,
     TransientDeliveryError,
 )
-from smeg_actors.provider_calls import ProviderCalls
+from smeg_actors.actors.provider_calls import ProviderCalls
 
 PHONE = "+447700900123"
 BODY = "Your code is 918273"

@@ -13,7 +13,7 @@ from adapters.projections import advance_tracking, tracking
 from adapters.read_model_files import move_read_models
 from adapters.sql import make_engine, read_models_beside
 from adapters.status_view import message_status
-from smeg_actors.read_models import runners
+from smeg_actors.runtime.read_models import runners
 from tests.integration.test_projections import seed
 
 

@@ -24,11 +24,11 @@ from adapters.rabbitmq import Topology
 from adapters.rabbitmq_failed import FailedQueueReader, RabbitFailurePublisher
 from domain.backoff import BackoffPolicy
 from domain.message import AUTO_REDRIVE, FAILED, RECEIVED, Message
-from smeg_actors import redrive as redrive_module
-from smeg_actors.clock import utc_now
-from smeg_actors.messages import DeliverMessages, ProviderRecovered
-from smeg_actors.redrive import RedriverActor, redrive
-from smeg_actors.supervisor import Children
+from smeg_actors.actors import redrive as redrive_module
+from smeg_actors.actors.messages import DeliverMessages, ProviderRecovered
+from smeg_actors.actors.redrive import RedriverActor, redrive
+from smeg_actors.actors.supervisor import Children
+from smeg_actors.runtime.clock import utc_now
 from tests.integration.backends import Backend
 from tests.logcapture import captured_logs
 

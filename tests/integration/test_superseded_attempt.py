@@ -15,7 +15,7 @@ from domain.backoff import BackoffPolicy
 from domain.errors import AttemptSupersededError
 from domain.message import IN_FLIGHT, Message
 from domain.ports import ProviderReceipt, TransientDeliveryError
-from smeg_actors.worker import WorkerActor
+from smeg_actors.actors.worker import WorkerActor
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 POLICY = BackoffPolicy(initial=0.2, factor=2, max_delay=2, max_attempts=30)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from domain.backoff import BackoffPolicy
-from smeg_actors.config import Settings, SettingsError, load_settings
+from smeg_actors.runtime.config import Settings, SettingsError, load_settings
 
 # --- defaults -------------------------------------------------------------------------------
 
@@ -366,7 +366,7 @@ def test_read_models_live_beside_the_store_unless_told_otherwise() -> None:
 
 
 def test_a_misspelled_variable_is_named_with_the_closest_setting() -> None:
-    from smeg_actors.config import unknown_variables
+    from smeg_actors.runtime.config import unknown_variables
 
     environ = {"SMEG_WORKER": "4", "SMEG_PROVIDERURL": "x", "SMEG_ZZZ": "1", "SMEG_WORKERS": "4", "HOME": "/"}
 
@@ -378,7 +378,7 @@ def test_a_misspelled_variable_is_named_with_the_closest_setting() -> None:
 
 
 def test_smegs_own_variables_that_are_not_settings_are_not_warned_about() -> None:
-    from smeg_actors.config import unknown_variables
+    from smeg_actors.runtime.config import unknown_variables
 
     environ = {"SMEG_CONFIG": "a.toml", "SMEG_DEBUG": "1", "SMEG_PARENT_PID": "1", "SMEG_TEST_AMQP_URL": "x"}
 
@@ -386,6 +386,6 @@ def test_smegs_own_variables_that_are_not_settings_are_not_warned_about() -> Non
 
 
 def test_providers_cannot_come_from_one_variable_and_say_so_by_a_warning() -> None:
-    from smeg_actors.config import unknown_variables
+    from smeg_actors.runtime.config import unknown_variables
 
     assert unknown_variables({"SMEG_PROVIDERS": "x"})[0][0] == "SMEG_PROVIDERS"

@@ -8,9 +8,9 @@ from uuid import UUID
 
 import pykka
 
-from smeg_actors.dispatcher import Backlog, DispatcherActor, WorkerRestarted
-from smeg_actors.messages import BatchFinished, DeliverBatch, DeliverMessages, Recover, WorkItem
-from smeg_actors.supervisor import Children
+from smeg_actors.actors.dispatcher import Backlog, DispatcherActor, WorkerRestarted
+from smeg_actors.actors.messages import BatchFinished, DeliverBatch, DeliverMessages, Recover, WorkItem
+from smeg_actors.actors.supervisor import Children
 
 WAIT = 5.0
 

@@ -16,8 +16,8 @@ import pytest
 from adapters.event_store import MessageStore
 from domain.message import Message
 from domain.request import mask_address
-from smeg_actors import worker as worker_module
-from smeg_actors.messages import WorkItem
+from smeg_actors.actors import worker as worker_module
+from smeg_actors.actors.messages import WorkItem
 from tests.fakes import FakeProvider
 from tests.logcapture import captured_logs, json_lines
 from tests.unit.test_worker import LOOPS, POLICY, T0, WAIT, Rig, received

@@ -14,9 +14,9 @@ from domain.errors import DomainError
 from domain.message import Message
 from domain.ports import Delivery
 from domain.request import parse_send_request
-from smeg_actors.intake import IntakeActor
-from smeg_actors.messages import DeliverMessages, RequestsReceived
-from smeg_actors.supervisor import Children
+from smeg_actors.actors.intake import IntakeActor
+from smeg_actors.actors.messages import DeliverMessages, RequestsReceived
+from smeg_actors.actors.supervisor import Children
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -15,9 +15,9 @@ import structlog
 from adapters.event_store import Change, Outcome
 from domain.ports import Delivery
 from domain.request import parse_send_request
-from smeg_actors.intake import IntakeActor
-from smeg_actors.messages import RequestsReceived
-from smeg_actors.supervisor import Children
+from smeg_actors.actors.intake import IntakeActor
+from smeg_actors.actors.messages import RequestsReceived
+from smeg_actors.actors.supervisor import Children
 from tests.logcapture import captured_logs
 
 NUMBER = "+447700900123"
@@ -98,7 +98,7 @@ def test_a_logged_exception_shows_no_local_variables(stream: io.StringIO) -> Non
     try:
         send(NUMBER, BODY, TOKEN, {"id": SECRET_META})
     except ConnectionError:
-        structlog.get_logger("smeg_actors.worker").exception("provider_call_crashed")
+        structlog.get_logger("smeg_actors.actors.worker").exception("provider_call_crashed")
         logging.getLogger("pykka").error("Unhandled exception in actor", exc_info=True)
 
     text = stream.getvalue()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from smeg_actors.logs import configure_logging, message_context
+from smeg_actors.runtime.logs import configure_logging, message_context
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 def test_a_line_of_smegs_own_carries_the_message_ids_level_logger_and_time(stderr):
     configure_logging(fmt="json", level="info", stream=stderr)
-    log = structlog.get_logger("smeg_actors.worker")
+    log = structlog.get_logger("smeg_actors.actors.worker")
 
     with message_context("order-1", "corr-1"):
         log.info("attempt_finished", status="delivered", attempt=1)
@@ -39,7 +39,7 @@ def test_a_line_of_smegs_own_carries_the_message_ids_level_logger_and_time(stder
     assert line["event"] == "attempt_finished"
     assert (line["status"], line["attempt"]) == ("delivered", 1)
     assert (line["message_id"], line["correlation_id"]) == ("order-1", "corr-1")
-    assert (line["level"], line["logger"]) == ("info", "smeg_actors.worker")
+    assert (line["level"], line["logger"]) == ("info", "smeg_actors.actors.worker")
     assert str(line["timestamp"]).endswith("Z")
 
 
@@ -59,7 +59,7 @@ def test_a_standard_library_line_renders_with_the_same_fields(stderr):
 def test_with_a_pid_every_line_own_or_standard_library_names_its_process(stderr):
     configure_logging(fmt="json", level="info", stream=stderr, pid=4242)
 
-    structlog.get_logger("smeg_actors.bootstrap").info("runtime_started")
+    structlog.get_logger("smeg_actors.runtime.bootstrap").info("runtime_started")
     logging.getLogger("pykka").warning("actor stopped")
 
     assert [line.get("pid") for line in lines(stderr)] == [4242, 4242]
@@ -68,7 +68,7 @@ def test_with_a_pid_every_line_own_or_standard_library_names_its_process(stderr)
 def test_without_a_pid_lines_carry_none(stderr):
     configure_logging(fmt="json", level="info", stream=stderr)
 
-    structlog.get_logger("smeg_actors.bootstrap").info("runtime_started")
+    structlog.get_logger("smeg_actors.runtime.bootstrap").info("runtime_started")
 
     [line] = lines(stderr)
     assert "pid" not in line
@@ -76,7 +76,7 @@ def test_without_a_pid_lines_carry_none(stderr):
 
 def test_calls_below_the_level_write_nothing(stderr):
     configure_logging(fmt="json", level="warning", stream=stderr)
-    log = structlog.get_logger("smeg_actors.intake")
+    log = structlog.get_logger("smeg_actors.actors.intake")
 
     log.info("request_received")
     logging.getLogger("pykka").info("started")
@@ -87,7 +87,7 @@ def test_calls_below_the_level_write_nothing(stderr):
 
 def test_an_error_with_an_exception_renders_its_traceback_as_data(stderr):
     configure_logging(fmt="json", level="info", stream=stderr)
-    log = structlog.get_logger("smeg_actors.supervisor")
+    log = structlog.get_logger("smeg_actors.actors.supervisor")
 
     try:
         raise RuntimeError("boom")

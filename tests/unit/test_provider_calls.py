@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from domain.ports import OutboundMessage, PermanentDeliveryError, ProviderReceipt, TransientDeliveryError
-from smeg_actors.provider_calls import NO_ANSWER, ProviderCalls
+from smeg_actors.actors.provider_calls import NO_ANSWER, ProviderCalls
 
 
 def outbound(message_id: str) -> OutboundMessage:

@@ -7,9 +7,9 @@ from typing import Any, cast
 import pytest
 
 from adapters.failed_outbox import FailedOutbox
-from smeg_actors.messages import PublishFailed, Tick
-from smeg_actors.publisher import NUDGE_GAP, PublisherActor
-from smeg_actors.supervisor import Children
+from smeg_actors.actors.messages import PublishFailed, Tick
+from smeg_actors.actors.publisher import NUDGE_GAP, PublisherActor
+from smeg_actors.actors.supervisor import Children
 from tests.fakes import FakeClock
 
 

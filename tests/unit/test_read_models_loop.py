@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from smeg_actors import read_models
+from smeg_actors.runtime import read_models
 
 
 class Script:

@@ -19,9 +19,9 @@ from adapters.failed_outbox import failed_request, failure_headers
 from adapters.rabbitmq_failed import FailedEntry, FailedQueueReader
 from domain.backoff import BackoffPolicy
 from domain.message import AUTO_REDRIVE, FAILED, RECEIVED, Message
-from smeg_actors import redrive as redrive_module
-from smeg_actors.config import load_settings
-from smeg_actors.redrive import BUDGET_HEADER, RedriveReport, redrive
+from smeg_actors.actors import redrive as redrive_module
+from smeg_actors.actors.redrive import BUDGET_HEADER, RedriveReport, redrive
+from smeg_actors.runtime.config import load_settings
 from tests.logcapture import captured_logs
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)

@@ -23,7 +23,7 @@ from adapters.stats_view import (
     delivery_stats_hourly,
     failures_by_reason,
 )
-from smeg_actors.report import (
+from smeg_actors.cli.report import (
     ChartUnavailableError,
     Line,
     build_report,

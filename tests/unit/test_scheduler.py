@@ -20,9 +20,9 @@ from adapters.sql import make_engine
 from adapters.status_view import MessageStatusProjection
 from domain.backoff import BackoffPolicy
 from domain.message import Message
-from smeg_actors.messages import DeliverMessages, Recover, ScheduleRetry, Tick
-from smeg_actors.scheduler import SchedulerActor
-from smeg_actors.supervisor import Children
+from smeg_actors.actors.messages import DeliverMessages, Recover, ScheduleRetry, Tick
+from smeg_actors.actors.scheduler import SchedulerActor
+from smeg_actors.actors.supervisor import Children
 from tests.fakes import FakeClock
 
 WAIT = 5.0

@@ -8,8 +8,8 @@ import time
 
 SCRIPT = """
 import time
-from smeg_actors.logs import configure_logging
-from smeg_actors.serve import within
+from smeg_actors.runtime.logs import configure_logging
+from smeg_actors.runtime.serve import within
 configure_logging(fmt="json", level="info")
 within(0.5, lambda: time.sleep(30))
 print("not reached")
@@ -31,7 +31,7 @@ def test_a_stop_that_hangs_is_cut_at_its_limit_and_logged() -> None:
 
 
 def test_a_stop_within_its_limit_returns_normally() -> None:
-    from smeg_actors.serve import within
+    from smeg_actors.runtime.serve import within
 
     done: list[bool] = []
     within(5.0, lambda: done.append(True))

@@ -11,8 +11,8 @@ from typing import Any
 import pykka
 import pytest
 
-from smeg_actors.messages import ChildFailed, Tick
-from smeg_actors.supervisor import Children, ChildSpec, Supervised, SupervisorActor
+from smeg_actors.actors.messages import ChildFailed, Tick
+from smeg_actors.actors.supervisor import Children, ChildSpec, Supervised, SupervisorActor
 
 WAIT = 5.0
 

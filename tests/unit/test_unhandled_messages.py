@@ -9,7 +9,7 @@ from typing import Any
 
 import pykka
 
-from smeg_actors.supervisor import Children, ChildSpec, Supervised, SupervisorActor
+from smeg_actors.actors.supervisor import Children, ChildSpec, Supervised, SupervisorActor
 
 
 class Recorder(Supervised):

@@ -22,7 +22,7 @@ from domain.backoff import BackoffPolicy
 from domain.message import BACKED_OFF, DELIVERED, FAILED, INTERRUPTED, Message
 from domain.ports import OutboundMessage, ProviderReceipt
 from domain.request import SendRequest
-from smeg_actors.messages import (
+from smeg_actors.actors.messages import (
     BatchFinished,
     DeliverBatch,
     ProviderRecovered,
@@ -31,9 +31,9 @@ from smeg_actors.messages import (
     ScheduleRetry,
     WorkItem,
 )
-from smeg_actors.provider_calls import ProviderCalls
-from smeg_actors.supervisor import Children
-from smeg_actors.worker import WorkerActor
+from smeg_actors.actors.provider_calls import ProviderCalls
+from smeg_actors.actors.supervisor import Children
+from smeg_actors.actors.worker import WorkerActor
 from tests.fakes import FakeClock, FakeProvider
 from tests.logcapture import captured_logs, json_lines
 
@@ -447,7 +447,7 @@ def test_each_finished_attempt_is_one_info_line_with_the_message_ids_and_a_maske
 ) -> None:
     import json
 
-    from smeg_actors import worker as worker_module
+    from smeg_actors.actors import worker as worker_module
 
     with captured_logs(level, worker_module) as stream:
         message = received(to="+441234567890")

@@ -21,9 +21,9 @@ from sqlalchemy import Engine
 
 from adapters.event_store import MessageNotFoundError, MessageStore, StoreUnavailableError
 from adapters.status_view import UNFINISHED_PAGE, unfinished
-from smeg_actors.clock import Clock
-from smeg_actors.messages import DeliverMessages, Recover, ScheduleRetry, Tick, WorkItem
-from smeg_actors.supervisor import Children, Supervised
+from smeg_actors.actors.messages import DeliverMessages, Recover, ScheduleRetry, Tick, WorkItem
+from smeg_actors.actors.supervisor import Children, Supervised
+from smeg_actors.runtime.clock import Clock
 
 log = structlog.get_logger(__name__)
 

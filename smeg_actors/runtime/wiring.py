@@ -16,8 +16,8 @@ from adapters.rabbitmq_intake import RabbitIntake
 from adapters.read_model_files import move_read_models
 from adapters.sql import make_engine
 from domain.ports import Provider
-from smeg_actors.bootstrap import Runtime
-from smeg_actors.config import Settings, SettingsError
+from smeg_actors.runtime.bootstrap import Runtime
+from smeg_actors.runtime.config import Settings, SettingsError
 
 
 def open_store(settings: Settings) -> MessageStore:

@@ -23,11 +23,11 @@ from adapters.memory_broker import MemoryFailurePublisher, MemoryIntake
 from adapters.providers import build_provider
 from adapters.status_view import message_status, status_counts
 from domain.message import FAILED, Message
-from smeg_actors.bootstrap import Runtime
-from smeg_actors.clock import utc_now
-from smeg_actors.config import Settings
-from smeg_actors.logs import configure_logging
-from smeg_actors.messages import DeliverMessages, WorkItem
+from smeg_actors.actors.messages import DeliverMessages, WorkItem
+from smeg_actors.runtime.bootstrap import Runtime
+from smeg_actors.runtime.clock import utc_now
+from smeg_actors.runtime.config import Settings
+from smeg_actors.runtime.logs import configure_logging
 
 DEMO_BACKOFF: dict[str, Any] = {
     "backoff_initial": 0.5,
@@ -190,7 +190,7 @@ def _chart(runtime: Runtime, path: Path) -> None:
     """Draw the report chart of the run, when matplotlib (the ``chart`` extra) is installed."""
     from datetime import timedelta
 
-    from smeg_actors.report import ChartUnavailableError, draw_chart
+    from smeg_actors.cli.report import ChartUnavailableError, draw_chart
 
     end = utc_now() + timedelta(minutes=1)
     try:

@@ -20,13 +20,13 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from adapters.event_store import MessageNotFoundError, MessageStore, StoreError
 from adapters.gc_policy import collect_less
 from domain.audit import describe, event_record
-from smeg_actors.cli_read_models import audit_replay, projections, report
-from smeg_actors.cli_settings import settings_command
-from smeg_actors.cli_support import CommandError, open_store, parse_time, quiet_stdout, settings_of
-from smeg_actors.config import SettingsError, load_settings, processes_value, unknown_variables
-from smeg_actors.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_UNHEALTHY
-from smeg_actors.logs import configure_logging
-from smeg_actors.process_group import PARENT_PID_VARIABLE
+from smeg_actors.cli.projections import audit_replay, projections, report
+from smeg_actors.cli.settings import settings_command
+from smeg_actors.cli.support import CommandError, open_store, parse_time, quiet_stdout, settings_of
+from smeg_actors.runtime.config import SettingsError, load_settings, processes_value, unknown_variables
+from smeg_actors.runtime.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_UNHEALTHY
+from smeg_actors.runtime.logs import configure_logging
+from smeg_actors.runtime.process_group import PARENT_PID_VARIABLE
 
 
 @click.group()
@@ -84,7 +84,7 @@ def audit() -> None:
 @click.pass_context
 def audit_export(ctx: click.Context, since: str | None, until: str | None) -> None:
     """Every event in the window, in store order, as JSON lines on stdout."""
-    from smeg_actors.audit_export import export_events
+    from smeg_actors.cli.audit_export import export_events
 
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
     store = open_store(settings_of(ctx))
@@ -102,9 +102,9 @@ def audit_export(ctx: click.Context, since: str | None, until: str | None) -> No
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> int:
     """Check the store, the broker and every provider; exit 3 if any fails."""
-    from smeg_actors.health import dependency_checks, run_checks
-    from smeg_actors.wiring import build_providers
-    from smeg_actors.wiring import open_store as open_configured_store
+    from smeg_actors.runtime.health import dependency_checks, run_checks
+    from smeg_actors.runtime.wiring import build_providers
+    from smeg_actors.runtime.wiring import open_store as open_configured_store
 
     settings = settings_of(ctx)
     stores: list[MessageStore] = []
@@ -134,7 +134,7 @@ def check(ctx: click.Context, as_json: bool) -> int:
 @click.pass_context
 def run(ctx: click.Context, processes: str | None) -> int:
     """Consume send requests from RabbitMQ and deliver them until stopped."""
-    from smeg_actors.serve import serve
+    from smeg_actors.runtime.serve import serve
 
     settings = settings_of(ctx)
     if processes is not None:
@@ -151,7 +151,7 @@ def run(ctx: click.Context, processes: str | None) -> int:
 def retry(ctx: click.Context, message_id: str) -> None:
     """Start a fresh cycle of attempts on a Failed message."""
     from domain.message import Message
-    from smeg_actors.clock import utc_now
+    from smeg_actors.runtime.clock import utc_now
 
     store = open_store(settings_of(ctx), must_exist=False)
     try:
@@ -179,8 +179,8 @@ def redrive(ctx: click.Context, limit: int | None, dry_run: bool, as_json: bool)
     """Give the non-permanent failures on the failed queue a fresh cycle."""
     from adapters.rabbitmq import BrokerUnavailableError, Topology
     from adapters.rabbitmq_failed import FailedQueueReader
-    from smeg_actors.clock import utc_now
-    from smeg_actors.redrive import redrive as redrive_queue
+    from smeg_actors.actors.redrive import redrive as redrive_queue
+    from smeg_actors.runtime.clock import utc_now
 
     settings = settings_of(ctx)
     store = open_store(settings, must_exist=False)
@@ -216,7 +216,7 @@ def demo(messages: int, database: str) -> int:
     """Run the whole pipeline in one process on embedded defaults (under a minute)."""
     from pathlib import Path
 
-    from smeg_actors.demo import run_demo
+    from smeg_actors.cli.demo import run_demo
 
     return run_demo(Path(database), messages)
 

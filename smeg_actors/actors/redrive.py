@@ -33,11 +33,11 @@ from adapters.rabbitmq_failed import FailedEntry, FailedQueueReader
 from domain.errors import InvalidRequestError, RedriveBudgetSpentError
 from domain.message import Message
 from domain.request import SendRequest, parse_send_request
-from smeg_actors.clock import Clock
-from smeg_actors.config import DEFAULT_REDRIVE_MAX_CYCLES
-from smeg_actors.logs import message_context
-from smeg_actors.messages import DeliverMessages, ProviderRecovered, Tick, WorkItem
-from smeg_actors.supervisor import Children, Supervised
+from smeg_actors.actors.messages import DeliverMessages, ProviderRecovered, Tick, WorkItem
+from smeg_actors.actors.supervisor import Children, Supervised
+from smeg_actors.runtime.clock import Clock
+from smeg_actors.runtime.config import DEFAULT_REDRIVE_MAX_CYCLES
+from smeg_actors.runtime.logs import message_context
 
 log = structlog.get_logger(__name__)
 

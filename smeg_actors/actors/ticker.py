@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from smeg_actors.messages import Tick
-from smeg_actors.supervisor import Children
+from smeg_actors.actors.messages import Tick
+from smeg_actors.actors.supervisor import Children
 
 
 class Ticker(threading.Thread):

@@ -16,7 +16,7 @@ from adapters.event_store import MessageStore, StoreError
 from adapters.rabbitmq import BrokerUnavailableError, Topology, check_broker
 from adapters.sql import make_engine
 from domain.ports import Provider, ProviderUnhealthyError
-from smeg_actors.config import Settings
+from smeg_actors.runtime.config import Settings
 
 #: A dependency's name and its check, which raises with a one-line reason or returns a note.
 Check = tuple[str, Callable[[], str | None]]

@@ -19,10 +19,10 @@ from adapters.event_store import Change, MessageStore, StoreUnavailableError, re
 from domain.message import Message
 from domain.ports import Delivery, Intake
 from domain.request import SendRequest, mask_address
-from smeg_actors.clock import Clock
-from smeg_actors.logs import message_context
-from smeg_actors.messages import DeliverMessages, RequestsReceived, WorkItem
-from smeg_actors.supervisor import Children, Supervised
+from smeg_actors.actors.messages import DeliverMessages, RequestsReceived, WorkItem
+from smeg_actors.actors.supervisor import Children, Supervised
+from smeg_actors.runtime.clock import Clock
+from smeg_actors.runtime.logs import message_context
 
 log = structlog.get_logger(__name__)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from adapters.event_store import MessageStore, StoreError
-from smeg_actors.config import Settings
-from smeg_actors.exit_codes import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNHEALTHY
+from smeg_actors.runtime.config import Settings
+from smeg_actors.runtime.exit_codes import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNHEALTHY
 
 
 class CommandError(Exception):
@@ -37,7 +37,7 @@ def open_store(settings: Settings, *, must_exist: bool = True) -> MessageStore:
     if must_exist:
         _check_sqlite_file(settings.database_url)
     try:
-        from smeg_actors.wiring import open_store as open_configured_store
+        from smeg_actors.runtime.wiring import open_store as open_configured_store
 
         return open_configured_store(settings)
     except StoreError as exc:

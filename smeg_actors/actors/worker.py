@@ -22,9 +22,7 @@ from domain.errors import AttemptOutcomePendingError, RetryNotDueError
 from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, INTERRUPTED, Message
 from domain.ports import OutboundMessage, PermanentDeliveryError, Provider, ProviderReceipt
 from domain.request import mask_address
-from smeg_actors.clock import Clock
-from smeg_actors.logs import message_context
-from smeg_actors.messages import (
+from smeg_actors.actors.messages import (
     BatchFinished,
     DeliverBatch,
     ProviderRecovered,
@@ -33,8 +31,10 @@ from smeg_actors.messages import (
     ScheduleRetry,
     WorkItem,
 )
-from smeg_actors.provider_calls import ProviderCalls, Result
-from smeg_actors.supervisor import Children, Supervised
+from smeg_actors.actors.provider_calls import ProviderCalls, Result
+from smeg_actors.actors.supervisor import Children, Supervised
+from smeg_actors.runtime.clock import Clock
+from smeg_actors.runtime.logs import message_context
 
 log = structlog.get_logger(__name__)
 

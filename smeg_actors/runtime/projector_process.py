@@ -25,10 +25,10 @@ from typing import Any
 import pykka
 import structlog
 
-from smeg_actors.config import Settings
-from smeg_actors.messages import Tick
-from smeg_actors.process_group import PARENT_PID_VARIABLE, READY_FD_VARIABLE
-from smeg_actors.supervisor import Supervised
+from smeg_actors.actors.messages import Tick
+from smeg_actors.actors.supervisor import Supervised
+from smeg_actors.runtime.config import Settings
+from smeg_actors.runtime.process_group import PARENT_PID_VARIABLE, READY_FD_VARIABLE
 
 log = structlog.get_logger(__name__)
 

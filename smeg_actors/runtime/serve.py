@@ -18,17 +18,17 @@ import structlog
 
 from adapters.event_store import MessageStore, StoreError
 from adapters.rabbitmq import BrokerUnavailableError
-from smeg_actors.config import Settings
-from smeg_actors.exit_codes import EXIT_OK, EXIT_UNHEALTHY
-from smeg_actors.health import dependency_checks, run_checks
-from smeg_actors.process_group import (
+from smeg_actors.runtime.config import Settings
+from smeg_actors.runtime.exit_codes import EXIT_OK, EXIT_UNHEALTHY
+from smeg_actors.runtime.health import dependency_checks, run_checks
+from smeg_actors.runtime.process_group import (
     PARENT_PID_VARIABLE,
     ProcessGroup,
     cpu_count,
     start_gate,
     watch_parent,
 )
-from smeg_actors.wiring import build_providers, build_runtime, open_store
+from smeg_actors.runtime.wiring import build_providers, build_runtime, open_store
 
 log = structlog.get_logger(__name__)
 

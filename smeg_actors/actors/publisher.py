@@ -21,8 +21,8 @@ import pykka
 import structlog
 
 from adapters.failed_outbox import FailedOutbox
-from smeg_actors.messages import PublishFailed, Tick
-from smeg_actors.supervisor import Children, Supervised
+from smeg_actors.actors.messages import PublishFailed, Tick
+from smeg_actors.actors.supervisor import Children, Supervised
 
 log = structlog.get_logger(__name__)
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from adapters.event_store import MessageNotFoundError, MessageStore
-from smeg_actors.cli_support import CommandError, open_store, parse_time, settings_of
-from smeg_actors.config import Settings
-from smeg_actors.exit_codes import EXIT_CONFIG
+from smeg_actors.cli.support import CommandError, open_store, parse_time, settings_of
+from smeg_actors.runtime.config import Settings
+from smeg_actors.runtime.exit_codes import EXIT_CONFIG
 
 if TYPE_CHECKING:
     from adapters.parked_events import ParkedEvent
@@ -85,7 +85,7 @@ def report(
     """Delivery totals, rates, latency percentiles and top failure reasons, from the read models."""
     from datetime import timedelta
 
-    from smeg_actors.report import ChartUnavailableError, build_report, draw_chart, render
+    from smeg_actors.cli.report import ChartUnavailableError, build_report, draw_chart, render
 
     end = parse_time(until, "--until") or datetime.now(timezone.utc)
     start = parse_time(since, "--since") or end - timedelta(hours=24)
@@ -111,7 +111,7 @@ def projections() -> None:
 
 
 def _store_and_engine(settings: Settings, *, must_exist: bool = True) -> tuple[MessageStore, Any]:
-    from smeg_actors.wiring import open_engine
+    from smeg_actors.runtime.wiring import open_engine
 
     return open_store(settings, must_exist=must_exist), open_engine(settings)
 
@@ -121,7 +121,7 @@ def _store_and_engine(settings: Settings, *, must_exist: bool = True) -> tuple[M
 @click.pass_context
 def projections_status(ctx: click.Context, as_json: bool) -> None:
     """Each follower's position, lag (events, seconds) and parked events (the latest few)."""
-    from smeg_actors.read_models import follower_status
+    from smeg_actors.runtime.read_models import follower_status
 
     store, engine = _store_and_engine(settings_of(ctx))
     try:
@@ -159,7 +159,7 @@ def projections_parked(ctx: click.Context, follower: str | None, limit: int, as_
     A read model lacks what a parked event would have changed (a rebuild replays it once the
     cause is fixed); the events exchange did not publish it; the failed queue did not receive it.
     """
-    from smeg_actors.read_models import parked_events
+    from smeg_actors.runtime.read_models import parked_events
 
     store, engine = _store_and_engine(settings_of(ctx))
     try:
@@ -187,7 +187,7 @@ def _parked_line(item: ParkedEvent) -> str:
 
 def runners_ready(store: MessageStore, engine: Any) -> list[Any]:
     """The runners (creating the read-model tables if they are missing)."""
-    from smeg_actors.read_models import runners
+    from smeg_actors.runtime.read_models import runners
 
     return runners(store, engine)
 
@@ -205,8 +205,8 @@ def projections_run(ctx: click.Context) -> None:
 
     from adapters.events_exchange import EventsExchangePublisher
     from adapters.rabbitmq import Topology
-    from smeg_actors.process_group import PARENT_PID_VARIABLE, announce_ready, watch_parent
-    from smeg_actors.read_models import run_forever
+    from smeg_actors.runtime.process_group import PARENT_PID_VARIABLE, announce_ready, watch_parent
+    from smeg_actors.runtime.read_models import run_forever
 
     settings = settings_of(ctx)
     store, engine = _store_and_engine(settings, must_exist=False)
@@ -241,7 +241,7 @@ def projections_rebuild(ctx: click.Context, name: str | None, workers: int) -> N
     import time
 
     from adapters.projections import ShadowRebuild
-    from smeg_actors.read_models import all_projections, rate
+    from smeg_actors.runtime.read_models import all_projections, rate
 
     chosen = [p for p in all_projections() if name in (None, p.name)]
     if not chosen:

@@ -24,7 +24,7 @@ from typing import Any
 import pykka
 import structlog
 
-from smeg_actors.messages import ChildFailed, Tick
+from smeg_actors.actors.messages import ChildFailed, Tick
 
 log = structlog.get_logger(__name__)
 

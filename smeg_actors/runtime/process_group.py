@@ -34,7 +34,7 @@ from types import FrameType
 
 import structlog
 
-from smeg_actors.exit_codes import EXIT_OK
+from smeg_actors.runtime.exit_codes import EXIT_OK
 
 log = structlog.get_logger(__name__)
 

@@ -20,23 +20,23 @@ from adapters.events_exchange import EventsExchangePublisher
 from adapters.failed_outbox import FailedOutbox
 from adapters.sql import make_engine
 from domain.ports import FailurePublisher, Intake, Provider
-from smeg_actors.clock import Clock, utc_now
-from smeg_actors.config import Settings
-from smeg_actors.dispatcher import Backlog, DispatcherActor, WorkerRestarted
-from smeg_actors.exit_codes import EXIT_BROKER_LOST, EXIT_ESCALATED, EXIT_OK, EXIT_STORE_LOST
-from smeg_actors.gateway import GatewayActor
-from smeg_actors.intake import IntakeActor
-from smeg_actors.messages import RequestsReceived
-from smeg_actors.projector import ProjectorActor
-from smeg_actors.projector_process import ProjectorProcessActor
-from smeg_actors.provider_calls import ProviderCalls
-from smeg_actors.publisher import PublisherActor
-from smeg_actors.read_models import runners
-from smeg_actors.redrive import RedriverActor, failed_queue_reader
-from smeg_actors.scheduler import SchedulerActor
-from smeg_actors.supervisor import Children, ChildSpec, SupervisorActor
-from smeg_actors.ticker import Ticker
-from smeg_actors.worker import WorkerActor
+from smeg_actors.actors.dispatcher import Backlog, DispatcherActor, WorkerRestarted
+from smeg_actors.actors.gateway import GatewayActor
+from smeg_actors.actors.intake import IntakeActor
+from smeg_actors.actors.messages import RequestsReceived
+from smeg_actors.actors.projector import ProjectorActor
+from smeg_actors.actors.provider_calls import ProviderCalls
+from smeg_actors.actors.publisher import PublisherActor
+from smeg_actors.actors.redrive import RedriverActor, failed_queue_reader
+from smeg_actors.actors.scheduler import SchedulerActor
+from smeg_actors.actors.supervisor import Children, ChildSpec, SupervisorActor
+from smeg_actors.actors.ticker import Ticker
+from smeg_actors.actors.worker import WorkerActor
+from smeg_actors.runtime.clock import Clock, utc_now
+from smeg_actors.runtime.config import Settings
+from smeg_actors.runtime.exit_codes import EXIT_BROKER_LOST, EXIT_ESCALATED, EXIT_OK, EXIT_STORE_LOST
+from smeg_actors.runtime.projector_process import ProjectorProcessActor
+from smeg_actors.runtime.read_models import runners
 
 log = structlog.get_logger(__name__)
 

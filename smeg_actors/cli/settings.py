@@ -14,8 +14,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from sqlalchemy.engine import make_url
 
-from smeg_actors.cli_support import settings_of
-from smeg_actors.config import ENV_PREFIX, Settings
+from smeg_actors.cli.support import settings_of
+from smeg_actors.runtime.config import ENV_PREFIX, Settings
 
 URL_SETTINGS = frozenset({"database_url", "read_models_url", "amqp_url", "provider_url"})
 

@@ -13,8 +13,8 @@ import pykka
 import structlog
 
 from adapters.events_exchange import EventsExchangePublisher
-from smeg_actors.messages import Tick
-from smeg_actors.supervisor import Supervised
+from smeg_actors.actors.messages import Tick
+from smeg_actors.actors.supervisor import Supervised
 
 log = structlog.get_logger(__name__)
 

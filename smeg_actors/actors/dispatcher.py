@@ -17,8 +17,8 @@ from uuid import UUID
 import pykka
 import structlog
 
-from smeg_actors.messages import BatchFinished, DeliverBatch, DeliverMessages, Recover, WorkItem
-from smeg_actors.supervisor import Children, Supervised
+from smeg_actors.actors.messages import BatchFinished, DeliverBatch, DeliverMessages, Recover, WorkItem
+from smeg_actors.actors.supervisor import Children, Supervised
 
 log = structlog.get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""The ``smeg`` command line, one module per command group; ``main`` holds the entry point."""

@@ -1,0 +1,1 @@
+"""The runtime: settings, the composition root, start-up checks, logging and the process group."""
