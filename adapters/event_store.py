@@ -7,17 +7,13 @@ same objects writes nothing (library-notes G1). Every retry here rebuilds from t
 
 from __future__ import annotations
 
-import select
 import time
-import uuid
-import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
 
-import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import (
@@ -29,35 +25,44 @@ from eventsourcing.persistence import (
     Transcoder,
     Transcoding,
 )
-from eventsourcing.postgres import PostgresFactory
-from eventsourcing.utils import Environment
-from psycopg_pool import ConnectionPool
-from sqlalchemy.engine import make_url
 
 from adapters.event_log import FastJSONTranscoder, LogEntry, LogReader, Partition
 from adapters.event_writer import EventWriter, Row
 from adapters.group_commit import CommitTimeoutError, GroupCommitter
+from adapters.store_connection import (
+    CORE,
+    SQLALCHEMY,
+    TIMEOUT_KEY,
+    PooledConnectionCheck,
+    diagnosed,
+    is_database_error,
+    one_line,
+    store_env,
+)
 from domain.errors import DomainError
 from domain.message import Message
+from domain.ports import (
+    Change,
+    ConflictError,
+    MessageNotFoundError,
+    Outcome,
+    StoreError,
+    StoreUnavailableError,
+)
 
-CORE = "core"
-SQLALCHEMY = "sqlalchemy"
-
-
-class StoreError(Exception):
-    """The event store failed; the message says why in one line."""
-
-
-class StoreUnavailableError(StoreError):
-    """The store could not be reached or did not answer in time (worth retrying)."""
-
-
-class MessageNotFoundError(StoreError):
-    """No message has that id."""
-
-
-class ConflictError(StoreError):
-    """Another writer appended to the same aggregate first (optimistic concurrency)."""
+__all__ = [  # the port's errors and change types, and the connection's names, re-exported
+    "CORE",
+    "SQLALCHEMY",
+    "Change",
+    "ConflictError",
+    "MessageNotFoundError",
+    "MessageStore",
+    "Outcome",
+    "PooledConnectionCheck",
+    "StoreError",
+    "StoreUnavailableError",
+    "store_env",
+]
 
 
 class Messages(Application[UUID]):
@@ -107,19 +112,6 @@ EXTRA_TRANSCODINGS: list[Transcoding] = []
 
 
 @dataclass
-class Change:
-    """One replayable change of one aggregate: ``load`` builds it afresh, ``apply`` changes it.
-
-    ``cached`` is the caller's up-to-date object, used on the first try only; any failed save
-    drops it, so a retry always reloads and re-decides.
-    """
-
-    load: Callable[[], Message]
-    apply: Callable[[Message], None] = field(default=lambda _m: None)
-    cached: Message | None = None
-
-
-@dataclass
 class Decided:
     """A change as its caller decided it, on the caller's thread: the outcome of its first try
     and the rows to write for it. ``outcome`` is None where the library writes (no
@@ -128,58 +120,6 @@ class Decided:
     change: Change
     outcome: Outcome | None = None
     rows: list[Row] = field(default_factory=list)
-
-
-@dataclass
-class Outcome:
-    """What happened to one change: saved (with the new state), conflict, or refused by the domain."""
-
-    message: Message | None = None
-    conflict: bool = False
-    refused: DomainError | None = None
-    missing: bool = False
-    error: Exception | None = None
-
-    @property
-    def saved(self) -> bool:
-        return self.message is not None
-
-
-def store_env(url: str, *, recorder: str = CORE, schema: str = "") -> dict[str, str]:
-    """Translate a SQLAlchemy URL into eventsourcing's persistence settings."""
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    env = {"ORIGINATOR_ID_TYPE": "uuid"}
-    if recorder == SQLALCHEMY:
-        env.update(PERSISTENCE_MODULE="eventsourcing_sqlalchemy", SQLALCHEMY_URL=url)
-        if schema:
-            env["SQLALCHEMY_SCHEMA"] = schema
-        return env
-    if backend == "sqlite":
-        db = parsed.database or ""
-        if db in ("", ":memory:"):
-            db = f"file:smeg-{uuid.uuid4().hex}?mode=memory&cache=shared"
-        env.update(PERSISTENCE_MODULE="eventsourcing.sqlite", SQLITE_DBNAME=db)
-        env["SQLITE_LOCK_TIMEOUT"] = "10"
-        return env
-    if backend == "postgresql":
-        env.update(
-            PERSISTENCE_MODULE="adapters.event_store:BoundedPostgresFactory",
-            POSTGRES_DBNAME=parsed.database or "postgres",
-            POSTGRES_HOST=parsed.host or "127.0.0.1",
-            POSTGRES_PORT=str(parsed.port or 5432),
-            POSTGRES_USER=parsed.username or "postgres",
-            POSTGRES_PASSWORD=parsed.password or "",
-            POSTGRES_CONNECT_TIMEOUT="5",
-            POSTGRES_LOCK_TIMEOUT="10",
-            POSTGRES_POOL_SIZE="4",
-            POSTGRES_MAX_OVERFLOW="8",
-            POSTGRES_PRE_PING="y",
-        )
-        if schema:
-            env["POSTGRES_SCHEMA"] = schema
-        return env
-    raise StoreError(f"unsupported database URL scheme: {parsed.drivername}")
 
 
 class MessageStore:
@@ -208,7 +148,7 @@ class MessageStore:
         try:
             self.app.recorder.max_notification_id()
         except Exception as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
+            raise StoreUnavailableError(one_line(exc)) from None
 
     def get(self, aggregate_id: UUID) -> Message:
         """The aggregate as of its latest event."""
@@ -217,7 +157,7 @@ class MessageStore:
         except AggregateNotFoundError:
             raise MessageNotFoundError(f"no message {aggregate_id}") from None
         except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
+            raise StoreUnavailableError(one_line(exc)) from None
         return message
 
     def get_at_version(self, aggregate_id: UUID, version: int) -> Message:
@@ -227,7 +167,7 @@ class MessageStore:
         except AggregateNotFoundError:
             raise MessageNotFoundError(f"no message {aggregate_id}") from None
         except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
+            raise StoreUnavailableError(one_line(exc)) from None
         return message
 
     def get_by_message_id(self, message_id: str) -> Message:
@@ -242,7 +182,7 @@ class MessageStore:
         try:
             records = self.app.recorder.select_events(aggregate_id)
         except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
+            raise StoreUnavailableError(one_line(exc)) from None
         return [cast(DomainEvent, self.app.mapper.to_domain_event(r)) for r in records]
 
     def history_head(self, aggregate_id: UUID) -> Message.Received:
@@ -250,7 +190,7 @@ class MessageStore:
         try:
             records = self.app.recorder.select_events(aggregate_id, lte=1)
         except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
+            raise StoreUnavailableError(one_line(exc)) from None
         if not records:
             raise MessageNotFoundError(f"no message {aggregate_id}")
         event = self.app.mapper.to_domain_event(records[0])
@@ -313,7 +253,7 @@ class MessageStore:
         except IntegrityError:
             return self._after_conflict([item.change for item in decided], reloaded=False)
         except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
+            raise StoreUnavailableError(one_line(exc)) from None
         return [cast(Outcome, item.outcome) for item in decided]
 
     def update(self, aggregate_id: UUID, apply: Callable[[Message], None]) -> Outcome:
@@ -351,7 +291,7 @@ class MessageStore:
         except IntegrityError:
             return self._after_conflict(changes, reloaded=not use_cache)
         except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
+            raise StoreUnavailableError(one_line(exc)) from None
 
     def _after_conflict(self, changes: Sequence[Change], *, reloaded: bool) -> list[Outcome]:
         """Some change of a failed transaction lost a race: find which, in few transactions.
@@ -374,7 +314,7 @@ class MessageStore:
         try:
             return self.app.recorder.max_notification_id() or 0
         except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
+            raise StoreUnavailableError(one_line(exc)) from None
 
     def read_log(self, after: int, limit: int) -> list[Notification]:
         """Up to ``limit`` log entries after position ``after``, in store order."""
@@ -383,7 +323,7 @@ class MessageStore:
                 self.app.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
             )
         except PersistenceError as exc:
-            raise StoreUnavailableError(_one_line(exc)) from None
+            raise StoreUnavailableError(one_line(exc)) from None
 
     def decode(self, notification: Notification) -> DomainEvent:
         return cast(DomainEvent, self.app.mapper.to_domain_event(notification))
@@ -427,72 +367,11 @@ def _reading() -> Iterator[None]:
     try:
         yield
     except PersistenceError as exc:
-        raise StoreUnavailableError(_one_line(exc)) from None
+        raise StoreUnavailableError(one_line(exc)) from None
     except Exception as exc:
-        if _is_database_error(exc):
-            raise StoreUnavailableError(_one_line(exc)) from None
+        if is_database_error(exc):
+            raise StoreUnavailableError(one_line(exc)) from None
         raise
-
-
-TIMEOUT_KEY = "SMEG_STORE_TIMEOUT"
-
-
-class BoundedPostgresFactory(PostgresFactory):
-    """eventsourcing's PostgreSQL factory, with waits bounded so a silent network fails a write.
-
-    A statement timeout, TCP keepalives and ``tcp_user_timeout`` are added to the pool's connection
-    arguments before its first connection is opened (eventsourcing has no settings for them), and
-    the pool checks a connection it hands out with ``PooledConnectionCheck`` instead of a round trip
-    each time.
-    """
-
-    def __init__(self, env: Environment) -> None:
-        super().__init__(env)
-        milliseconds = int(float(self.env.get(TIMEOUT_KEY) or 15) * 1000)
-        pool = self.datastore.pool
-        kwargs = pool.kwargs
-        assert isinstance(kwargs, dict)
-        kwargs.update(
-            options=f"-c statement_timeout={milliseconds}",
-            keepalives=1,
-            keepalives_idle=5,
-            keepalives_interval=2,
-            keepalives_count=3,
-            tcp_user_timeout=milliseconds,
-        )
-        # psycopg_pool takes ``check`` only when built; eventsourcing builds it (PRE_PING = ping always).
-        pool._check = PooledConnectionCheck()
-
-
-class PooledConnectionCheck:
-    """Pings a pooled connection before use only when it may be dead: something arrived on its
-    socket while it sat idle (a server that ends a session says so, then closes it), or it has not
-    been handed out for ``idle`` seconds (a middlebox may have dropped it silently).
-
-    A ping on every checkout was one round trip per transaction; under load each round trip also
-    costs a wait for the interpreter lock, and the committer, the serial stage, paid it on every
-    write. A connection that dies in use fails its statement, which the writer tries again on
-    another connection (the pool discards a broken one).
-    """
-
-    def __init__(self, idle: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.idle, self.clock = idle, clock
-        self.handed_out: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-
-    def __call__(self, connection: Any) -> None:
-        now = self.clock()
-        last = self.handed_out.get(connection)
-        self.handed_out[connection] = now
-        if last is not None and now - last < self.idle and not _readable(connection):
-            return
-        ConnectionPool.check_connection(connection)
-
-
-def _readable(connection: Any) -> bool:
-    try:
-        return bool(select.select([connection.fileno()], [], [], 0)[0])
-    except (OSError, ValueError, psycopg.Error):
-        return True
 
 
 def _open_application(env: dict[str, str]) -> Messages:
@@ -508,70 +387,11 @@ def _open_application(env: dict[str, str]) -> Messages:
                 sign in str(exc) for sign in ("duplicate key", "already exists", "concurrently updated")
             )
             if not racing or attempt == 2:
-                raise StoreUnavailableError(_diagnosed(exc, env)) from None
+                raise StoreUnavailableError(diagnosed(exc, env)) from None
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-def _diagnosed(exc: BaseException, env: Mapping[str, str]) -> str:
-    """The pool only says it "couldn't get a connection after 5.00 sec"; one direct connection
-    says why (refused at host:port, no such database, authentication failed)."""
-    text = _one_line(exc)
-    if "couldn't get a connection" not in text or "POSTGRES_HOST" not in env:
-        return text
-    where = f"{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}"
-    try:
-        psycopg.connect(
-            host=env["POSTGRES_HOST"],
-            port=env["POSTGRES_PORT"],
-            dbname=env["POSTGRES_DBNAME"],
-            user=env["POSTGRES_USER"],
-            password=env.get("POSTGRES_PASSWORD", ""),
-            connect_timeout=5,
-        ).close()
-    except psycopg.Error as cause:
-        reason = " ".join(str(cause).split("\n")[0].split())
-        return f"PostgreSQL at {where}: {reason.split(' failed: ')[-1]}"
-    return text
-
-
-def retry_until(
-    operation: Callable[[], Any],
-    *,
-    grace: float,
-    on_retry: Callable[[StoreUnavailableError, float], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> Any:
-    """Call ``operation`` until it stops raising StoreUnavailableError or ``grace`` seconds pass.
-
-    Waits 0.1 s, 0.2 s, … up to 5 s between tries; re-raises the last error once the grace is spent.
-    """
-    deadline = clock() + grace
-    delay = 0.1
-    while True:
-        try:
-            return operation()
-        except StoreUnavailableError as exc:
-            if clock() + delay > deadline:
-                raise
-            if on_retry:
-                on_retry(exc, delay)
-            sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def event_type(event: DomainEvent) -> str:
     """The event's domain name (``Received``, ``Attempted`` …)."""
     return type(event).__name__
-
-
-def _is_database_error(exc: BaseException) -> bool:
-    """A driver error (sqlite3 or psycopg) raised by a raw read outside the recorder's wrapping."""
-    return type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg_pool")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -33,9 +33,9 @@ from sqlalchemy.exc import IntegrityError
 from adapters.event_store import MessageStore
 from adapters.parked_events import Parked, is_poison, log_parked, park, record_parked
 from adapters.projections import advance_tracking, create_tables, tracking
+from domain.dead_letter import failed_request, failure_headers
 from domain.message import Message
 from domain.ports import FailurePublisher
-from domain.request import SendRequest
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +61,17 @@ class FailedOutbox:
         self.parked = 0
         create_tables(engine)
         self._start_at_head()
+
+    def keep_alive(self) -> None:
+        """Service the publisher's broker connection, if it keeps one."""
+        keep_alive = getattr(self.publisher, "keep_alive", None)
+        if keep_alive is not None:
+            keep_alive()
+
+    def close(self) -> None:
+        close = getattr(self.publisher, "close", None)
+        if close is not None:
+            close()
 
     def publish_pending(self) -> int:
         """Publish the failures of one batch of the log; return how many it settled (published,
@@ -171,27 +182,3 @@ class FailedOutbox:
         query = select(tracking.c.position).where(tracking.c.projection == TRACKING_NAME)
         locked = connection.scalar(query.with_for_update(skip_locked=True))
         return None if locked is None else int(locked)
-
-
-def failed_request(message: Message) -> SendRequest:
-    """The message's original request, as it goes onto the failed queue."""
-    return SendRequest(
-        message_id=message.message_id,
-        channel=message.channel,
-        to=message.to,
-        body=message.body,
-        correlation_id=message.correlation_id,
-        sender=message.sender,
-        provider=message.provider,
-        metadata=dict(message.metadata),
-    )
-
-
-def failure_headers(message: Message) -> tuple[tuple[str, str], ...]:
-    """Why and how it failed, as ``x-smeg-*`` headers."""
-    return (
-        ("x-smeg-reason", message.last_error or ""),
-        ("x-smeg-attempts", str(message.attempts)),
-        ("x-smeg-permanent", "true" if message.permanent else "false"),
-        ("x-smeg-provider", message.last_provider or ""),
-    )

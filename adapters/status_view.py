@@ -40,6 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from adapters.projections import History, Write
 from adapters.sql import copy_rows, execute_many, metadata, qualified_name, translated_schema
 from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, RECEIVED, Message
+from domain.ports import UNFINISHED_PAGE
 
 message_status = Table(
     "message_status",
@@ -259,7 +260,6 @@ def _upsert(connection: Connection, table: Table) -> Any:
 #: Rows of ``unfinished`` read per query. Each query scans every unfinished row (the partial index
 #: offers no order) and sorts them, so pages are large: walking 100,000 rows took 0.9-1.0 s here in
 #: pages of 10,000 or 50,000, 0.75 s in one (most of it is building the rows in Python).
-UNFINISHED_PAGE = 50_000
 
 
 def unfinished(
@@ -328,3 +328,15 @@ def status_counts(engine: Engine) -> dict[str, int]:
     query = select(message_status.c.status, func.count()).group_by(message_status.c.status)
     with engine.connect() as connection:
         return {status: count for status, count in connection.execute(query)}
+
+
+class UnfinishedIndex:
+    """The ``UnfinishedMessages`` port over ``message_status`` (see ``unfinished``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __call__(
+        self, *, stale_after: float, before: datetime | None = None, page_size: int = UNFINISHED_PAGE
+    ) -> Iterator[list[tuple[UUID, datetime]]]:
+        return unfinished(self.engine, stale_after=stale_after, before=before, page_size=page_size)

@@ -40,6 +40,10 @@ INTERRUPTED = "interrupted"
 AUTO_REDRIVE = "auto-redrive"
 
 
+#: Automatic redrive cycles a message may get before it waits for a person (``SMEG_REDRIVE_MAX_CYCLES``).
+DEFAULT_REDRIVE_MAX_CYCLES = 3
+
+
 class Message(Aggregate):
     """A message smeg was asked to deliver, and everything that happened to it since."""
 

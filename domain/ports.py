@@ -5,11 +5,168 @@ Adapters implement these; actors depend only on them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+from uuid import UUID
 
+from domain.errors import DomainError
+from domain.message import Message
 from domain.request import SendRequest
+
+#: Rows of the unfinished-messages index read per query when the scheduler adopts them.
+UNFINISHED_PAGE = 50_000
+
+
+class StoreError(Exception):
+    """The event store failed; the message says why in one line."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached or did not answer in time (worth retrying)."""
+
+
+class MessageNotFoundError(StoreError):
+    """No message has that id."""
+
+
+class ConflictError(StoreError):
+    """Another writer appended to the same aggregate first (optimistic concurrency)."""
+
+
+@dataclass
+class Change:
+    """One replayable change of one aggregate: ``load`` builds it afresh, ``apply`` changes it.
+
+    ``cached`` is the caller's up-to-date object, used on the first try only; any failed save
+    drops it, so a retry always reloads and re-decides (a failed ``save()`` retried on the same
+    objects writes nothing: library-notes G1).
+    """
+
+    load: Callable[[], Message]
+    apply: Callable[[Message], None] = field(default=lambda _m: None)
+    cached: Message | None = None
+
+
+@dataclass
+class Outcome:
+    """What happened to one change: saved (with the new state), conflict, or refused by the domain."""
+
+    message: Message | None = None
+    conflict: bool = False
+    refused: DomainError | None = None
+    missing: bool = False
+    error: Exception | None = None
+
+    @property
+    def saved(self) -> bool:
+        return self.message is not None
+
+
+class MessageRepository(Protocol):
+    """What the actors need of the event store: load, save changes, read a history."""
+
+    def get(self, aggregate_id: UUID) -> Message:
+        """The message as of its last event, or raise MessageNotFoundError."""
+        ...
+
+    def commit(self, changes: Sequence[Change]) -> list[Outcome]:
+        """Apply and save each change (one transaction where the store can); one outcome each."""
+        ...
+
+    def update(self, aggregate_id: UUID, apply: Callable[[Message], None]) -> Outcome:
+        """Load, apply and save one message, reloading on a conflict."""
+        ...
+
+    def history(self, aggregate_id: UUID) -> list[Any]:
+        """Every event of one message, oldest first."""
+        ...
+
+
+class UnfinishedMessages(Protocol):
+    """The index of messages not yet Delivered or Failed, with when each is due for a look."""
+
+    def __call__(
+        self, *, stale_after: float, before: datetime | None = None, page_size: int = UNFINISHED_PAGE
+    ) -> Iterator[list[tuple[UUID, datetime]]]:
+        """Every one of them (due before ``before``, if given), page by page."""
+        ...
+
+
+class LogOutbox(Protocol):
+    """Publishes what the event log holds for the broker (failures, lifecycle events), in order.
+
+    ``parked`` counts entries set aside because of their own data (this process).
+    """
+
+    parked: int
+
+    def publish_pending(self) -> int:
+        """Publish the next batch; how many entries it settled (0: nothing pending)."""
+        ...
+
+    def keep_alive(self) -> None:
+        """Service the broker connection's heartbeats (its owner's thread)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ReadModels(Protocol):
+    """The read models the projector keeps in step with the log."""
+
+    def catch_up(self) -> dict[str, int]:
+        """Apply every event not yet applied; events applied per read model."""
+        ...
+
+    def step(self) -> int:
+        """Apply one batch to all of them together; events applied (0 once nothing is left)."""
+        ...
+
+    def positions(self) -> dict[str, int]: ...
+
+
+class FailedEntry(Protocol):
+    """One message taken from the failed queue, unsettled until acked, kept or republished."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, Any]: ...
+
+    @property
+    def correlation_id(self) -> str | None: ...
+
+
+E = TypeVar("E", bound=FailedEntry)
+
+
+class FailedQueue(Protocol[E]):
+    """The dead-letter queue as redrive reads it: one entry at a time, each settled explicitly."""
+
+    def depth(self) -> int: ...
+
+    def get(self) -> E | None: ...
+
+    def ack(self, entry: E) -> None:
+        """Done with it: it leaves the queue."""
+        ...
+
+    def keep(self, entry: E) -> None:
+        """Hand it back for an operator (not seen again by this run)."""
+        ...
+
+    def republish(self, entry: E, *, headers: dict[str, Any] | None = None) -> None:
+        """Put it back at the tail, with extra headers."""
+        ...
+
+    def release(self) -> None:
+        """Hand back whatever this run still holds."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +252,9 @@ class Delivery:
 
 class Intake(Protocol):
     """Where send requests come from (RabbitMQ, or in memory for the demo)."""
+
+    #: Backpressure: while it returns True, the intake hands over no more deliveries.
+    hold: Callable[[], bool]
 
     def start(
         self,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's test command: venv, install, start services, lint, type-check, import contract, tests.
+# The README's test command: venv, install, start services, lint, type-check, import contract, shape, tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,4 +12,5 @@ scripts/start_services.sh
 .venv/bin/ruff format --check domain adapters smeg_actors tests scripts
 .venv/bin/mypy domain adapters smeg_actors scripts
 .venv/bin/lint-imports
+.venv/bin/python scripts/shape.py
 CI=${CI:-true} .venv/bin/python -m pytest "$@"

@@ -1,17 +1,31 @@
-"""Fakes for the ports (tests only): a scriptable provider, a clock the test moves, a crashing clock."""
+"""Fakes for the ports (tests only): a scriptable provider, a clock the test moves, a crashing clock,
+and an event store in memory (``InMemoryMessageStore``, held to the real one by
+tests/integration/test_store_contract.py)."""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+from uuid import UUID
 
+from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, Mapper, StoredEvent, UUIDAsHex
+
+from adapters.event_log import FastJSONTranscoder
+from adapters.event_store import EXTRA_TRANSCODINGS
+from domain.errors import DomainError
+from domain.message import Message
 from domain.ports import (
+    Change,
+    MessageNotFoundError,
     OutboundMessage,
+    Outcome,
     PermanentDeliveryError,
     ProviderReceipt,
+    StoreError,
+    StoreUnavailableError,
     TransientDeliveryError,
 )
 
@@ -92,3 +106,153 @@ class FakeClock(Generic[Now]):
             self.now = self.now + timedelta(seconds=seconds)
         else:
             self.now = self.now + seconds
+
+
+class _Conflict(Exception):
+    """A version already taken (the real store's IntegrityError)."""
+
+
+class InMemoryMessageStore:
+    """``MessageRepository`` in memory, behaving as ``adapters.event_store.MessageStore`` does.
+
+    Events are kept encoded, per aggregate and version, with the store's own transcoder: ``get``
+    and ``history`` decode them afresh, so no two calls share an object, and an event the real
+    store could not encode fails here too. ``commit`` follows ``MessageStore.commit`` step by step:
+    each change is applied on the caller's thread (its cached object first, once: the cache is
+    dropped whatever happens), a batch is written all or nothing, a taken version bisects the
+    batch with every aggregate reloaded (library-notes G1), and a single change is reloaded once
+    before it counts as a conflict.
+
+    Test knobs: ``fail_next(n)`` (the next ``n`` commits fail as an outage would) and ``commits``
+    (how many times ``commit`` was called, failed calls included).
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[UUID | str, dict[int, StoredEvent]] = {}
+        self._lock = threading.RLock()
+        transcoder = FastJSONTranscoder()
+        for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), *EXTRA_TRANSCODINGS):
+            transcoder.register(transcoding)
+        self._mapper: Mapper[UUID] = Mapper(transcoder=transcoder)
+        self._failures = 0
+        self.commits = 0
+
+    def fail_next(self, n: int = 1) -> None:
+        """The next ``n`` commits raise StoreUnavailableError after applying their changes (so,
+        as after a real failed write, their cached objects are spent and a retry reloads)."""
+        with self._lock:
+            self._failures = n
+
+    def get(self, aggregate_id: UUID) -> Message:
+        """The message rebuilt from its events, or MessageNotFoundError."""
+        events = self.history(aggregate_id)
+        if not events:
+            raise MessageNotFoundError(f"no message {aggregate_id}")
+        message: Any = None
+        for event in events:
+            message = event.mutate(message)
+        assert isinstance(message, Message)
+        return message
+
+    def history(self, aggregate_id: UUID) -> list[Any]:
+        """Every event of one message, oldest first (decoded afresh; [] for an unknown id)."""
+        with self._lock:
+            stored = sorted(self._events.get(aggregate_id, {}).items())
+        return [self._mapper.to_domain_event(record) for _version, record in stored]
+
+    def commit(self, changes: Sequence[Change]) -> list[Outcome]:
+        """Apply and save every change in one transaction; after a conflict, bisect (reloading)."""
+        with self._lock:
+            self.commits += 1
+        decided = self._decide(changes)
+        try:
+            with self._lock:
+                if self._failures:
+                    self._failures -= 1
+                    raise StoreUnavailableError("injected outage (InMemoryMessageStore.fail_next)")
+                outcomes = self._write_decided(decided)
+        finally:
+            for change in changes:
+                change.cached = None
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+        return outcomes
+
+    def update(self, aggregate_id: UUID, apply: Callable[[Message], None]) -> Outcome:
+        """Load, apply and save one message, reloading once if another writer got there first."""
+        change = Change(load=lambda: self.get(aggregate_id), apply=apply)
+        outcome = self.commit([change])[0]
+        if outcome.conflict:
+            outcome = self.commit([change])[0]
+        if outcome.missing:
+            raise MessageNotFoundError(f"no message {aggregate_id}")
+        return outcome
+
+    def _decide(self, changes: Sequence[Change]) -> list[tuple[Change, Outcome, list[StoredEvent]]]:
+        decided = []
+        try:
+            for change in changes:
+                outcome = self._apply(change, use_cache=True)
+                records = self._encode(outcome.message) if outcome.message is not None else []
+                decided.append((change, outcome, records))
+        finally:
+            for change in changes:
+                change.cached = None
+        return decided
+
+    def _write_decided(self, decided: Sequence[tuple[Change, Outcome, list[StoredEvent]]]) -> list[Outcome]:
+        try:
+            self._write([record for _change, _outcome, records in decided for record in records])
+        except _Conflict:
+            return self._after_conflict([change for change, _outcome, _records in decided], reloaded=False)
+        return [outcome for _change, outcome, _records in decided]
+
+    def _apply(self, change: Change, *, use_cache: bool) -> Outcome:
+        try:
+            message = change.cached if use_cache and change.cached else change.load()
+            change.apply(message)
+        except MessageNotFoundError:
+            return Outcome(missing=True)
+        except DomainError as exc:
+            return Outcome(refused=exc)
+        except StoreError:
+            raise
+        except Exception as exc:
+            return Outcome(error=exc)
+        return Outcome(message=message)
+
+    def _attempt(self, changes: Sequence[Change], *, use_cache: bool) -> list[Outcome]:
+        try:
+            outcomes = [self._apply(change, use_cache=use_cache) for change in changes]
+            messages = [outcome.message for outcome in outcomes if outcome.message is not None]
+            self._write([record for message in messages for record in self._encode(message)])
+            return outcomes
+        except _Conflict:
+            return self._after_conflict(changes, reloaded=not use_cache)
+
+    def _after_conflict(self, changes: Sequence[Change], *, reloaded: bool) -> list[Outcome]:
+        if len(changes) > 1:
+            middle = len(changes) // 2
+            return self._attempt(changes[:middle], use_cache=False) + self._attempt(
+                changes[middle:], use_cache=False
+            )
+        if not reloaded:
+            return self._attempt(changes, use_cache=False)
+        return [Outcome(conflict=True)]
+
+    def _encode(self, message: Message) -> list[StoredEvent]:
+        """Drain the message's pending events, encoded (as ``save`` does, even if the write fails)."""
+        return [self._mapper.to_stored_event(event) for event in message.collect_events()]
+
+    def _write(self, records: Sequence[StoredEvent]) -> None:
+        """All or nothing: _Conflict if any (aggregate, version) is taken, in the store or the batch."""
+        with self._lock:
+            seen: set[tuple[UUID | str, int]] = set()
+            for record in records:
+                key = (record.originator_id, record.originator_version)
+                if key in seen or record.originator_version in self._events.get(key[0], {}):
+                    raise _Conflict(key)
+                seen.add(key)
+            for record in records:
+                self._events.setdefault(record.originator_id, {})[record.originator_version] = record

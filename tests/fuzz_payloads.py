@@ -1605,6 +1605,7 @@ class IntakeFuzzer:
         """Late arrivals on .rejected, smeg still running, no traceback; then SIGTERM: exit 0."""
         problems: list[str] = []
         deadline = time.monotonic() + grace
+        # A bounded window, no signal: a late duplicate (redelivery, dead letter) follows no marker.
         while time.monotonic() < deadline:
             assert self._connection is not None
             self._connection.process_data_events(time_limit=0.1)

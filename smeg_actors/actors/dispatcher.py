@@ -17,7 +17,15 @@ from uuid import UUID
 import pykka
 import structlog
 
-from smeg_actors.actors.messages import BatchFinished, DeliverBatch, DeliverMessages, Recover, WorkItem
+from smeg_actors.actors.messages import (
+    BatchFinished,
+    DeliverBatch,
+    DeliverMessages,
+    Drain,
+    IsIdle,
+    Recover,
+    WorkItem,
+)
 from smeg_actors.actors.supervisor import Children, Supervised
 
 log = structlog.get_logger(__name__)
@@ -84,9 +92,9 @@ class DispatcherActor(Supervised):
                     self.active.difference_update(ids)
                     self.children.tell("scheduler", Recover(ids))
                 self.held[name] = []
-            case "idle":
+            case IsIdle():
                 return (self.draining or not self.queue) and not any(self.held.values())
-            case "drain":
+            case Drain():
                 self.draining = True
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))

@@ -12,22 +12,22 @@ from typing import Any
 import pykka
 import structlog
 
-from adapters.events_exchange import EventsExchangePublisher
-from smeg_actors.actors.messages import Tick
+from domain.ports import LogOutbox
+from smeg_actors.actors.messages import GetParked, GetPublished, Tick
 from smeg_actors.actors.supervisor import Supervised
 
 log = structlog.get_logger(__name__)
 
 
 class GatewayActor(Supervised):
-    """Drives ``EventsExchangePublisher``; when the broker fails, waits and tries again."""
+    """Drives the events outbox (``adapters.events_exchange``); when the broker fails, tries later."""
 
     def __init__(
         self,
         name: str,
         supervisor: pykka.ActorRef[Any] | None,
         *,
-        publisher: EventsExchangePublisher,
+        publisher: LogOutbox,
         max_batches_per_tick: int = 10,
     ) -> None:
         super().__init__(name, supervisor)
@@ -39,9 +39,9 @@ class GatewayActor(Supervised):
         match message:
             case Tick():
                 self._publish()
-            case "published":
+            case GetPublished():
                 return self.published
-            case "parked":
+            case GetParked():
                 return self.publisher.parked
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))

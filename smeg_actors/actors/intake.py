@@ -15,11 +15,11 @@ from typing import Any
 import pykka
 import structlog
 
-from adapters.event_store import Change, MessageStore, StoreUnavailableError, retry_until
 from domain.message import Message
-from domain.ports import Delivery, Intake
+from domain.ports import Change, Delivery, Intake, MessageRepository, StoreUnavailableError
 from domain.request import SendRequest, mask_address
-from smeg_actors.actors.messages import DeliverMessages, RequestsReceived, WorkItem
+from smeg_actors.actors.messages import DeliverMessages, GetCounts, RequestsReceived, WorkItem
+from smeg_actors.actors.store_retry import retry_until
 from smeg_actors.actors.supervisor import Children, Supervised
 from smeg_actors.runtime.clock import Clock
 from smeg_actors.runtime.logs import message_context
@@ -35,7 +35,7 @@ class IntakeActor(Supervised):
         name: str,
         supervisor: pykka.ActorRef[Any] | None,
         *,
-        store: MessageStore,
+        store: MessageRepository,
         intake: Intake,
         children: Children,
         clock: Clock,
@@ -60,7 +60,7 @@ class IntakeActor(Supervised):
                 self.holding = deliveries
                 self._record(deliveries)
                 self.holding = ()
-            case "counts":
+            case GetCounts():
                 return {"received": self.received, "duplicates": self.duplicates}
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))

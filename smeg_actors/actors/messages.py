@@ -90,3 +90,63 @@ class ChildFailed:
     name: str
     error: str
     orphans: tuple[Any, ...] = ()
+
+
+# Queries and commands of the runtime (and of tests) to one actor, answered through ``ask``.
+
+
+@dataclass(frozen=True, slots=True)
+class GetCounts:
+    """Answered with the actor's counters: restarts per child (supervisor), requests (intake)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetPending:
+    """Answered with how many retries the scheduler holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetPositions:
+    """Answered with each read model's position in the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetPublished:
+    """Answered with how many entries an outbox actor published."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetParked:
+    """Answered with how many entries an outbox actor parked."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetRedriven:
+    """Answered with how many messages the automatic redriver gave a fresh cycle."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetPid:
+    """Answered with the process id of the child process an actor runs, if any."""
+
+
+@dataclass(frozen=True, slots=True)
+class IsIdle:
+    """Answered True when no message is queued or being attempted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Stop handing out queued work: the process is stopping."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopChildren:
+    """Stop every child, workers last, and restart none of them."""
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitReady:
+    """Answered True once the actor's child process said it is ready, False after ``timeout`` s."""
+
+    timeout: float

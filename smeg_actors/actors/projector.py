@@ -7,8 +7,8 @@ from typing import Any
 import pykka
 import structlog
 
-from adapters.projections import ProjectionRunner, step_together
-from smeg_actors.actors.messages import Tick
+from domain.ports import ReadModels
+from smeg_actors.actors.messages import GetPositions, Tick
 from smeg_actors.actors.supervisor import Supervised
 
 log = structlog.get_logger(__name__)
@@ -22,26 +22,25 @@ class ProjectorActor(Supervised):
         name: str,
         supervisor: pykka.ActorRef[Any] | None,
         *,
-        runners: list[ProjectionRunner],
+        read_models: ReadModels,
         max_batches_per_tick: int = 20,
     ) -> None:
         super().__init__(name, supervisor)
-        self.runners, self.max_batches = runners, max_batches_per_tick
+        self.read_models, self.max_batches = read_models, max_batches_per_tick
         self.failing = False
 
     def on_start(self) -> None:
-        for runner in self.runners:
-            applied = runner.catch_up()
-            log.info(
-                "projection_caught_up", projection=runner.name, events=applied, position=runner.position()
-            )
+        applied = self.read_models.catch_up()
+        positions = self.read_models.positions()
+        for name, events in applied.items():
+            log.info("projection_caught_up", projection=name, events=events, position=positions[name])
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case Tick():
                 self._step()
-            case "positions":
-                return {runner.name: runner.position() for runner in self.runners}
+            case GetPositions():
+                return self.read_models.positions()
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))
         return None
@@ -49,7 +48,7 @@ class ProjectorActor(Supervised):
     def _step(self) -> None:
         try:
             for _ in range(self.max_batches):
-                if not step_together(self.runners[0].store, self.runners):
+                if not self.read_models.step():
                     break
         except Exception as exc:
             if not self.failing:

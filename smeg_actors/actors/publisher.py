@@ -1,4 +1,4 @@
-"""The publisher actor: drives the dead-letter outbox (``adapters.failed_outbox``).
+"""The publisher actor: drives the dead-letter outbox (a ``LogOutbox``: ``adapters.failed_outbox``).
 
 Failed messages reach ``{prefix}.failed`` from the event log, not from memory: a worker's
 ``PublishFailed`` only says "look soon" (within a tick; nudges in between are one look), and a
@@ -20,8 +20,8 @@ from typing import Any
 import pykka
 import structlog
 
-from adapters.failed_outbox import FailedOutbox
-from smeg_actors.actors.messages import PublishFailed, Tick
+from domain.ports import LogOutbox
+from smeg_actors.actors.messages import GetPublished, PublishFailed, Tick
 from smeg_actors.actors.supervisor import Children, Supervised
 
 log = structlog.get_logger(__name__)
@@ -38,7 +38,7 @@ class PublisherActor(Supervised):
         name: str,
         supervisor: pykka.ActorRef[Any] | None,
         *,
-        outbox: FailedOutbox,
+        outbox: LogOutbox,
         children: Children,
         sweep_every: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
@@ -48,7 +48,7 @@ class PublisherActor(Supervised):
         self.monotonic = monotonic
         self.next_sweep = self.last_look = monotonic() - sweep_every
         self.published = 0
-        self.parked = getattr(outbox, "parked", 0)
+        self.parked = outbox.parked
         self.retry_at = 0.0
         self.delay = 0.5
 
@@ -61,10 +61,8 @@ class PublisherActor(Supervised):
             case Tick():
                 if self.monotonic() >= self.next_sweep:
                     self._flush()
-                keep_alive = getattr(self.outbox.publisher, "keep_alive", None)
-                if keep_alive is not None:
-                    keep_alive()
-            case "published":
+                self.outbox.keep_alive()
+            case GetPublished():
                 return self.published
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))
@@ -72,9 +70,7 @@ class PublisherActor(Supervised):
 
     def on_stop(self) -> None:
         self._flush()
-        close = getattr(self.outbox.publisher, "close", None)
-        if close is not None:
-            close()
+        self.outbox.close()
 
     def _flush(self) -> None:
         if self.monotonic() < self.retry_at:
@@ -83,7 +79,7 @@ class PublisherActor(Supervised):
         self.next_sweep = self.last_look + self.sweep_every
         try:
             while settled := self.outbox.publish_pending():
-                parked = getattr(self.outbox, "parked", 0)
+                parked = self.outbox.parked
                 published, self.parked = settled - (parked - self.parked), parked
                 self.published += published
                 log.info("failed_messages_published", count=published)

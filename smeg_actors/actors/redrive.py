@@ -4,7 +4,7 @@ Only non-permanent failures that are still Failed in the store get a ``RetryRequ
 already retried or delivered is skipped (the aggregate refuses a second retry) and its entry
 acked. Entries that are not redriven — permanent failures, entries whose message this store does
 not know, unreadable ones, and every entry of a dry run — stay on the queue for an operator,
-handed back rather than published again (``FailedQueueReader.keep``): a run sees each entry
+handed back rather than published again (``FailedQueue.keep``): a run sees each entry
 once, and ``limit`` counts only the messages redriven. The store decides, so two redrives never
 double up.
 
@@ -27,16 +27,13 @@ from typing import Any
 import pykka
 import structlog
 
-from adapters.event_store import MessageNotFoundError, MessageStore
-from adapters.rabbitmq import Topology
-from adapters.rabbitmq_failed import FailedEntry, FailedQueueReader
 from domain.errors import InvalidRequestError, RedriveBudgetSpentError
-from domain.message import Message
+from domain.message import DEFAULT_REDRIVE_MAX_CYCLES, Message
+from domain.ports import FailedEntry, FailedQueue, MessageNotFoundError, MessageRepository
 from domain.request import SendRequest, parse_send_request
-from smeg_actors.actors.messages import DeliverMessages, ProviderRecovered, Tick, WorkItem
+from smeg_actors.actors.messages import DeliverMessages, GetRedriven, ProviderRecovered, Tick, WorkItem
 from smeg_actors.actors.supervisor import Children, Supervised
 from smeg_actors.runtime.clock import Clock
-from smeg_actors.runtime.config import DEFAULT_REDRIVE_MAX_CYCLES
 from smeg_actors.runtime.logs import message_context
 
 log = structlog.get_logger(__name__)
@@ -69,8 +66,8 @@ class RedriveReport:
 
 
 def redrive(
-    store: MessageStore,
-    reader: FailedQueueReader,
+    store: MessageRepository,
+    reader: FailedQueue[Any],
     *,
     clock: Clock,
     limit: int | None = None,
@@ -109,8 +106,8 @@ def redrive(
 
 
 def _redrive_entry(
-    store: MessageStore,
-    reader: FailedQueueReader,
+    store: MessageRepository,
+    reader: FailedQueue[Any],
     entry: FailedEntry,
     report: RedriveReport,
     clock: Clock,
@@ -163,7 +160,7 @@ def _retry(budget: int | None, clock: Clock) -> Callable[[Message], None]:
 
 
 def _hold_for_a_person(
-    reader: FailedQueueReader, entry: FailedEntry, request: SendRequest, cycles: int, budget: int | None
+    reader: FailedQueue[Any], entry: FailedEntry, request: SendRequest, cycles: int, budget: int | None
 ) -> None:
     """Keep the entry of a message past the budget; the first run to find it warns and marks it."""
     if BUDGET_HEADER in entry.headers:
@@ -185,8 +182,8 @@ class RedriverActor(Supervised):
         name: str,
         supervisor: pykka.ActorRef[Any] | None,
         *,
-        store: MessageStore,
-        open_reader: Callable[[], FailedQueueReader],
+        store: MessageRepository,
+        open_reader: Callable[[], FailedQueue[Any]],
         children: Children,
         clock: Clock,
         rate: float,
@@ -207,7 +204,7 @@ class RedriverActor(Supervised):
                 self._maybe_start(provider)
             case Tick():
                 pass
-            case "redriven":
+            case GetRedriven():
                 return self.total
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))
@@ -246,7 +243,3 @@ class RedriverActor(Supervised):
 
     def _dispatch(self, message: Message) -> None:
         self.children.tell("dispatcher", DeliverMessages((WorkItem(message.id),)))
-
-
-def failed_queue_reader(url: str, prefix: str, heartbeat: int) -> Callable[[], FailedQueueReader]:
-    return lambda: FailedQueueReader(url, Topology(prefix), heartbeat=heartbeat)

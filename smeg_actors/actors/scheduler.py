@@ -17,11 +17,15 @@ from uuid import UUID
 
 import pykka
 import structlog
-from sqlalchemy import Engine
 
-from adapters.event_store import MessageNotFoundError, MessageStore, StoreUnavailableError
-from adapters.status_view import UNFINISHED_PAGE, unfinished
-from smeg_actors.actors.messages import DeliverMessages, Recover, ScheduleRetry, Tick, WorkItem
+from domain.ports import (
+    UNFINISHED_PAGE,
+    MessageNotFoundError,
+    MessageRepository,
+    StoreUnavailableError,
+    UnfinishedMessages,
+)
+from smeg_actors.actors.messages import DeliverMessages, GetPending, Recover, ScheduleRetry, Tick, WorkItem
 from smeg_actors.actors.supervisor import Children, Supervised
 from smeg_actors.runtime.clock import Clock
 
@@ -33,7 +37,7 @@ class SchedulerActor(Supervised):
 
     Args:
         store: to look at recovered messages.
-        engine: where ``message_status`` lives.
+        unfinished: the index of unfinished messages (the ``message_status`` read model).
         catch_up: brings the read model up to the log's head before the start-up rebuild (later,
             the projector keeps it current).
         children: refs of the dispatcher.
@@ -49,8 +53,8 @@ class SchedulerActor(Supervised):
         name: str,
         supervisor: pykka.ActorRef[Any] | None,
         *,
-        store: MessageStore,
-        engine: Engine,
+        store: MessageRepository,
+        unfinished: UnfinishedMessages,
         catch_up: Callable[[], int],
         children: Children,
         clock: Clock,
@@ -60,7 +64,7 @@ class SchedulerActor(Supervised):
         page_size: int = UNFINISHED_PAGE,
     ) -> None:
         super().__init__(name, supervisor)
-        self.store, self.engine, self.catch_up = store, engine, catch_up
+        self.store, self.unfinished, self.catch_up = store, unfinished, catch_up
         self.children, self.clock, self.stale_after = children, clock, stale_after
         self.sweep_every = timedelta(seconds=sweep_every)
         self.orphan_margin = timedelta(seconds=orphan_margin)
@@ -88,7 +92,7 @@ class SchedulerActor(Supervised):
                 self._release()
                 if self.clock() >= self.next_sweep:
                     self._adopt(before=self.clock() - self.orphan_margin)
-            case "pending":
+            case GetPending():
                 return len(self.due)
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))
@@ -133,8 +137,8 @@ class SchedulerActor(Supervised):
         self.next_sweep = self.clock() + self.sweep_every
         count = 0
         try:
-            for page in unfinished(
-                self.engine, stale_after=self.stale_after, before=before, page_size=self.page_size
+            for page in self.unfinished(
+                stale_after=self.stale_after, before=before, page_size=self.page_size
             ):
                 for aggregate_id, due in page:
                     self._push(aggregate_id, due)

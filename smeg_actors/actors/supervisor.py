@@ -24,7 +24,7 @@ from typing import Any
 import pykka
 import structlog
 
-from smeg_actors.actors.messages import ChildFailed, Tick
+from smeg_actors.actors.messages import ChildFailed, GetCounts, StopChildren, Tick
 
 log = structlog.get_logger(__name__)
 
@@ -212,9 +212,9 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._child_failed(name, error)
             case Tick():
                 self._sweep()
-            case "counts":
+            case GetCounts():
                 return dict(self.restart_counts)
-            case "stop_children":
+            case StopChildren():
                 self._stop_children()
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))

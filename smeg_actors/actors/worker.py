@@ -15,12 +15,20 @@ from typing import Any
 import pykka
 import structlog
 
-from adapters.event_store import Change, MessageStore, Outcome, StoreUnavailableError, retry_until
-from adapters.failed_outbox import failed_request, failure_headers
 from domain.backoff import BackoffPolicy
+from domain.dead_letter import failed_request, failure_headers
 from domain.errors import AttemptOutcomePendingError, RetryNotDueError
 from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, INTERRUPTED, Message
-from domain.ports import OutboundMessage, PermanentDeliveryError, Provider, ProviderReceipt
+from domain.ports import (
+    Change,
+    MessageRepository,
+    OutboundMessage,
+    Outcome,
+    PermanentDeliveryError,
+    Provider,
+    ProviderReceipt,
+    StoreUnavailableError,
+)
 from domain.request import mask_address
 from smeg_actors.actors.messages import (
     BatchFinished,
@@ -32,6 +40,7 @@ from smeg_actors.actors.messages import (
     WorkItem,
 )
 from smeg_actors.actors.provider_calls import ProviderCalls, Result
+from smeg_actors.actors.store_retry import retry_until
 from smeg_actors.actors.supervisor import Children, Supervised
 from smeg_actors.runtime.clock import Clock
 from smeg_actors.runtime.logs import message_context
@@ -61,7 +70,7 @@ class WorkerActor(Supervised):
         name: str,
         supervisor: pykka.ActorRef[Any] | None,
         *,
-        store: MessageStore,
+        store: MessageRepository,
         providers: dict[str, Provider],
         default_provider: str,
         policy: BackoffPolicy,

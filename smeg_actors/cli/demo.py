@@ -12,22 +12,23 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from adapters.event_store import MessageStore
 from adapters.memory_broker import MemoryFailurePublisher, MemoryIntake
-from adapters.providers import build_provider
 from adapters.status_view import message_status, status_counts
 from domain.message import FAILED, Message
+from domain.ports import MessageRepository
 from smeg_actors.actors.messages import DeliverMessages, WorkItem
-from smeg_actors.runtime.bootstrap import Runtime
+from smeg_actors.cli.support import end_progress, progress
+from smeg_actors.runtime.bootstrap import build_providers, build_runtime, memory_broker, open_store
 from smeg_actors.runtime.clock import utc_now
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.logs import configure_logging
+from smeg_actors.runtime.pipeline import Runtime
 
 DEMO_BACKOFF: dict[str, Any] = {
     "backoff_initial": 0.5,
@@ -49,24 +50,22 @@ SIMULATED = {
 def run_demo(database: Path, messages: int, deadline_s: float = 50.0) -> int:
     """Run the demo; return 0 when every message ended Delivered or Failed in time."""
     url = f"sqlite:///{database}"
-    settings = Settings(database_url=url, workers=8, log_level="warning", projector="inline", **DEMO_BACKOFF)
+    settings = Settings(
+        database_url=url,
+        workers=8,
+        log_level="warning",
+        projector="inline",
+        providers={"sim": SIMULATED},
+        **DEMO_BACKOFF,
+    )
     read_models = make_url(settings.read_models_database_url).database or ""
     for path in (str(database), read_models):
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-    store = MessageStore(url)
-    intake = MemoryIntake(known_providers={"sim"})
-    publisher = MemoryFailurePublisher()
-    provider = build_provider("sim", SIMULATED, {})
-    runtime = Runtime(
-        settings,
-        store=store,
-        intake=intake,
-        publisher=publisher,
-        providers={"sim": provider},
-        redrive=False,
-    )
-    intake.hold = runtime.hold_intake
+    broker = memory_broker(known_providers={"sim"})
+    store = open_store(settings)
+    runtime = build_runtime(settings, store=store, providers=build_providers(settings, {}), broker=broker)
+    intake, publisher = cast(MemoryIntake, broker.intake), cast(MemoryFailurePublisher, broker.publisher)
     configure_logging(fmt="console", level="critical")  # its failures are simulated and in the table
     started = time.monotonic()
     runtime.start()
@@ -78,7 +77,7 @@ def run_demo(database: Path, messages: int, deadline_s: float = 50.0) -> int:
         redriven = _redrive_exhausted(runtime, store)
         finished = _wait(runtime, messages, started, deadline_s) and finished is not None
     finally:
-        click.echo("", err=True)
+        end_progress()
         runtime.stop(timeout=5)
     _report(runtime, intake, publisher, redriven, time.monotonic() - started)
     _show_history(runtime, ids)
@@ -111,12 +110,10 @@ def _wait(runtime: Runtime, total: int, started: float, limit: float) -> bool | 
     while time.monotonic() - started < limit:
         counts = status_counts(runtime.engine)
         done = counts.get("delivered", 0) + counts.get("failed", 0)
-        click.echo(
-            f"\r{time.monotonic() - started:5.1f}s  delivered {counts.get('delivered', 0):4}"
+        progress(
+            f"{time.monotonic() - started:5.1f}s  delivered {counts.get('delivered', 0):4}"
             f"  backed off {counts.get('backed_off', 0):4}  in flight {counts.get('in_flight', 0):4}"
-            f"  failed {counts.get('failed', 0):4}  of {total}",
-            nl=False,
-            err=True,
+            f"  failed {counts.get('failed', 0):4}  of {total}"
         )
         if done >= total and runtime.idle():
             return True
@@ -124,7 +121,7 @@ def _wait(runtime: Runtime, total: int, started: float, limit: float) -> bool | 
     return None
 
 
-def _redrive_exhausted(runtime: Runtime, store: MessageStore) -> int:
+def _redrive_exhausted(runtime: Runtime, store: MessageRepository) -> int:
     query = select(message_status.c.id).where(
         message_status.c.status == FAILED, message_status.c.permanent.is_(False)
     )
@@ -146,8 +143,7 @@ def _report(
     redriven: int,
     elapsed: float,
 ) -> None:
-    for runner in runtime.runners:
-        runner.catch_up()
+    runtime.parts.read_models.catch_up()
     counts = status_counts(runtime.engine)
     with runtime.engine.connect() as connection:
         retried = connection.scalar(

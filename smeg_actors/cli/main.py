@@ -2,31 +2,36 @@
 
 Every error a user can cause ends in one line on stderr and a non-zero exit code, never a
 traceback; ``main(argv)`` returns the code so tests can call it directly.
+
+Start-up is part of the interface: this module and the command modules it imports hold click and
+the standard library only, and each command imports what it uses when it runs, so ``smeg --help``
+loads no SQLAlchemy, eventsourcing, pika or pydantic and ``smeg history`` only the store
+(``scripts/time_cli.py`` times them; ``tests/e2e/test_cli_startup.py`` keeps the imports out).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import structlog
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from adapters.event_store import MessageNotFoundError, MessageStore, StoreError
-from adapters.gc_policy import collect_less
-from domain.audit import describe, event_record
 from smeg_actors.cli.projections import audit_replay, projections, report
 from smeg_actors.cli.settings import settings_command
 from smeg_actors.cli.support import CommandError, open_store, parse_time, quiet_stdout, settings_of
-from smeg_actors.runtime.config import SettingsError, load_settings, processes_value, unknown_variables
 from smeg_actors.runtime.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_UNHEALTHY
-from smeg_actors.runtime.logs import configure_logging
-from smeg_actors.runtime.process_group import PARENT_PID_VARIABLE
+
+if TYPE_CHECKING:
+    from adapters.event_store import MessageStore
+    from smeg_actors.runtime.config import Settings
+
+#: Commands that only read or change the store, which logs nothing: they leave structlog (about
+#: 0.1 s to import) unloaded, unless a warning about an unknown variable needs it.
+#: ``tests/e2e/test_cli_startup.py`` checks that ``history`` really loads no structlog.
+QUIET_COMMANDS = frozenset({"history", "audit", "retry", "settings"})
 
 
 @click.group()
@@ -35,16 +40,30 @@ from smeg_actors.runtime.process_group import PARENT_PID_VARIABLE
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """smeg: resilient SMS/IM delivery."""
+    from smeg_actors.runtime.config import load_settings, unknown_variables
+
     settings = load_settings(os.environ, config_path)
+    unknown = unknown_variables(os.environ)
+    if unknown or ctx.invoked_subcommand not in QUIET_COMMANDS:
+        _configure_logging(settings)
+    if unknown:
+        import structlog
+
+        for variable, closest in unknown:
+            structlog.get_logger(__name__).warning(
+                "unknown_setting_variable", variable=variable, closest_setting=closest
+            )
+    ctx.obj = {"settings": settings, "config_path": config_path}
+
+
+def _configure_logging(settings: Settings) -> None:
+    from smeg_actors.runtime.logs import configure_logging
+    from smeg_actors.runtime.process_group import PARENT_PID_VARIABLE
+
     in_group = PARENT_PID_VARIABLE in os.environ  # one of several processes writing one stream
     configure_logging(
         fmt=settings.log_format, level=settings.log_level, pid=os.getpid() if in_group else None
     )
-    for variable, closest in unknown_variables(os.environ):
-        structlog.get_logger(__name__).warning(
-            "unknown_setting_variable", variable=variable, closest_setting=closest
-        )
-    ctx.obj = {"settings": settings, "config_path": config_path}
 
 
 @cli.command()
@@ -53,6 +72,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @click.pass_context
 def history(ctx: click.Context, message_id: str, as_json: bool) -> None:
     """Print the timeline of one message."""
+    from adapters.event_store import MessageNotFoundError
+    from domain.audit import describe, event_record
+
     store = open_store(settings_of(ctx))
     try:
         message = store.get_by_message_id(message_id)
@@ -102,9 +124,9 @@ def audit_export(ctx: click.Context, since: str | None, until: str | None) -> No
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> int:
     """Check the store, the broker and every provider; exit 3 if any fails."""
+    from smeg_actors.runtime.bootstrap import build_providers
+    from smeg_actors.runtime.bootstrap import open_store as open_configured_store
     from smeg_actors.runtime.health import dependency_checks, run_checks
-    from smeg_actors.runtime.wiring import build_providers
-    from smeg_actors.runtime.wiring import open_store as open_configured_store
 
     settings = settings_of(ctx)
     stores: list[MessageStore] = []
@@ -134,6 +156,7 @@ def check(ctx: click.Context, as_json: bool) -> int:
 @click.pass_context
 def run(ctx: click.Context, processes: str | None) -> int:
     """Consume send requests from RabbitMQ and deliver them until stopped."""
+    from smeg_actors.runtime.config import processes_value
     from smeg_actors.runtime.serve import serve
 
     settings = settings_of(ctx)
@@ -150,6 +173,7 @@ def run(ctx: click.Context, processes: str | None) -> int:
 @click.pass_context
 def retry(ctx: click.Context, message_id: str) -> None:
     """Start a fresh cycle of attempts on a Failed message."""
+    from adapters.event_store import MessageNotFoundError
     from domain.message import Message
     from smeg_actors.runtime.clock import utc_now
 
@@ -177,6 +201,8 @@ def retry(ctx: click.Context, message_id: str) -> None:
 @click.pass_context
 def redrive(ctx: click.Context, limit: int | None, dry_run: bool, as_json: bool) -> None:
     """Give the non-permanent failures on the failed queue a fresh cycle."""
+    import dataclasses
+
     from adapters.rabbitmq import BrokerUnavailableError, Topology
     from adapters.rabbitmq_failed import FailedQueueReader
     from smeg_actors.actors.redrive import redrive as redrive_queue
@@ -229,23 +255,14 @@ cli.add_command(settings_command)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
+    from adapters.gc_policy import collect_less
+
     collect_less()
     try:
         result: Any = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except CommandError as exc:
         click.echo(f"smeg: {exc}", err=True)
         return exc.code
-    except SettingsError as exc:
-        click.echo(f"smeg: {exc}", err=True)
-        return EXIT_CONFIG
-    except StoreError as exc:
-        click.echo(f"smeg: event store failed: {exc}", err=True)
-        return EXIT_UNHEALTHY
-    except SQLAlchemyError as exc:
-        reason = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        first = (" ".join(str(reason).split()) or type(reason).__name__)[:300]
-        click.echo(f"smeg: read-model database failed: {first}", err=True)
-        return EXIT_UNHEALTHY
     except click.exceptions.Abort:
         return EXIT_CONFIG
     except click.ClickException as exc:
@@ -256,6 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_CONFIG
     except Exception as exc:
+        known = _known_failure(exc)
+        if known is not None:
+            line, code = known
+            click.echo(f"smeg: {line}", err=True)
+            return code
         if os.environ.get("SMEG_DEBUG"):
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -264,6 +286,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_REFUSED
     return result if isinstance(result, int) else EXIT_OK
+
+
+def _known_failure(exc: Exception) -> tuple[str, int] | None:
+    """The one line and the exit code of a failure that is no defect: invalid settings, a store
+    or a read-model database that failed; None for anything else.
+
+    Each class is looked up in its module only when that module is loaded: an exception of a
+    module never imported cannot have been raised, and ``smeg --help`` must not import
+    SQLAlchemy to find that out.
+    """
+    if isinstance(exc, _loaded("smeg_actors.runtime.config", "SettingsError")):
+        return str(exc), EXIT_CONFIG
+    if isinstance(exc, _loaded("adapters.event_store", "StoreError")):
+        return f"event store failed: {exc}", EXIT_UNHEALTHY
+    if isinstance(exc, _loaded("sqlalchemy.exc", "SQLAlchemyError")):
+        orig = getattr(exc, "orig", None)
+        dbapi = isinstance(exc, _loaded("sqlalchemy.exc", "DBAPIError")) and orig is not None
+        reason = orig if dbapi else exc
+        first = (" ".join(str(reason).split()) or type(reason).__name__)[:300]
+        return f"read-model database failed: {first}", EXIT_UNHEALTHY
+    return None
+
+
+def _loaded(module: str, name: str) -> type[Exception] | tuple[()]:
+    """``module.name`` if the module is loaded, else an empty tuple (which ``isinstance`` never
+    matches)."""
+    found = sys.modules.get(module)
+    cls = getattr(found, name, None) if found is not None else None
+    return cls if isinstance(cls, type) and issubclass(cls, Exception) else ()
 
 
 def main_exit() -> None:

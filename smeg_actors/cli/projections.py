@@ -5,17 +5,25 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from adapters.event_store import MessageNotFoundError, MessageStore
-from smeg_actors.cli.support import CommandError, open_store, parse_time, settings_of
-from smeg_actors.runtime.config import Settings
+from smeg_actors.cli.support import (
+    CommandError,
+    end_progress,
+    open_store,
+    parse_time,
+    progress,
+    settings_of,
+)
 from smeg_actors.runtime.exit_codes import EXIT_CONFIG
 
 if TYPE_CHECKING:
+    from adapters.event_store import MessageStore
     from adapters.parked_events import ParkedEvent
+    from smeg_actors.runtime.config import Settings
 
 
 @click.command("replay")
@@ -25,6 +33,7 @@ if TYPE_CHECKING:
 @click.pass_context
 def audit_replay(ctx: click.Context, message_id: str, at: str, as_json: bool) -> None:
     """Replay a message's events up to a moment and show its state then."""
+    from adapters.event_store import MessageNotFoundError
     from domain.request import mask_address
 
     moment = parse_time(at, "--at")
@@ -89,6 +98,8 @@ def report(
 
     end = parse_time(until, "--until") or datetime.now(timezone.utc)
     start = parse_time(since, "--since") or end - timedelta(hours=24)
+    if chart:
+        _check_chart_folder(chart)
     store, engine = _store_and_engine(settings_of(ctx))
     try:
         for runner in runners_ready(store, engine):
@@ -99,10 +110,24 @@ def report(
                 path = draw_chart(engine, start, end, provider, chart)
             except ChartUnavailableError as exc:
                 raise CommandError(str(exc), EXIT_CONFIG) from None
+            except OSError as exc:  # e.g. a folder that may not be written to
+                raise CommandError(
+                    f"--chart: cannot write {chart}: {exc.strerror or exc}", EXIT_CONFIG
+                ) from None
             click.echo(f"chart written to {path}", err=True)
     finally:
         store.close()
         engine.dispose()
+
+
+def _check_chart_folder(chart: str) -> None:
+    """A usage error (exit 2) before anything is read or written when the chart's folder is
+    missing: matplotlib would fail only after the report was printed, as an internal error."""
+    folder = Path(chart).parent
+    if not folder.exists():
+        raise CommandError(f"--chart: folder {folder} does not exist", EXIT_CONFIG)
+    if not folder.is_dir():
+        raise CommandError(f"--chart: {folder} is not a folder", EXIT_CONFIG)
 
 
 @click.group()
@@ -111,7 +136,7 @@ def projections() -> None:
 
 
 def _store_and_engine(settings: Settings, *, must_exist: bool = True) -> tuple[MessageStore, Any]:
-    from smeg_actors.runtime.wiring import open_engine
+    from smeg_actors.runtime.bootstrap import open_engine
 
     return open_store(settings, must_exist=must_exist), open_engine(settings)
 
@@ -253,18 +278,14 @@ def projections_rebuild(ctx: click.Context, name: str | None, workers: int) -> N
         started = time.monotonic()
         label = name or "all read models"
 
-        def progress(done: int, head: int) -> None:
+        def show(done: int, head: int) -> None:
             width = 30
             filled = width * done // max(head, 1)
             bar = "#" * filled + "-" * (width - filled)
-            click.echo(
-                f"\r{label:<24} [{bar}] {done}/{head} events, {rate(done, started):,.0f} events/s",
-                nl=False,
-                err=True,
-            )
+            progress(f"{label:<24} [{bar}] {done}/{head} events, {rate(done, started):,.0f} events/s")
 
-        applied = ShadowRebuild(store, engine, chosen, name=name, workers=workers).run(progress)
-        click.echo("", err=True)
+        applied = ShadowRebuild(store, engine, chosen, name=name, workers=workers).run(show)
+        end_progress()
         for projection in chosen:
             click.echo(
                 f"rebuilt {projection.name}: {applied} events in {time.monotonic() - started:.1f}s"

@@ -7,15 +7,16 @@ are shown (their tokens live in variables the TOML names, which smeg never print
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
-from sqlalchemy.engine import make_url
 
 from smeg_actors.cli.support import settings_of
-from smeg_actors.runtime.config import ENV_PREFIX, Settings
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
+
+    from smeg_actors.runtime.config import Settings
 
 URL_SETTINGS = frozenset({"database_url", "read_models_url", "amqp_url", "provider_url"})
 
@@ -36,6 +37,8 @@ def settings_command(ctx: click.Context, as_json: bool) -> None:
 
 def setting_rows(settings: Settings) -> list[dict[str, Any]]:
     """Each setting as ``{setting, variable, value, default}``, secrets masked."""
+    from smeg_actors.runtime.config import ENV_PREFIX, Settings
+
     rows = []
     for name, info in Settings.model_fields.items():
         value, default = getattr(settings, name), _default(info)
@@ -53,6 +56,8 @@ def masked(url: Any) -> Any:
     """A URL with its password replaced by ``***`` (anything else as it is)."""
     if not isinstance(url, str) or "@" not in url:
         return url
+    from sqlalchemy.engine import make_url
+
     try:
         parsed = make_url(url)
     except Exception:  # not a SQLAlchemy URL (amqp://): mask by hand
@@ -64,6 +69,8 @@ def masked(url: Any) -> Any:
 
 
 def _default(info: FieldInfo) -> Any:
+    from pydantic_core import PydanticUndefined
+
     if info.default_factory is not None:
         return info.default_factory()  # type: ignore[call-arg]
     return None if info.default is PydanticUndefined else info.default

@@ -1,4 +1,9 @@
-"""What the CLI's commands share: one-line errors with exit codes, settings, the store, timestamps."""
+"""What the CLI's commands share: one-line errors with exit codes, settings, the store, timestamps,
+progress lines.
+
+Cheap to import (click and the standard library): every command, ``smeg --help`` included, imports
+it; what a command needs beyond that it imports when it runs.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,15 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from adapters.event_store import MessageStore, StoreError
-from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.exit_codes import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNHEALTHY
+
+if TYPE_CHECKING:
+    from adapters.event_store import MessageStore
+    from smeg_actors.runtime.config import Settings
 
 
 class CommandError(Exception):
@@ -23,6 +31,8 @@ class CommandError(Exception):
 
 
 def settings_of(ctx: click.Context) -> Settings:
+    from smeg_actors.runtime.config import Settings
+
     settings = ctx.obj["settings"]
     assert isinstance(settings, Settings)
     return settings
@@ -33,13 +43,19 @@ def open_store(settings: Settings, *, must_exist: bool = True) -> MessageStore:
 
     A command that reads what is recorded (or acts on it) must not create an empty SQLite store
     where a mistyped path points and then report nothing: that the file is missing is the error.
+
+    Built here as ``bootstrap.open_store`` builds it, not through ``bootstrap``: importing the
+    composition root loads every adapter (pika, httpx, pykka, the projections), about twice what
+    ``smeg history`` needs in all.
     """
+    from adapters.event_store import MessageStore, StoreError
+
     if must_exist:
         _check_sqlite_file(settings.database_url)
     try:
-        from smeg_actors.runtime.wiring import open_store as open_configured_store
-
-        return open_configured_store(settings)
+        return MessageStore(
+            settings.database_url, schema=settings.database_schema, timeout=settings.database_timeout
+        )
     except StoreError as exc:
         raise CommandError(f"event store unavailable: {exc}", EXIT_UNHEALTHY) from None
 
@@ -72,3 +88,23 @@ def quiet_stdout() -> None:
     """The reader went away (``| head``): that is not an error; stop writing quietly."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+def progress(text: str) -> None:
+    """Redraw the progress line on stderr, only when stderr is a terminal: in a pipe, a file or
+    a log collector a line redrawn in place is noise, and only the results are wanted."""
+    if _stderr_is_terminal():
+        click.echo(f"\r{text}", nl=False, err=True)
+
+
+def end_progress() -> None:
+    """End the progress line (on a terminal; elsewhere none was drawn)."""
+    if _stderr_is_terminal():
+        click.echo("", err=True)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # None, or closed
+        return False

@@ -1,341 +1,156 @@
-"""The composition root: builds the actor tree from settings and adapters, and runs it.
+"""The composition root: every adapter a process uses is built here, from settings.
 
-Real adapters are built here (never as default arguments); tests and the demo pass their own.
+``build_runtime`` builds the delivery pipeline for ``smeg run``, the demo and the tests (which
+pass their own store, providers, broker or clock); the other commands take the single pieces
+they need (``open_store``, ``open_engine``, ``build_providers``, ``open_failed_queue``,
+``events_outbox``). Nothing else constructs an adapter.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import pykka
-import structlog
+from sqlalchemy import Engine
 
 from adapters.event_store import MessageStore
 from adapters.events_exchange import EventsExchangePublisher
 from adapters.failed_outbox import FailedOutbox
+from adapters.memory_broker import MemoryFailurePublisher, MemoryIntake
+from adapters.providers import build_provider
+from adapters.rabbitmq import Topology
+from adapters.rabbitmq_failed import FailedQueueReader, RabbitFailurePublisher
+from adapters.rabbitmq_intake import RabbitIntake
+from adapters.read_model_files import move_read_models
 from adapters.sql import make_engine
-from domain.ports import FailurePublisher, Intake, Provider
-from smeg_actors.actors.dispatcher import Backlog, DispatcherActor, WorkerRestarted
-from smeg_actors.actors.gateway import GatewayActor
-from smeg_actors.actors.intake import IntakeActor
-from smeg_actors.actors.messages import RequestsReceived
-from smeg_actors.actors.projector import ProjectorActor
-from smeg_actors.actors.provider_calls import ProviderCalls
-from smeg_actors.actors.publisher import PublisherActor
-from smeg_actors.actors.redrive import RedriverActor, failed_queue_reader
-from smeg_actors.actors.scheduler import SchedulerActor
-from smeg_actors.actors.supervisor import Children, ChildSpec, SupervisorActor
-from smeg_actors.actors.ticker import Ticker
-from smeg_actors.actors.worker import WorkerActor
+from adapters.status_view import UnfinishedIndex
+from domain.ports import FailedQueue, FailurePublisher, Intake, LogOutbox, Provider
 from smeg_actors.runtime.clock import Clock, utc_now
-from smeg_actors.runtime.config import Settings
-from smeg_actors.runtime.exit_codes import EXIT_BROKER_LOST, EXIT_ESCALATED, EXIT_OK, EXIT_STORE_LOST
-from smeg_actors.runtime.projector_process import ProjectorProcessActor
-from smeg_actors.runtime.read_models import runners
+from smeg_actors.runtime.config import Settings, SettingsError
+from smeg_actors.runtime.pipeline import Parts, Runtime
+from smeg_actors.runtime.read_models import ReadModelSet, runners
 
-log = structlog.get_logger(__name__)
 
-#: Seconds ``smeg run`` waits for its projector child to be ready before it consumes.
-READ_SIDE_WAIT = 15.0
+def open_store(settings: Settings) -> MessageStore:
+    """The event store the settings name (raises StoreError)."""
+    return MessageStore(
+        settings.database_url, schema=settings.database_schema, timeout=settings.database_timeout
+    )
 
-#: The main thread's longest sleep while the runtime runs (see ``Runtime.wait``).
-WAIT_SLICE = 0.2
+
+def open_engine(settings: Settings) -> Engine:
+    """The SQLAlchemy engine for our own tables, with the same timeouts as the store.
+
+    Read models an earlier smeg kept in the SQLite store's file are moved to their own file first.
+    """
+    move_read_models(settings.database_url, settings.read_models_database_url)
+    return read_models_engine(settings)
+
+
+def read_models_engine(settings: Settings) -> Engine:
+    """The engine of the read models' database as it is (for a check: nothing is moved)."""
+    return make_engine(
+        settings.read_models_database_url,
+        schema=settings.database_schema,
+        statement_timeout_s=settings.database_timeout,
+    )
+
+
+def build_providers(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[str, Provider]:
+    """Every configured provider; a bad provider config is a SettingsError naming it."""
+    configs = settings.provider_configs()
+    if not configs:
+        raise SettingsError(
+            "no provider configured: set SMEG_PROVIDER_URL or add [providers.NAME] to the config"
+        )
+    try:
+        return {name: build_provider(name, config, environ) for name, config in configs.items()}
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def open_failed_queue(settings: Settings) -> FailedQueueReader:
+    """A reader of ``{prefix}.failed`` (for redrive; raises BrokerUnavailableError)."""
+    return FailedQueueReader(settings.amqp_url, Topology(settings.queue_prefix), heartbeat=settings.heartbeat)
+
+
+def events_outbox(settings: Settings, store: MessageStore, engine: Engine) -> EventsExchangePublisher:
+    """The publisher of lifecycle events to the events exchange."""
+    return EventsExchangePublisher(store, engine, settings.amqp_url, Topology(settings.queue_prefix))
 
 
 @dataclass
-class Stop:
-    """Why the runtime stops: the first fatal reason wins."""
+class Broker:
+    """The broker side of a runtime: where requests come from and where failures go.
 
-    event: threading.Event = field(default_factory=threading.Event)
-    code: int = EXIT_OK
-    reason: str = ""
-
-    def set(self, code: int, reason: str) -> None:
-        if not self.event.is_set():
-            self.code, self.reason = code, reason
-            self.event.set()
-
-
-class Runtime:
-    """The running pipeline: ``start()``, then ``wait()``, then ``stop()``.
-
-    Args:
-        settings: typed settings.
-        store: the event store.
-        intake: where send requests come from.
-        publisher: where failed messages go.
-        providers: configured providers by name (at least one).
-        clock: UTC now (tests inject their own).
-        stale_after: seconds after which an attempt with no outcome counts as interrupted.
-        redrive: whether to start the automatic redriver (needs RabbitMQ).
-        events: the events-exchange publisher; None runs without publication (demo).
+    ``events`` builds the events-exchange outbox (None: no events exchange); ``open_failed_queue``
+    opens the failed queue for the automatic redriver (None: no automatic redrive).
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        store: MessageStore,
-        intake: Intake,
-        publisher: FailurePublisher,
-        providers: dict[str, Provider],
-        clock: Clock = utc_now,
-        stale_after: float | None = None,
-        redrive: bool = True,
-        events: EventsExchangePublisher | None = None,
-        max_restarts: int | None = None,
-        restart_period: float | None = None,
-    ) -> None:
-        if not providers:
-            raise ValueError("at least one provider must be configured")
-        self.settings, self.store, self.intake, self.publisher = settings, store, intake, publisher
-        self.providers, self.clock = providers, clock
-        self.default_provider = settings.default_provider or next(iter(providers))
-        timeout = max(float(getattr(p, "timeout", 5.0)) for p in providers.values())
-        self.call_timeout = timeout + 5.0
-        default_stale = settings.stale_after or 2 * self.call_timeout + 30
-        self.stale_after = stale_after if stale_after is not None else default_stale
-        self.with_redrive = redrive
-        self.max_restarts = settings.restart_max if max_restarts is None else max_restarts
-        self.restart_period = settings.restart_period if restart_period is None else restart_period
-        self.events = events
-        self.stop_reason = Stop()
-        self.children = Children()
-        self.engine = make_engine(
-            settings.read_models_database_url,
-            schema=settings.database_schema,
-            statement_timeout_s=settings.database_timeout,
-        )
-        self.runners = runners(store, self.engine)
-        self.outbox = FailedOutbox(store, self.engine, publisher)
-        self.status_runner = self.runners[0]
-        self.calls = ProviderCalls(providers, settings.provider_concurrency)
-        self.workers = [f"worker-{i}" for i in range(settings.workers)]
-        self.dispatcher_backlog = Backlog()
-        # More than one: a batch is prepared and committed while the one before waits on the store.
-        self.intakes = [f"intake-{i}" for i in range(settings.intake_actors)]
-        self._next_intake = 0
-        self.supervisor: pykka.ActorRef[Any] | None = None
-        self.ticker: Ticker | None = None
+    intake: Intake
+    publisher: FailurePublisher
+    events: Callable[[MessageStore, Engine], LogOutbox] | None = None
+    open_failed_queue: Callable[[], FailedQueue[Any]] | None = None
 
-    def fatal(self, code: int, reason: str) -> None:
-        """Ask the process to stop with ``code`` (thread-safe; the first reason wins)."""
-        log.critical("runtime_stopping", exit_code=code, reason=reason)
-        self.stop_reason.set(code, reason)
 
-    def start(self, before_consuming: Callable[[], None] = lambda: None) -> None:
-        """Start the actor tree, then the broker consumer (``before_consuming`` runs in between)."""
-        self.supervisor = SupervisorActor.start(
-            self._specs(),
-            self.children,
-            max_restarts=self.max_restarts,
-            period=self.restart_period,
-            escalate=lambda why: self.fatal(EXIT_ESCALATED, why),
-            on_restart=self._restarted,
-        )
-        self.children.set("supervisor", self.supervisor)
-        self.supervisor.ask("counts", timeout=120)
-        self._await_read_side()
-        names = ["supervisor", "scheduler", "projector", "publisher", "gateway"]
-        self.ticker = Ticker(self.children, names, interval=0.1)
-        self.ticker.start()
-        before_consuming()
-        self.intake.start(self._on_batch, lambda why: self.fatal(EXIT_BROKER_LOST, why))
-        log.info(
-            "runtime_started", workers=len(self.workers), providers=sorted(self.providers), pid=os.getpid()
-        )
+def rabbitmq_broker(settings: Settings, known_providers: set[str]) -> Broker:
+    """RabbitMQ, as the settings name it."""
+    topology = Topology(settings.queue_prefix)
+    intake = RabbitIntake(
+        settings.amqp_url,
+        topology,
+        heartbeat=settings.heartbeat,
+        prefetch=settings.prefetch,
+        batch_size=settings.batch_size,
+        known_providers=known_providers,
+    )
+    return Broker(
+        intake=intake,
+        publisher=RabbitFailurePublisher(settings.amqp_url, topology, heartbeat=settings.heartbeat),
+        events=lambda store, engine: events_outbox(settings, store, engine),
+        open_failed_queue=lambda: open_failed_queue(settings),
+    )
 
-    def _await_read_side(self, timeout: float = READ_SIDE_WAIT) -> None:
-        """Let the projector child boot before consuming (it would take the CPU from the first
-        requests); after ``timeout`` s without word from it, consume anyway."""
-        if self.settings.projector_mode != "process":
-            return
-        try:
-            ready = self.children.get("projector").ask(("ready", timeout), timeout=timeout + 5)
-        except Exception as exc:
-            log.warning("projector_not_ready", error=str(exc)[:200])
-            return
-        if ready:
-            log.info("projector_ready")
-        else:
-            log.warning("projector_not_ready", waited_s=timeout)
 
-    def wait(self, timeout: float | None = None) -> int:
-        """Block until something asks the runtime to stop; return the exit code.
+def memory_broker(known_providers: set[str]) -> Broker:
+    """The in-memory broker of the demo (same ports as RabbitMQ, nothing leaves the process)."""
+    return Broker(intake=MemoryIntake(known_providers=known_providers), publisher=MemoryFailurePublisher())
 
-        Waits in short slices: Python runs signal handlers only in the main thread, and a
-        SIGTERM the kernel hands to another thread (any thread may get a process's signal) does
-        not wake a main thread blocked on a lock, so one long wait could miss it for good.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
-            if left <= 0 or self.stop_reason.event.wait(left):
-                return self.stop_reason.code
 
-    def backlog(self) -> int:
-        return self.dispatcher_backlog.value
+def build_runtime(
+    settings: Settings,
+    *,
+    store: MessageStore | None = None,
+    providers: dict[str, Provider] | None = None,
+    broker: Broker | None = None,
+    clock: Clock | None = None,
+    redrive: bool = True,
+    stale_after: float | None = None,
+) -> Runtime:
+    """The delivery pipeline; what is not given is built from the settings.
 
-    def idle(self) -> bool:
-        """True when no message is queued or being attempted."""
-        try:
-            return bool(self.children.get("dispatcher").ask("idle", timeout=5))
-        except Exception:
-            return False
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop consuming, let in-flight attempts finish (up to ``timeout``), stop the actors."""
-        limit = timeout if timeout is not None else self.settings.shutdown_timeout
-        deadline = time.monotonic() + limit
-        self.intake.stop()
-        try:
-            self.children.get("dispatcher").ask("drain", timeout=5)
-        except Exception as exc:
-            log.warning("dispatcher_not_drained", error=str(exc)[:200])
-        while time.monotonic() < deadline and not self.idle():
-            if self.stop_reason.code not in (EXIT_OK,):
-                break
-            time.sleep(0.05)
-        if self.ticker is not None:
-            self.ticker.stop()
-        if self.supervisor is not None:
-            try:
-                self.supervisor.ask("stop_children", timeout=max(1.0, deadline - time.monotonic()))
-                self.supervisor.stop(block=True, timeout=5)
-            except (pykka.ActorDeadError, pykka.Timeout):
-                pass
-        self.calls.stop()
-        self.engine.dispose()
-
-    def _on_batch(self, deliveries: list[Any]) -> None:
-        """Hand a batch to the next intake actor in turn (called by the consumer thread only).
-
-        A batch for an intake actor that is restarting waits for its successor (``Children``);
-        if none comes, the process exits and the broker requeues the batch, still unacked.
-        """
-        name = self.intakes[self._next_intake]
-        self._next_intake = (self._next_intake + 1) % len(self.intakes)
-        self.children.tell(name, RequestsReceived(tuple(deliveries)))
-
-    def hold_intake(self) -> bool:
-        """Backpressure for the consumer: hold deliveries while the backlog is large."""
-        return self.backlog() > self.settings.max_in_flight
-
-    def _restarted(self, name: str) -> None:
-        if name.startswith("worker-"):
-            self.children.tell("dispatcher", WorkerRestarted(name))
-
-    def _store_lost(self, why: str) -> None:
-        self.fatal(EXIT_STORE_LOST, f"event store unavailable for {self.settings.store_grace:g}s: {why}")
-
-    def _worker_starter(self, name: str) -> Any:
-        s = self.settings
-
-        def start(sup: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
-            return WorkerActor.start(
-                name,
-                sup,
-                store=self.store,
-                providers=self.providers,
-                default_provider=self.default_provider,
-                policy=s.backoff,
-                calls=self.calls,
-                children=self.children,
-                clock=self.clock,
-                stale_after=self.stale_after,
-                call_timeout=self.call_timeout,
-                grace=s.store_grace,
-                on_store_lost=self._store_lost,
-            )
-
-        return start
-
-    def _intake_starter(self, name: str) -> Any:
-        def start(sup: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
-            return IntakeActor.start(
-                name,
-                sup,
-                store=self.store,
-                intake=self.intake,
-                children=self.children,
-                clock=self.clock,
-                grace=self.settings.store_grace,
-                on_store_lost=self._store_lost,
-            )
-
-        return start
-
-    def _specs(self) -> list[ChildSpec]:
-        s, children, clock = self.settings, self.children, self.clock
-        inline = s.projector_mode == "inline"
-        specs: list[ChildSpec] = []
-        if inline:
-            specs.append(
-                ChildSpec(
-                    "projector", lambda sup: ProjectorActor.start("projector", sup, runners=self.runners)
-                )
-            )
-        elif s.projector_mode == "process":
-            specs.append(
-                ChildSpec("projector", lambda sup: ProjectorProcessActor.start("projector", sup, settings=s))
-            )
-        specs += [
-            ChildSpec(
-                "scheduler",
-                lambda sup: SchedulerActor.start(
-                    "scheduler",
-                    sup,
-                    store=self.store,
-                    engine=self.engine,
-                    catch_up=self.status_runner.catch_up,
-                    children=children,
-                    clock=clock,
-                    stale_after=self.stale_after,
-                ),
-            ),
-            ChildSpec(
-                "publisher",
-                lambda sup: PublisherActor.start("publisher", sup, outbox=self.outbox, children=children),
-            ),
-            ChildSpec(
-                "dispatcher",
-                lambda sup: DispatcherActor.start(
-                    "dispatcher",
-                    sup,
-                    workers=self.workers,
-                    children=children,
-                    backlog=self.dispatcher_backlog,
-                ),
-            ),
-        ]
-        for name in self.workers:
-            specs.append(ChildSpec(name, self._worker_starter(name)))
-        for name in self.intakes:
-            specs.append(ChildSpec(name, self._intake_starter(name)))
-        if self.events is not None and inline:
-            events = self.events
-            specs.append(
-                ChildSpec("gateway", lambda sup: GatewayActor.start("gateway", sup, publisher=events))
-            )
-        if self.with_redrive:
-            specs.append(
-                ChildSpec(
-                    "redriver",
-                    lambda sup: RedriverActor.start(
-                        "redriver",
-                        sup,
-                        store=self.store,
-                        open_reader=failed_queue_reader(s.amqp_url, s.queue_prefix, s.heartbeat),
-                        children=children,
-                        clock=clock,
-                        rate=s.redrive_rate,
-                        max_cycles=s.redrive_max_cycles,
-                    ),
-                )
-            )
-        return specs
+    One engine serves every read model, the dead-letter outbox and the events outbox.
+    ``redrive=False`` leaves the automatic redriver out even where the broker has a failed queue.
+    """
+    store = store if store is not None else open_store(settings)
+    providers = providers if providers is not None else build_providers(settings)
+    broker = broker if broker is not None else rabbitmq_broker(settings, set(providers))
+    engine = open_engine(settings)
+    every = runners(store, engine)
+    parts = Parts(
+        store=store,
+        intake=broker.intake,
+        providers=providers,
+        engine=engine,
+        read_models=ReadModelSet(store, every),
+        status=ReadModelSet(store, every[:1]),
+        unfinished=UnfinishedIndex(engine),
+        outbox=FailedOutbox(store, engine, broker.publisher),
+        events=broker.events(store, engine) if broker.events is not None else None,
+        open_failed_queue=broker.open_failed_queue if redrive else None,
+    )
+    runtime = Runtime(settings, parts, clock=clock or utc_now, stale_after=stale_after)
+    broker.intake.hold = runtime.hold_intake
+    return runtime

@@ -14,13 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adapters.sql import read_models_beside
 from domain.backoff import BackoffPolicy
+from domain.message import DEFAULT_REDRIVE_MAX_CYCLES
 
 ENV_PREFIX = "SMEG_"
-
-#: Automatic redrive cycles a message may get before it waits for a person (``SMEG_REDRIVE_MAX_CYCLES``).
-DEFAULT_REDRIVE_MAX_CYCLES = 3
 
 
 class SettingsError(Exception):
@@ -74,7 +71,11 @@ class Settings(BaseModel):
     def read_models_database_url(self) -> str:
         """Where the read models and their tracking rows live: ``read_models_url`` if set, else
         the store's PostgreSQL database, or a SQLite file beside the store's (``smeg.read.db``)."""
-        return self.read_models_url or read_models_beside(self.database_url)
+        if self.read_models_url:
+            return self.read_models_url
+        from adapters.sql import read_models_beside  # here: SQLAlchemy is a tenth of a second to import
+
+        return read_models_beside(self.database_url)
 
     @field_validator("database_url", "read_models_url")
     @classmethod

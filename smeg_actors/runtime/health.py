@@ -14,8 +14,8 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from adapters.event_store import MessageStore, StoreError
 from adapters.rabbitmq import BrokerUnavailableError, Topology, check_broker
-from adapters.sql import make_engine
 from domain.ports import Provider, ProviderUnhealthyError
+from smeg_actors.runtime.bootstrap import read_models_engine
 from smeg_actors.runtime.config import Settings
 
 #: A dependency's name and its check, which raises with a one-line reason or returns a note.
@@ -32,11 +32,7 @@ def dependency_checks(
         opened.ping()
 
     def check_read_models() -> None:
-        engine = make_engine(
-            settings.read_models_database_url,
-            schema=settings.database_schema,
-            statement_timeout_s=settings.database_timeout,
-        )
+        engine = read_models_engine(settings)
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))

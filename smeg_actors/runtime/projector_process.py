@@ -25,7 +25,7 @@ from typing import Any
 import pykka
 import structlog
 
-from smeg_actors.actors.messages import Tick
+from smeg_actors.actors.messages import AwaitReady, GetPid, Tick
 from smeg_actors.actors.supervisor import Supervised
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.process_group import PARENT_PID_VARIABLE, READY_FD_VARIABLE
@@ -91,9 +91,9 @@ class ProjectorProcessActor(Supervised):
         match message:
             case Tick():
                 self._check()
-            case ("ready", float(timeout)):
+            case AwaitReady(timeout=timeout):
                 return self._wait_ready(timeout)
-            case "pid":
+            case GetPid():
                 return self.child.pid if self.child else None
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))

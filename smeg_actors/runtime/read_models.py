@@ -33,6 +33,22 @@ def runners(store: MessageStore, engine: Engine) -> list[ProjectionRunner]:
     return [ProjectionRunner(store, engine, [p], name=p.name) for p in all_projections()]
 
 
+class ReadModelSet:
+    """The ``ReadModels`` port: runners stepped together over one read of the log."""
+
+    def __init__(self, store: MessageStore, runners: list[ProjectionRunner]) -> None:
+        self.store, self.runners = store, runners
+
+    def catch_up(self) -> dict[str, int]:
+        return {runner.name: runner.catch_up() for runner in self.runners}
+
+    def step(self) -> int:
+        return step_together(self.store, self.runners)
+
+    def positions(self) -> dict[str, int]:
+        return {runner.name: runner.position() for runner in self.runners}
+
+
 @dataclass(frozen=True)
 class FollowerStatus:
     """How far one log follower is behind the head of the log, and what it parked."""

@@ -18,6 +18,7 @@ import structlog
 
 from adapters.event_store import MessageStore, StoreError
 from adapters.rabbitmq import BrokerUnavailableError
+from smeg_actors.runtime.bootstrap import build_providers, build_runtime, open_store
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.exit_codes import EXIT_OK, EXIT_UNHEALTHY
 from smeg_actors.runtime.health import dependency_checks, run_checks
@@ -28,7 +29,6 @@ from smeg_actors.runtime.process_group import (
     start_gate,
     watch_parent,
 )
-from smeg_actors.runtime.wiring import build_providers, build_runtime, open_store
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +57,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     if processes > 1:
         store.close()
         return serve_group(settings, processes, config_path)
-    runtime = build_runtime(settings, store, providers)
+    runtime = build_runtime(settings, store=store, providers=providers)
     if parent is not None:
         watch_parent(int(parent), lambda: runtime.stop_reason.set(EXIT_OK, "parent process gone"))
 

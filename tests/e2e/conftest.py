@@ -21,6 +21,7 @@ import pika
 import pytest
 
 from adapters.rabbitmq import Topology
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 AMQP_URL = os.environ.get("SMEG_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -145,14 +146,17 @@ class Smeg:
         return self.log_path.read_text(errors="replace")
 
     def wait_for_log(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.output():
-                return
-            if self.process.poll() is not None:
-                raise AssertionError(f"smeg exited {self.process.returncode}:\n{self.output()[-3000:]}")
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} not logged in {timeout}s:\n{self.output()[-3000:]}")
+        wait_until(
+            lambda: text in self.output() or self.assert_running(),
+            timeout,
+            0.1,
+            message=lambda: f"{text!r} not logged:\n{self.output()[-3000:]}",
+        )
+
+    def assert_running(self) -> bool:
+        """False while smeg runs (a predicate's "not yet"); AssertionError once it has exited."""
+        assert self.process.poll() is None, f"smeg exited {self.process.returncode}:\n{self.output()[-3000:]}"
+        return False
 
     def kill(self) -> None:
         if self.process.poll() is None:

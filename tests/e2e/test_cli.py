@@ -10,7 +10,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -24,6 +23,7 @@ from adapters.event_store import Change, MessageStore
 from domain.backoff import BackoffPolicy
 from domain.message import Message
 from tests.e2e.conftest import AMQP_URL, ROOT, StubProvider, run_cli, smeg_env
+from tests.waiting import wait_until
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
 TO = "+447700900123"
@@ -633,13 +633,15 @@ def failed_depth(prefix: str) -> int:
 
 
 def settle_depth(prefix: str, expected: int, timeout: float = 10) -> int:
-    """The failed queue's depth once it reaches ``expected`` (unacked entries return asynchronously)."""
-    deadline = time.monotonic() + timeout
-    depth = failed_depth(prefix)
-    while depth != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-        depth = failed_depth(prefix)
-    return depth
+    """The failed queue's depth once it reaches ``expected`` (unacked entries return asynchronously);
+    AssertionError if it does not within ``timeout``."""
+    wait_until(
+        lambda: failed_depth(prefix) == expected,
+        timeout,
+        0.1,
+        message=lambda: f"the failed queue holds {failed_depth(prefix)}, not {expected}",
+    )
+    return expected
 
 
 def failed_queue_ids(prefix: str) -> list[tuple[str, str]]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,6 +15,7 @@ from adapters.sql import make_engine
 from domain.message import Message
 from smeg_actors.runtime.read_models import follower_status
 from tests.e2e.conftest import AMQP_URL, run_cli, smeg_env
+from tests.waiting import wait_until
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 
@@ -40,17 +40,15 @@ def seed(store: MessageStore) -> None:
 
 
 def wait_until_caught_up(store: MessageStore, engine: Engine, smeg: Any, timeout: float = 45) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert smeg.process.poll() is None, f"smeg exited {smeg.process.returncode}:\n{smeg.output()[-3000:]}"
+    def caught_up() -> bool:
+        smeg.assert_running()
         try:
             rows = follower_status(store, engine)
         except Exception:  # tables not created yet
             rows = []
-        if rows and all(row.lag_events == 0 for row in rows if row.lag_events is not None):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not caught up in {timeout}s:\n{smeg.output()[-3000:]}")
+        return bool(rows) and all(row.lag_events == 0 for row in rows if row.lag_events is not None)
+
+    wait_until(caught_up, timeout, 0.2, message=lambda: f"not caught up:\n{smeg.output()[-3000:]}")
 
 
 def test_the_projector_parks_a_poison_event_and_keeps_running(
@@ -73,16 +71,21 @@ def test_the_projector_parks_a_poison_event_and_keeps_running(
 
         # Then it catches up past the poison event and is still running (it used to crash-loop)
         wait_until_caught_up(store, engine, smeg)
-        time.sleep(0.5)
+        published = 0
+        while channel.basic_get(queue, auto_ack=True)[0] is not None:
+            published += 1
+        assert published == 15  # the exchange publishes the poison event's message like any other
+        # (still running: it applies an event committed after the poison one, then runs on)
+        later = Message.receive(
+            message_id="later", channel="sms", to="+447700900123", body="hi", correlation_id="c-l", now=T0
+        )
+        assert store.commit([Change(load=lambda: later)])[0].saved
+        wait_until_caught_up(store, engine, smeg)
         assert smeg.process.poll() is None
         status = {row.name: row for row in follower_status(store, engine)}
         assert status["message_status"].parked == 1
         assert [row.parked for name, row in status.items() if name != "message_status"] == [0, 0, 0]
         assert '"event": "event_parked"' in smeg.output() and '"message_id": "m-2"' in smeg.output()
-        published = 0
-        while channel.basic_get(queue, auto_ack=True)[0] is not None:
-            published += 1
-        assert published == 15  # the exchange publishes the poison event's message like any other
     finally:
         connection.close()
         store.close()

@@ -11,12 +11,13 @@ from typing import Any
 from adapters.event_store import MessageStore
 from domain.message import DELIVERED, FAILED, Message
 from tests.e2e.conftest import AMQP_URL, StubProvider, TcpProxy, publish_requests, run_cli, smeg_env
+from tests.waiting import wait_until
 
 
 def wait_all_final(store: MessageStore, ids: list[str], timeout: float) -> dict[str, Message]:
-    deadline = time.monotonic() + timeout
     final: dict[str, Message] = {}
-    while time.monotonic() < deadline:
+
+    def all_final() -> bool:
         for message_id in ids:
             if message_id in final:
                 continue
@@ -26,11 +27,24 @@ def wait_all_final(store: MessageStore, ids: list[str], timeout: float) -> dict[
                 continue
             if message.status in (DELIVERED, FAILED):
                 final[message_id] = message
-        if len(final) == len(ids):
-            return final
-        time.sleep(0.2)
-    missing = sorted(set(ids) - set(final))
-    raise AssertionError(f"{len(missing)} messages not final after {timeout}s, e.g. {missing[:5]}")
+        return len(final) == len(ids)
+
+    def missing() -> str:
+        left = sorted(set(ids) - set(final))
+        return f"{len(left)} messages not final, e.g. {left[:5]}"
+
+    wait_until(all_final, timeout, 0.2, message=missing)
+    return final
+
+
+def wait_for_calls(stub: StubProvider, count: int, smeg: Any, timeout: float = 60) -> None:
+    """Until the provider got ``count`` calls (the backlog is being delivered)."""
+    wait_until(
+        lambda: sum(stub.calls.values()) >= count,
+        timeout,
+        0.02,
+        message=lambda: f"{sum(stub.calls.values())} provider calls, not {count}:\n{smeg.output()[-3000:]}",
+    )
 
 
 def attempts_of(store: MessageStore, message_id: str) -> list[Any]:
@@ -159,8 +173,7 @@ def test_kill_9_under_load_then_fresh_run_loses_nothing(
     publish_requests(e2e_prefix, ids)
     first = start_smeg(env)
     first.wait_for_log("runtime_started")
-    while sum(stub.calls.values()) < 150:
-        time.sleep(0.02)
+    wait_for_calls(stub, 150, first)
     # When
     first.kill()
     second = start_smeg(env)
@@ -297,15 +310,15 @@ def test_external_projector_keeps_read_models_and_events_while_run_only_delivers
     wait_all_final(store, ids, timeout=30)
     delivered = wait_delivered_in_read_model(db, 50, timeout=20)
     assert delivered == 50
-    deadline = time.monotonic() + 20
     announced = 0
-    while time.monotonic() < deadline and announced < 50:
-        method, _properties, _body = channel.basic_get(events_queue, auto_ack=True)
-        if method is None:
-            time.sleep(0.05)
-        else:
+
+    def all_announced() -> bool:
+        nonlocal announced
+        while announced < 50 and channel.basic_get(events_queue, auto_ack=True)[0] is not None:
             announced += 1
-    assert announced == 50
+        return announced == 50
+
+    wait_until(all_announced, 20, message=lambda: f"{announced} of 50 deliveries announced")
     assert "projection_caught_up" not in run.output()
     connection.close()
     for process in (run, projections):
@@ -325,8 +338,7 @@ def test_sigterm_under_load_then_a_fresh_run_loses_nothing(
     publish_requests(e2e_prefix, ids)
     first = start_smeg(env)
     first.wait_for_log("runtime_started")
-    while sum(stub.calls.values()) < 300:
-        time.sleep(0.02)
+    wait_for_calls(stub, 300, first)
     # When it is stopped gracefully mid-way, and started again
     first.process.send_signal(signal.SIGTERM)
     stopping = time.monotonic()
@@ -383,13 +395,16 @@ def delivered_in_read_model(db: str) -> int:
 
 
 def wait_delivered_in_read_model(db: str, count: int, timeout: float = 30) -> int:
-    """Poll message_status until it shows ``count`` delivered (or ``timeout``); return what it shows."""
-    deadline = time.monotonic() + timeout
-    delivered = delivered_in_read_model(db)
-    while delivered < count and time.monotonic() < deadline:
-        time.sleep(0.1)
-        delivered = delivered_in_read_model(db)
-    return delivered
+    """Poll message_status until it shows ``count`` delivered; return what it shows then
+    (AssertionError if it does not within ``timeout``)."""
+    shown = [0]
+
+    def enough() -> bool:
+        shown[0] = delivered_in_read_model(db)
+        return shown[0] >= count
+
+    wait_until(enough, timeout, 0.1, message=lambda: f"{shown[0]} delivered in message_status, not {count}")
+    return shown[0]
 
 
 def test_run_keeps_its_projector_process_alive_and_takes_it_down_with_it(
@@ -417,9 +432,12 @@ def test_run_keeps_its_projector_process_alive_and_takes_it_down_with_it(
     assert wait_delivered_in_read_model(db, 20) >= 20
     # When the child dies, the supervisor starts another, which carries on
     os.kill(first, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and len(projector_pids(smeg.output())) < 2:
-        time.sleep(0.1)
+    wait_until(
+        lambda: len(projector_pids(smeg.output())) >= 2,
+        20,
+        0.1,
+        message=lambda: f"no second projector process:\n{smeg.output()[-2000:]}",
+    )
     pids = projector_pids(smeg.output())
     assert len(pids) == 2 and pids[1] != first, smeg.output()[-2000:]
     publish_requests(e2e_prefix, [f"proc-late-{i}" for i in range(10)])
@@ -427,10 +445,7 @@ def test_run_keeps_its_projector_process_alive_and_takes_it_down_with_it(
     # When smeg run is killed outright, its child does not outlive it
     smeg.process.kill()
     smeg.process.wait(10)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not gone(pids[1]):
-        time.sleep(0.1)
-    assert gone(pids[1]), "the projector process outlived smeg run"
+    wait_until(lambda: gone(pids[1]), 10, 0.1, message="the projector process outlived smeg run")
 
 
 def test_a_sigterm_the_kernel_hands_to_another_thread_still_stops_run_gracefully(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,8 @@ import pytest
 from adapters.event_store import MessageStore
 from domain.message import DELIVERED
 from tests.e2e.conftest import AMQP_URL, StubProvider, publish_requests, smeg_env
-from tests.e2e.test_run import attempts_of, wait_all_final
+from tests.e2e.test_run import attempts_of, wait_all_final, wait_for_calls
+from tests.waiting import wait_until
 
 
 def logged(smeg: Any, event: str) -> list[dict[str, Any]]:
@@ -30,11 +30,12 @@ def logged(smeg: Any, event: str) -> list[dict[str, Any]]:
 
 def started_group(smeg: Any, count: int = 2, timeout: float = 60) -> list[int]:
     """The children's pids, once every one of them consumes."""
-    deadline = time.monotonic() + timeout
-    while len(logged(smeg, "runtime_started")) < count:
-        if smeg.process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"group not started (exit {smeg.process.poll()}):\n{smeg.output()[-3000:]}")
-        time.sleep(0.1)
+    wait_until(
+        lambda: len(logged(smeg, "runtime_started")) >= count or smeg.assert_running(),
+        timeout,
+        0.1,
+        message=lambda: f"group not started:\n{smeg.output()[-3000:]}",
+    )
     [started] = logged(smeg, "delivery_processes_started")
     pids: list[int] = started["pids"]
     assert sorted(r["pid"] for r in logged(smeg, "runtime_started")) == sorted(pids)
@@ -50,10 +51,12 @@ def alive(pid: int) -> bool:
 
 
 def wait_gone(pids: list[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(p) for p in pids), [p for p in pids if alive(p)]
+    wait_until(
+        lambda: not any(alive(p) for p in pids),
+        timeout,
+        0.1,
+        message=lambda: f"still running: {[p for p in pids if alive(p)]}",
+    )
 
 
 def consumers(prefix: str) -> int:
@@ -131,10 +134,7 @@ def test_kill_9_of_the_parent_stops_its_children_and_a_fresh_group_loses_nothing
     publish_requests(e2e_prefix, ids)
     first = start_smeg(env, "run", "--processes", "2")
     children = started_group(first)
-    deadline = time.monotonic() + 60
-    while sum(stub.calls.values()) < 150:
-        assert time.monotonic() < deadline, f"the group is not delivering:\n{first.output()[-3000:]}"
-        time.sleep(0.02)
+    wait_for_calls(stub, 150, first)  # the group is delivering
     # When the parent is killed outright
     first.kill()
     # Then its children notice and stop by themselves

@@ -18,6 +18,7 @@ from adapters.event_store import Change, Messages, MessageStore, store_env
 from adapters.event_writer import EventWriter
 from tests.integration.backends import psycopg_conninfo
 from tests.integration.test_event_store import every_event_type, new_message, state, utcnow
+from tests.waiting import wait_until
 
 
 def test_rows_are_what_the_library_mapper_stores_for_every_event_type(store):
@@ -112,13 +113,23 @@ def test_postgres_writes_wait_for_other_writers_so_positions_follow_commit_order
     rows = writer.rows(new_message("queued").collect_events())
     table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier("messages_events"))
     done = threading.Event()
-    with psycopg.connect(psycopg_conninfo(url)) as other:
+    waiting = "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted"
+    with (
+        psycopg.connect(psycopg_conninfo(url)) as other,
+        psycopg.connect(psycopg_conninfo(url), autocommit=True) as watcher,
+    ):
         other.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(table))
         thread = threading.Thread(target=lambda: (writer.write(rows), done.set()), daemon=True)
 
-        # When
+        # When: it finished, or it queued for a lock on the table (the point where it would finish)
         thread.start()
-        time.sleep(0.5)
+        name = table.as_string(watcher)
+        wait_until(
+            lambda: done.is_set() or watcher.execute(waiting, [name]).fetchone() != (0,),
+            10,
+            0.01,
+            message="the write neither finished nor queued for the table",
+        )
         waited = not done.is_set()
         other.commit()
 

@@ -13,7 +13,6 @@ import shlex
 import struct
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -26,6 +25,7 @@ from adapters.rabbitmq import QUEUE_ARGUMENTS, Topology, send_queue_arguments
 from adapters.rabbitmq_intake import RabbitIntake
 from adapters.rabbitmq_reject import MAX_REASON_BYTES
 from domain.ports import Delivery
+from tests.waiting import wait_until
 
 
 def valid(message_id: str, **extra: Any) -> bytes:
@@ -51,13 +51,11 @@ class Collected:
         self.intake.ack([d.tag for d in batch])
 
     def wait_for(self, ids: set[str], timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def missing() -> set[str]:
             with self.lock:
-                if ids <= set(self.requests):
-                    return
-            time.sleep(0.05)
-        raise AssertionError(f"not received: {sorted(ids - set(self.requests))}")
+                return ids - set(self.requests)
+
+        wait_until(lambda: not missing(), timeout, message=lambda: f"not received: {sorted(missing())}")
 
 
 @pytest.fixture
@@ -68,14 +66,15 @@ def collected(amqp_url: str, prefix: str) -> Iterator[Collected]:
 
 
 def drain(channel: Any, queue: str, count: int, timeout: float = 20) -> list[tuple[Any, bytes]]:
+    """``count`` messages taken off ``queue`` (waits up to ``timeout`` for them)."""
     got: list[tuple[Any, bytes]] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        method, properties, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            time.sleep(0.05)
-            continue
-        got.append((properties, body))
+
+    def all_there() -> bool:
+        while len(got) < count and (message := channel.basic_get(queue, auto_ack=True))[0] is not None:
+            got.append((message[1], message[2]))
+        return len(got) == count
+
+    wait_until(all_there, timeout, message=lambda: f"{len(got)} of {count} messages on {queue}")
     return got
 
 
@@ -163,10 +162,12 @@ def test_a_rejected_queue_that_refuses_leaves_the_message_with_the_broker_and_sm
     assert collected.lost == []
     # Rejected without requeue: the broker holds it as a dead letter of the send queue (at-least-once)
     # until the rejected queue takes it; no consumer sees it again.
-    deadline = time.monotonic() + 30  # the broker's queue statistics are emitted every 5 s
-    while queue_totals(prefix)[f"{prefix}.send"] != 1 and time.monotonic() < deadline:
-        time.sleep(1)
-    assert queue_totals(prefix)[f"{prefix}.send"] == 1
+    wait_until(  # the broker's queue statistics are emitted every 5 s
+        lambda: queue_totals(prefix)[f"{prefix}.send"] == 1,
+        30,
+        1,
+        message=lambda: f"the send queue holds {queue_totals(prefix)[f'{prefix}.send']} messages, not 1",
+    )
     assert message_count(rabbit, f"{prefix}.send", 0) == 0
 
 
@@ -238,13 +239,14 @@ def test_a_delivery_pika_cannot_decode_leaves_the_send_queue_by_its_delivery_lim
 
 
 def message_count(channel: Any, queue: str, expected: int, timeout: float = 30) -> int:
-    """Messages ready in ``queue`` (counted, not read: pika cannot decode the poisoned header)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        count = int(channel.queue_declare(queue, passive=True).method.message_count)
-        if count == expected or time.monotonic() > deadline:
-            return count
-        time.sleep(0.1)
+    """Messages ready in ``queue`` once they are ``expected`` (counted, not read: pika cannot decode
+    the poisoned header); AssertionError if they are not within ``timeout``."""
+
+    def count() -> int:
+        return int(channel.queue_declare(queue, passive=True).method.message_count)
+
+    wait_until(lambda: count() == expected, timeout, 0.1, message=lambda: f"{queue} holds {count()}")
+    return expected
 
 
 def test_an_older_send_queue_is_used_as_it_is_with_a_warning_naming_the_policy(

@@ -9,6 +9,7 @@ from typing import Any
 from domain.message import DELIVERED
 from tests.fakes import CrashingClock
 from tests.integration.test_pipeline import publish, request, start_pipeline
+from tests.waiting import wait_until
 
 __all__ = ["start_pipeline"]
 
@@ -37,12 +38,11 @@ def test_batches_queued_behind_a_crashing_intake_actor_are_all_delivered(
         assert pipeline.wait_final(f"q-{i}", timeout=30).status == DELIVERED
     assert crashed.is_set()
     assert all(pipeline.provider.calls[f"q-{i}"] == 1 for i in range(300))
-    deadline = time.monotonic() + 10
-    while rabbit.queue_declare(f"{prefix}.send", passive=True).method.message_count and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.1)
-    assert rabbit.queue_declare(f"{prefix}.send", passive=True).method.message_count == 0
+
+    def ready() -> int:
+        return int(rabbit.queue_declare(f"{prefix}.send", passive=True).method.message_count)
+
+    wait_until(lambda: ready() == 0, 10, 0.1, message=lambda: f"{ready()} requests left on the send queue")
     # the consumer keeps going after the crash: a request published now is delivered too
     publish(rabbit, prefix, request("after-crash"))
     assert pipeline.wait_final("after-crash", timeout=15).status == DELIVERED

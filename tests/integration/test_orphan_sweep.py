@@ -16,9 +16,9 @@ from sqlalchemy import Engine, insert
 
 from adapters.event_store import MessageStore
 from adapters.projections import create_tables
-from adapters.status_view import message_status, unfinished
+from adapters.status_view import UnfinishedIndex, message_status, unfinished
 from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, RECEIVED
-from smeg_actors.actors.messages import DeliverMessages, Tick
+from smeg_actors.actors.messages import DeliverMessages, GetPending, Tick
 from smeg_actors.actors.scheduler import SchedulerActor
 from smeg_actors.actors.supervisor import Children
 
@@ -167,7 +167,7 @@ def scheduler(store: MessageStore, engine: Engine, clock: Clock, **options: Any)
         "scheduler",
         None,
         store=store,
-        engine=engine,
+        unfinished=UnfinishedIndex(engine),
         catch_up=lambda: 0,
         children=children,
         clock=clock,
@@ -188,17 +188,17 @@ def test_the_scheduler_adopts_more_unfinished_messages_than_a_page_at_start_and_
     # When the scheduler starts
     ref, dispatcher = scheduler(store, engine, clock, page_size=4, sweep_every=5.0, orphan_margin=30.0)
     # Then it adopted every one of them
-    assert ref.ask("pending", timeout=WAIT) == len(first)
+    assert ref.ask(GetPending(), timeout=WAIT) == len(first)
     # And when a dead process leaves more behind, the next sweep adopts them all, with the
     # first ones again (released on the way, but still unfinished in the read model)
     orphans = [row(RECEIVED, T0 + timedelta(minutes=i)) for i in range(9)]
     put(engine, orphans)
     clock.now = T0 + timedelta(hours=2)
     ref.tell(Tick())  # releases the first ones, then sweeps
-    assert ref.ask("pending", timeout=WAIT) == len(first) + len(orphans)
+    assert ref.ask(GetPending(), timeout=WAIT) == len(first) + len(orphans)
     clock.now += timedelta(milliseconds=1)
     ref.tell(Tick())
-    assert ref.ask("pending", timeout=WAIT) == 0  # (the Tick is handled: its release is queued)
+    assert ref.ask(GetPending(), timeout=WAIT) == 0  # (the Tick is handled: its release is queued)
     released = dispatcher.ask("released", timeout=WAIT)
     assert sorted(released) == sorted([r["id"] for r in first] * 2 + [r["id"] for r in orphans])
 
@@ -214,4 +214,4 @@ def test_more_unfinished_messages_than_any_single_read_are_all_adopted_at_start(
     # When
     ref, _dispatcher = scheduler(store, engine, Clock(T0))
     # Then
-    assert ref.ask("pending", timeout=WAIT) == count
+    assert ref.ask(GetPending(), timeout=WAIT) == count

@@ -116,9 +116,18 @@ def rows(engine: Engine, table: Table) -> list[tuple[Any, ...]]:
 
 def follow(store: MessageStore, engine: Engine, batch: int = 1000) -> None:
     """Step every read model together until each is at the head (what ``smeg projections run`` does)."""
+    from tests.waiting import wait_until
+
     mine = runners(store, engine)
-    while step_together(store, mine, batch=batch) or any(r.position() < store.max_position() for r in mine):
-        pass
+    wait_until(
+        lambda: (
+            not step_together(store, mine, batch=batch)
+            and all(r.position() >= store.max_position() for r in mine)
+        ),
+        60,
+        0,
+        message=lambda: f"not at the head ({store.max_position()}): {[r.position() for r in mine]}",
+    )
 
 
 # --- read models ------------------------------------------------------------------------------

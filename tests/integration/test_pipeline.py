@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,17 +12,15 @@ import pika
 import pytest
 
 from adapters.event_store import MessageNotFoundError, MessageStore
-from adapters.events_exchange import EventsExchangePublisher
-from adapters.rabbitmq import Topology
-from adapters.rabbitmq_failed import RabbitFailurePublisher
-from adapters.rabbitmq_intake import RabbitIntake
-from adapters.sql import make_engine, read_models_beside
 from domain.message import DELIVERED, FAILED, Message
-from smeg_actors.runtime.bootstrap import Runtime
+from smeg_actors.actors.messages import GetCounts
+from smeg_actors.runtime.bootstrap import build_runtime
 from smeg_actors.runtime.clock import Clock, utc_now
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.exit_codes import EXIT_ESCALATED
+from smeg_actors.runtime.pipeline import Runtime
 from tests.fakes import CrashingClock, FakeProvider
+from tests.waiting import wait_until
 
 
 class Pipeline:
@@ -37,12 +34,12 @@ class Pipeline:
             return None
 
     def wait_final(self, message_id: str, timeout: float = 15) -> Message:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.status(message_id) in (DELIVERED, FAILED):
-                return self.store.get_by_message_id(message_id)
-            time.sleep(0.05)
-        raise AssertionError(f"{message_id} is {self.status(message_id)} after {timeout}s")
+        wait_until(
+            lambda: self.status(message_id) in (DELIVERED, FAILED),
+            timeout,
+            message=lambda: f"{message_id} is {self.status(message_id)}",
+        )
+        return self.store.get_by_message_id(message_id)
 
     def events(self, message_id: str) -> list[Any]:
         return self.store.history(Message.create_id(message_id))
@@ -65,35 +62,20 @@ def start_pipeline(tmp_path: Path, amqp_url: str, prefix: str) -> Iterator[Calla
             backoff_max=5,
             max_attempts=3,
             projector="inline",  # in-process: the read models' effects are asserted right away
+            heartbeat=10,
+            prefetch=100,
+            batch_size=50,
+            restart_max=3,
+            restart_period=5,
         )
         options.update(overrides)
         settings = Settings(**options)
         store = MessageStore(url)
         stores.append(store)
         provider = provider or FakeProvider()
-        topology = Topology(prefix)
-        intake = RabbitIntake(
-            amqp_url,
-            topology,
-            heartbeat=10,
-            prefetch=100,
-            batch_size=50,
-            known_providers={provider.name},
+        runtime = build_runtime(
+            settings, store=store, providers={provider.name: provider}, clock=clock, redrive=False
         )
-        events = EventsExchangePublisher(store, make_engine(read_models_beside(url)), amqp_url, topology)
-        runtime = Runtime(
-            settings,
-            events=events,
-            store=store,
-            intake=intake,
-            publisher=RabbitFailurePublisher(amqp_url, topology),
-            providers={provider.name: provider},
-            clock=clock,
-            redrive=False,
-            max_restarts=3,
-            restart_period=5,
-        )
-        intake.hold = runtime.hold_intake
         runtime.start()
         started.append(runtime)
         return Pipeline(runtime, store, provider)
@@ -121,17 +103,14 @@ def request(message_id: str, **extra: Any) -> dict[str, Any]:
 
 def drain(channel: Any, queue: str, timeout: float = 5) -> list[tuple[Any, bytes]]:
     """Every message now on ``queue`` (waits up to ``timeout`` for the first)."""
-    found: list[tuple[Any, bytes]] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        method, properties, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            if found:
-                return found
-            time.sleep(0.05)
-            continue
-        found.append((properties, body))
-    return found
+
+    def everything_there() -> list[tuple[Any, bytes]]:
+        found: list[tuple[Any, bytes]] = []
+        while (got := channel.basic_get(queue, auto_ack=True))[0] is not None:
+            found.append((got[1], got[2]))
+        return found
+
+    return wait_until(everything_there, timeout, message=f"nothing on {queue}")
 
 
 def test_delivers_a_request_and_acks_it(start_pipeline: Any, rabbit: Any, prefix: str) -> None:
@@ -243,7 +222,7 @@ def test_worker_crash_mid_attempt_is_restarted_and_message_delivered(
     # Then
     assert pipeline.wait_final("c-1", timeout=20).status == DELIVERED
     assert crashed.is_set()
-    counts = pipeline.runtime.supervisor.ask("counts", timeout=5)
+    counts = pipeline.runtime.supervisor.ask(GetCounts(), timeout=5)
     assert sum(counts.values()) >= 1
 
 
@@ -260,7 +239,7 @@ def test_batches_take_turns_between_the_intake_actors(start_pipeline: Any, rabbi
         assert pipeline.wait_final(f"t-{i}").status == DELIVERED
     assert all(pipeline.provider.calls[f"t-{i}"] == 1 for i in range(300))
     children = pipeline.runtime.children
-    counts = [children.get(name).ask("counts", timeout=5)["received"] for name in ("intake-0", "intake-1")]
+    counts = [children.get(name).ask(GetCounts(), timeout=5)["received"] for name in ("intake-0", "intake-1")]
     assert sum(counts) == 300
     assert min(counts) > 0
 
@@ -288,7 +267,7 @@ def test_an_intake_actor_crash_hands_its_batch_back_and_nothing_is_lost(
         assert pipeline.wait_final(f"i-{i}", timeout=20).status == DELIVERED
     assert crashed.is_set()
     assert all(pipeline.provider.calls[f"i-{i}"] == 1 for i in range(120))
-    restarts = pipeline.runtime.supervisor.ask("counts", timeout=5)
+    restarts = pipeline.runtime.supervisor.ask(GetCounts(), timeout=5)
     assert sum(n for name, n in restarts.items() if name.startswith("intake-")) == 1
     assert rabbit.queue_declare(f"{prefix}.send", passive=True).method.message_count == 0
 
@@ -319,13 +298,13 @@ def test_events_exchange_receives_every_lifecycle_event_in_order(
     publish(rabbit, prefix, request("ev-1"), correlation_id="corr-ev")
     # Then
     received: list[tuple[Any, Any, dict[str, Any]]] = []
-    deadline = time.monotonic() + 15
-    while len(received) < 5 and time.monotonic() < deadline:
-        method, properties, body = rabbit.basic_get(queue, auto_ack=True)
-        if method is None:
-            time.sleep(0.05)
-            continue
-        received.append((method, properties, json.loads(body)))
+
+    def five_received() -> bool:
+        while len(received) < 5 and (got := rabbit.basic_get(queue, auto_ack=True))[0] is not None:
+            received.append((got[0], got[1], json.loads(got[2])))
+        return len(received) == 5
+
+    wait_until(five_received, 15, message=lambda: f"received: {[m.routing_key for m, _p, _b in received]}")
     keys = [m.routing_key for m, _p, _b in received]
     assert keys == [
         "message.received",
@@ -360,19 +339,10 @@ def test_auto_redrive_retries_exhausted_failures_once_the_provider_delivers_agai
         max_attempts=3,
         redrive_rate=50,
         projector="inline",
+        heartbeat=10,
     )
     store = MessageStore(url)
-    topology = Topology(prefix)
-    intake = RabbitIntake(amqp_url, topology, heartbeat=10, known_providers={provider.name})
-    runtime = Runtime(
-        settings,
-        store=store,
-        intake=intake,
-        publisher=RabbitFailurePublisher(amqp_url, topology),
-        providers={provider.name: provider},
-        redrive=True,
-    )
-    intake.hold = runtime.hold_intake
+    runtime = build_runtime(settings, store=store, providers={provider.name: provider})
     runtime.start()
     try:
         pipeline = Pipeline(runtime, store, provider)
@@ -382,10 +352,12 @@ def test_auto_redrive_retries_exhausted_failures_once_the_provider_delivers_agai
         publish(rabbit, prefix, request("up-1"))
         assert pipeline.wait_final("up-1").status == DELIVERED
         # Then the exhausted one is redriven from the failed queue and delivered
-        deadline = time.monotonic() + 20
-        while pipeline.status("down-1") != DELIVERED and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert pipeline.status("down-1") == DELIVERED
+        wait_until(
+            lambda: pipeline.status("down-1") == DELIVERED,
+            20,
+            0.1,
+            message=lambda: f"down-1 is {pipeline.status('down-1')}, not redriven and delivered",
+        )
         kinds = [type(e).__name__ for e in pipeline.events("down-1")]
         assert kinds.count("RetryRequested") == 1
         retry = next(e for e in pipeline.events("down-1") if isinstance(e, Message.RetryRequested))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -14,6 +13,7 @@ from psycopg_pool import ConnectionPool
 from adapters.event_store import Change, MessageStore, PooledConnectionCheck
 from tests.integration.backends import psycopg_conninfo
 from tests.integration.test_event_store import new_message
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -56,11 +56,8 @@ def end_sessions(url: str, pids: list[int]) -> None:
     """Terminate those server processes, and wait until they are gone."""
     with psycopg.connect(psycopg_conninfo(url), autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
-        deadline = time.monotonic() + 10
         alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)"
-        while admin.execute(alive, [pids]).fetchone() != (0,):
-            assert time.monotonic() < deadline, "sessions not ended"
-            time.sleep(0.02)
+        wait_until(lambda: admin.execute(alive, [pids]).fetchone() == (0,), 10, 0.02, "sessions not ended")
 
 
 def test_the_store_pool_uses_the_pooled_check(pg_store):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from smeg_actors.runtime.process_group import ProcessGroup, cpu_count, cpu_quota
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,23 +55,41 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def run_signalled(group: ProcessGroup, condition: Callable[[], bool], timeout: float = 30) -> int:
-    """``group.run()``, with SIGTERM sent to this process (the group's parent) once ``condition()``
-    holds (or after ``timeout``), but never once ``run`` has returned and its handler is gone."""
+def sigterm_parent() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_signalled(
+    group: ProcessGroup,
+    condition: Callable[[], bool],
+    timeout: float = 30,
+    then: Callable[[], None] = sigterm_parent,
+) -> int:
+    """``group.run()``, with ``then`` done (SIGTERM to this process, the group's parent) once
+    ``condition()`` holds, but never once ``run`` has returned and its handler is gone. If it does
+    not hold within ``timeout``, SIGTERM ends the run and the test fails saying so."""
     done = threading.Event()
+    missed: list[Exception] = []
 
-    def wait_then_signal() -> None:
-        deadline = time.monotonic() + timeout
-        while not done.is_set() and time.monotonic() < deadline and not condition():
-            time.sleep(0.05)
+    def wait_then_act() -> None:
+        try:
+            wait_until(lambda: done.is_set() or condition(), timeout, message="the group never got there")
+        except Exception as exc:  # the run must end all the same: a thread's error fails no test
+            missed.append(exc)
+            if not done.is_set():
+                sigterm_parent()
+            return
         if not done.is_set():
-            os.kill(os.getpid(), signal.SIGTERM)
+            then()
 
-    threading.Thread(target=wait_then_signal, daemon=True).start()
+    threading.Thread(target=wait_then_act, daemon=True).start()
     try:
-        return group.run()
+        code = group.run()
     finally:
         done.set()
+    if missed:
+        raise AssertionError(f"before the signal: {missed[0]}")
+    return code
 
 
 def test_sigterm_is_passed_on_and_every_child_stops_gracefully_with_0(tmp_path: Path) -> None:
@@ -150,17 +169,12 @@ def test_a_child_that_fails_before_it_is_ready_ends_the_group_without_waiting_fo
 
 def test_a_child_killed_by_a_signal_ends_the_group_with_128_plus_the_signal(tmp_path: Path) -> None:
     group = ProcessGroup([child(tmp_path / "a"), child(tmp_path / "b")], stop_timeout=10)
-
-    def kill_second() -> None:
-        deadline = time.monotonic() + 30
-        while not (len(group.children) == 2 and any(line.startswith("go") for line in lines(tmp_path / "b"))):
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.05)
-        group.children[1].process.kill()
-
-    threading.Thread(target=kill_second, daemon=True).start()
-    assert group.run() == 128 + signal.SIGKILL
+    code = run_signalled(
+        group,
+        lambda: len(group.children) == 2 and any(line.startswith("go") for line in lines(tmp_path / "b")),
+        then=lambda: group.children[1].process.kill(),
+    )
+    assert code == 128 + signal.SIGKILL
     assert lines(tmp_path / "a")[-1] == "stopped"
 
 
@@ -196,17 +210,12 @@ def test_a_child_stops_by_itself_when_its_parent_is_killed(tmp_path: Path) -> No
         """
     )
     parent = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    deadline = time.monotonic() + 20
-    while "watching" not in lines(out) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "watching" in lines(out)
+    wait_until(lambda: "watching" in lines(out), 20, message=lambda: f"the child wrote {lines(out)}")
     # When
     parent.kill()
     parent.wait()
     # Then
-    deadline = time.monotonic() + 5
-    while "parent gone" not in lines(out) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: "parent gone" in lines(out), 5, message=lambda: f"the child wrote {lines(out)}")
     assert lines(out) == ["watching", "parent gone"]
 
 

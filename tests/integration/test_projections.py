@@ -210,9 +210,11 @@ def test_shadow_rebuild_swaps_in_while_the_live_runner_keeps_going(
     follower = threading.Thread(target=keep_applying)
     follower.start()
     # When a rebuild runs and more messages arrive
-    seed(store, 500, seed_value=9)
-    ShadowRebuild(store, engine, [MessageStatusProjection()], name="message_status", batch=64).run()
-    stop.set()
+    try:
+        seed(store, 500, seed_value=9)
+        ShadowRebuild(store, engine, [MessageStatusProjection()], name="message_status", batch=64).run()
+    finally:
+        stop.set()  # the follower's loop ends whatever happened
     follower.join(60)
     live.catch_up()
     # Then the swapped-in tables equal a from-scratch projection of the whole log
@@ -235,12 +237,19 @@ def test_stepping_all_read_models_together_from_two_threads_applies_each_event_o
     errors: list[BaseException] = []
 
     def follow() -> None:
+        from tests.waiting import wait_until
+
         try:
             mine = runners(store, engine)
-            while step_together(store, mine, batch=40) or any(
-                r.position() < store.max_position() for r in mine
-            ):
-                pass
+            wait_until(
+                lambda: (
+                    not step_together(store, mine, batch=40)
+                    and all(r.position() >= store.max_position() for r in mine)
+                ),
+                60,
+                0,
+                message=lambda: f"not at the head ({store.max_position()}): {[r.position() for r in mine]}",
+            )
         except BaseException as exc:
             errors.append(exc)
 

@@ -10,6 +10,7 @@ from typing import Any
 import pykka
 import pytest
 
+from smeg_actors.actors.messages import AwaitReady
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.projector_process import ProjectorProcessActor
 
@@ -38,7 +39,7 @@ def test_the_child_says_it_is_ready_once_it_has_booted(tmp_path: Path, start_pro
     projector = start_projector(f"sqlite:///{tmp_path}/smeg.db")
 
     # When / Then
-    assert projector.ask(("ready", 30.0), timeout=35) is True
+    assert projector.ask(AwaitReady(30.0), timeout=35) is True
     assert (tmp_path / "smeg.read.db").exists()  # its read-model tables are in place
 
 
@@ -48,5 +49,5 @@ def test_a_child_that_cannot_boot_is_not_ready_and_is_not_waited_for(start_proje
     started = time.monotonic()
 
     # When / Then: its exit ends the wait, long before the timeout
-    assert projector.ask(("ready", 60.0), timeout=65) is False
+    assert projector.ask(AwaitReady(60.0), timeout=65) is False
     assert time.monotonic() - started < 30

@@ -8,7 +8,6 @@ import io
 import json
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,10 +18,10 @@ import pykka
 import pytest
 
 from adapters.event_store import Change, MessageNotFoundError, MessageStore
-from adapters.failed_outbox import failed_request, failure_headers
 from adapters.rabbitmq import Topology
 from adapters.rabbitmq_failed import FailedQueueReader, RabbitFailurePublisher
 from domain.backoff import BackoffPolicy
+from domain.dead_letter import failed_request, failure_headers
 from domain.message import AUTO_REDRIVE, FAILED, RECEIVED, Message
 from smeg_actors.actors import redrive as redrive_module
 from smeg_actors.actors.messages import DeliverMessages, ProviderRecovered
@@ -31,6 +30,7 @@ from smeg_actors.actors.supervisor import Children
 from smeg_actors.runtime.clock import utc_now
 from tests.integration.backends import Backend
 from tests.logcapture import captured_logs
+from tests.waiting import wait_until
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 ONE_ATTEMPT = BackoffPolicy(initial=60, factor=3, max_delay=3600, max_attempts=1)
@@ -63,17 +63,16 @@ def take_all(amqp_url: str, prefix: str) -> list[Entry]:
     """Every entry on the failed queue, in order; they are consumed (the test is over with them)."""
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
-        channel, found = connection.channel(), []
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:  # kept entries come back asynchronously
-            method, properties, body = channel.basic_get(f"{prefix}.failed", auto_ack=True)
-            if method is None:
-                if found:
-                    break
-                time.sleep(0.05)
-                continue
-            found.append(Entry(method, properties, body))
-        return found
+        channel = connection.channel()
+
+        def everything_there() -> list[Entry]:
+            found = []
+            while (got := channel.basic_get(f"{prefix}.failed", auto_ack=True))[0] is not None:
+                found.append(Entry(*got))
+            return found
+
+        # kept entries come back asynchronously
+        return wait_until(everything_there, WAIT, message="nothing on the failed queue")
     finally:
         connection.close()
 
@@ -226,15 +225,17 @@ def test_a_person_can_still_redrive_a_message_past_the_automatic_budget(
 
 
 def depth(amqp_url: str, prefix: str, expected: int) -> int:
-    """The failed queue's depth once it is ``expected`` (entries handed back return asynchronously)."""
+    """The failed queue's depth once it is ``expected`` (entries handed back return asynchronously);
+    AssertionError if it is not within WAIT."""
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
-        channel, deadline = connection.channel(), time.monotonic() + WAIT
-        while True:
-            found = int(channel.queue_declare(f"{prefix}.failed", passive=True).method.message_count)
-            if found == expected or time.monotonic() > deadline:
-                return found
-            time.sleep(0.05)
+        channel = connection.channel()
+
+        def found() -> int:
+            return int(channel.queue_declare(f"{prefix}.failed", passive=True).method.message_count)
+
+        wait_until(lambda: found() == expected, WAIT, message=lambda: f"the failed queue holds {found()}")
+        return expected
     finally:
         connection.close()
 

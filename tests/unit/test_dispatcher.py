@@ -9,7 +9,14 @@ from uuid import UUID
 import pykka
 
 from smeg_actors.actors.dispatcher import Backlog, DispatcherActor, WorkerRestarted
-from smeg_actors.actors.messages import BatchFinished, DeliverBatch, DeliverMessages, Recover, WorkItem
+from smeg_actors.actors.messages import (
+    BatchFinished,
+    DeliverBatch,
+    DeliverMessages,
+    IsIdle,
+    Recover,
+    WorkItem,
+)
 from smeg_actors.actors.supervisor import Children
 
 WAIT = 5.0
@@ -77,7 +84,7 @@ class Rig:
         self.idle()  # handled, so its DeliverBatch tells are queued at the workers
 
     def idle(self) -> bool:
-        answer: bool = self.dispatcher.ask("idle", timeout=WAIT)
+        answer: bool = self.dispatcher.ask(IsIdle(), timeout=WAIT)
         return answer
 
     def batches(self, worker: str) -> list[tuple[UUID, ...]]:
@@ -103,10 +110,10 @@ class Rig:
         for _ in range(100):
             pending = [(w, index) for w in self.names for index in self.outstanding(w)]
             if not pending:
-                break
+                return done
             for worker, index in pending:
                 done.extend(self.finish(worker, index))
-        return done
+        raise AssertionError(f"batches still outstanding after 100 rounds: {pending}")
 
 
 def ids(n: int) -> list[UUID]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import logging
 import threading
-import time
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -19,6 +18,7 @@ from smeg_actors.actors.intake import IntakeActor
 from smeg_actors.actors.messages import RequestsReceived
 from smeg_actors.actors.supervisor import Children
 from tests.logcapture import captured_logs
+from tests.waiting import wait_until
 
 NUMBER = "+447700900123"
 BODY = "Your one-time code is 918273"
@@ -77,9 +77,7 @@ def test_an_intake_actor_crash_holding_a_request_logs_no_personal_data(stream: i
     actor.tell(RequestsReceived((Delivery(tag=7, request=parse_send_request(request_bytes())),)))
 
     assert intake.done.wait(5)
-    deadline = time.monotonic() + 5
-    while actor.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not actor.is_alive(), 5, 0.01, message="the crashed intake actor is still alive")
     text = stream.getvalue()
     # pykka's own line carries the traceback (smeg's module loggers are cached on first use, so
     # their lines may have gone to an earlier test's stream)

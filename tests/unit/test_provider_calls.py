@@ -11,6 +11,7 @@ import pytest
 
 from domain.ports import OutboundMessage, PermanentDeliveryError, ProviderReceipt, TransientDeliveryError
 from smeg_actors.actors.provider_calls import NO_ANSWER, ProviderCalls
+from tests.waiting import wait_until
 
 
 def outbound(message_id: str) -> OutboundMessage:
@@ -151,8 +152,7 @@ def test_stop_cancels_calls_in_flight_and_closes_every_provider(made: list[Provi
         target=lambda: answers.extend(calls.run([("timed", outbound("slow-1"))], 30)), daemon=True
     )
     waiting.start()
-    while provider.in_flight == 0:
-        time.sleep(0.01)
+    wait_until(lambda: provider.in_flight, 5, 0.01, message="the slow call never started")
 
     calls.stop()
 

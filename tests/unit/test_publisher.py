@@ -6,8 +6,7 @@ from typing import Any, cast
 
 import pytest
 
-from adapters.failed_outbox import FailedOutbox
-from smeg_actors.actors.messages import PublishFailed, Tick
+from smeg_actors.actors.messages import GetPublished, PublishFailed, Tick
 from smeg_actors.actors.publisher import NUDGE_GAP, PublisherActor
 from smeg_actors.actors.supervisor import Children
 from tests.fakes import FakeClock
@@ -29,6 +28,13 @@ class FakeOutbox:
         self.backlog: list[int] = []
         self.broken = False
         self.publisher = FakeBroker()
+        self.parked = 0
+
+    def keep_alive(self) -> None:
+        self.publisher.keep_alive()
+
+    def close(self) -> None:
+        pass
 
     def publish_pending(self) -> int:
         self.looks += 1
@@ -43,7 +49,7 @@ def rig() -> tuple[PublisherActor, FakeOutbox, FakeClock]:
     actor = PublisherActor(
         "publisher",
         None,
-        outbox=cast(FailedOutbox, outbox),
+        outbox=outbox,
         children=Children(),
         sweep_every=1.0,
         monotonic=clock,
@@ -98,7 +104,7 @@ def test_a_look_publishes_batch_after_batch_until_none_is_left(rig) -> None:
     outbox.backlog = [3, 2]
     actor.on_receive(_nudge())
     assert outbox.looks == 3
-    assert actor.on_receive("published") == 5
+    assert actor.on_receive(GetPublished()) == 5
 
 
 def test_a_failed_publication_waits_a_growing_pause_even_when_nudged(rig) -> None:

@@ -1,7 +1,7 @@
-"""Redrive's rules, on a real store and an in-memory failed queue: the automatic budget (counted
-from each message's history), a person's retry always working, and what happens to entries that
-are not redriven (kept on the queue, never republished run after run; the limit counts redriven only).
-The same against the real RabbitMQ: tests/integration/test_redrive_budget.py."""
+"""Redrive's rules, on the in-memory event store (tests/fakes.py) and an in-memory failed queue: the
+automatic budget (counted from each message's history), a person's retry always working, and what
+happens to entries that are not redriven (kept on the queue, never republished run after run; the
+limit counts redriven only). The same against the real RabbitMQ: tests/integration/test_redrive_budget.py."""
 
 from __future__ import annotations
 
@@ -9,19 +9,19 @@ import io
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from adapters.event_store import Change, MessageNotFoundError, MessageStore
-from adapters.failed_outbox import failed_request, failure_headers
 from adapters.rabbitmq_failed import FailedEntry, FailedQueueReader
 from domain.backoff import BackoffPolicy
+from domain.dead_letter import failed_request, failure_headers
 from domain.message import AUTO_REDRIVE, FAILED, RECEIVED, Message
+from domain.ports import Change, MessageNotFoundError
 from smeg_actors.actors import redrive as redrive_module
 from smeg_actors.actors.redrive import BUDGET_HEADER, RedriveReport, redrive
 from smeg_actors.runtime.config import load_settings
+from tests.fakes import InMemoryMessageStore
 from tests.logcapture import captured_logs
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -76,10 +76,9 @@ class FakeFailedQueue:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[MessageStore]:
-    store = MessageStore(f"sqlite:///{tmp_path}/s.db")
-    yield store
-    store.close()
+def store() -> InMemoryMessageStore:
+    """The event store in memory (held to the real one by tests/integration/test_store_contract.py)."""
+    return InMemoryMessageStore()
 
 
 @pytest.fixture
@@ -91,13 +90,15 @@ def clock() -> datetime:
     return T0
 
 
-def run(store: MessageStore, queue: FakeFailedQueue, **options: Any) -> RedriveReport:
+def run(store: InMemoryMessageStore, queue: FakeFailedQueue, **options: Any) -> RedriveReport:
     """One redrive of the queue (by a person, or with ``budget=`` by the automatic redriver)."""
     options.setdefault("clock", clock)
     return redrive(store, cast(FailedQueueReader, queue), **options)
 
 
-def fail(store: MessageStore, queue: FakeFailedQueue, message_id: str, *, permanent: bool = False) -> None:
+def fail(
+    store: InMemoryMessageStore, queue: FakeFailedQueue, message_id: str, *, permanent: bool = False
+) -> None:
     """Receive (first time) or attempt again, fail, and publish the failure as the outbox does."""
     try:
         message = store.get(Message.create_id(message_id))
@@ -126,7 +127,7 @@ def fail(store: MessageStore, queue: FakeFailedQueue, message_id: str, *, perman
     )
 
 
-def retries(store: MessageStore, message_id: str) -> list[str]:
+def retries(store: InMemoryMessageStore, message_id: str) -> list[str]:
     history = store.history(Message.create_id(message_id))
     return [e.requested_by for e in history if isinstance(e, Message.RetryRequested)]
 
@@ -165,7 +166,7 @@ def test_automatic_retries_are_counted_from_the_history_and_a_persons_retry_rese
 
 
 def test_the_automatic_redriver_gives_a_message_at_most_its_budget_of_cycles_then_leaves_it_for_a_person(
-    store: MessageStore, queue: FakeFailedQueue, logged: io.StringIO
+    store: InMemoryMessageStore, queue: FakeFailedQueue, logged: io.StringIO
 ) -> None:
     # Given a message whose provider always fails, exhausted and on the failed queue
     fail(store, queue, "down")
@@ -203,7 +204,9 @@ def test_the_automatic_redriver_gives_a_message_at_most_its_budget_of_cycles_the
     assert TO not in json.dumps(line) and BODY not in json.dumps(line)
 
 
-def test_the_budget_counts_each_message_on_its_own(store: MessageStore, queue: FakeFailedQueue) -> None:
+def test_the_budget_counts_each_message_on_its_own(
+    store: InMemoryMessageStore, queue: FakeFailedQueue
+) -> None:
     # Given one message that spent a budget of 1, and a fresh one
     fail(store, queue, "spent")
     run(store, queue, budget=1)
@@ -217,7 +220,7 @@ def test_the_budget_counts_each_message_on_its_own(store: MessageStore, queue: F
 
 
 def test_a_persons_redrive_ignores_the_budget_and_gives_the_automatic_redriver_a_fresh_one(
-    store: MessageStore, queue: FakeFailedQueue
+    store: InMemoryMessageStore, queue: FakeFailedQueue
 ) -> None:
     # Given a message past an automatic budget of 1
     fail(store, queue, "m")
@@ -235,7 +238,9 @@ def test_a_persons_redrive_ignores_the_budget_and_gives_the_automatic_redriver_a
     assert retries(store, "m") == [AUTO_REDRIVE, "redrive", AUTO_REDRIVE]
 
 
-def test_a_budget_of_zero_never_redrives_automatically(store: MessageStore, queue: FakeFailedQueue) -> None:
+def test_a_budget_of_zero_never_redrives_automatically(
+    store: InMemoryMessageStore, queue: FakeFailedQueue
+) -> None:
     fail(store, queue, "m")
 
     report = run(store, queue, budget=0)
@@ -253,7 +258,7 @@ def test_the_setting_defaults_to_3_and_reads_the_environment() -> None:
 
 
 def test_permanent_failures_stay_on_the_queue_and_are_never_republished(
-    store: MessageStore, queue: FakeFailedQueue
+    store: InMemoryMessageStore, queue: FakeFailedQueue
 ) -> None:
     # Given permanent failures around an exhausted one
     fail(store, queue, "p1", permanent=True)
@@ -270,7 +275,7 @@ def test_permanent_failures_stay_on_the_queue_and_are_never_republished(
 
 
 def test_the_limit_counts_only_messages_redriven_not_those_kept(
-    store: MessageStore, queue: FakeFailedQueue
+    store: InMemoryMessageStore, queue: FakeFailedQueue
 ) -> None:
     # Given five permanent failures ahead of two exhausted ones
     for n in range(5):
@@ -288,7 +293,9 @@ def test_the_limit_counts_only_messages_redriven_not_those_kept(
     assert run(store, queue, limit=1).redriven == ["e2"]
 
 
-def test_a_dry_run_leaves_every_entry_on_the_queue(store: MessageStore, queue: FakeFailedQueue) -> None:
+def test_a_dry_run_leaves_every_entry_on_the_queue(
+    store: InMemoryMessageStore, queue: FakeFailedQueue
+) -> None:
     fail(store, queue, "p", permanent=True)
     fail(store, queue, "e")
 
@@ -301,7 +308,7 @@ def test_a_dry_run_leaves_every_entry_on_the_queue(store: MessageStore, queue: F
 
 
 def test_entries_unknown_to_the_store_or_unreadable_stay_on_the_queue(
-    store: MessageStore, queue: FakeFailedQueue
+    store: InMemoryMessageStore, queue: FakeFailedQueue
 ) -> None:
     queue.put(b"not json", {}, message_id="junk")
     queue.put(
@@ -319,7 +326,7 @@ def test_entries_unknown_to_the_store_or_unreadable_stay_on_the_queue(
 
 
 def test_entries_of_messages_no_longer_failed_are_acked_and_do_not_count_against_the_limit(
-    store: MessageStore, queue: FakeFailedQueue
+    store: InMemoryMessageStore, queue: FakeFailedQueue
 ) -> None:
     # Given a stale entry (its message was retried since) ahead of an exhausted one
     fail(store, queue, "stale")
@@ -333,7 +340,7 @@ def test_entries_of_messages_no_longer_failed_are_acked_and_do_not_count_against
 
 
 def test_every_entry_is_looked_at_once_per_run_even_when_a_cycle_fails_again_meanwhile(
-    store: MessageStore, queue: FakeFailedQueue
+    store: InMemoryMessageStore, queue: FakeFailedQueue
 ) -> None:
     # Given an exhausted message whose redriven cycle fails again at once (its entry comes back)
     fail(store, queue, "m")
@@ -350,7 +357,7 @@ def test_every_entry_is_looked_at_once_per_run_even_when_a_cycle_fails_again_mea
 
 
 def test_a_run_that_breaks_still_hands_back_the_entries_it_kept(
-    store: MessageStore, queue: FakeFailedQueue, monkeypatch: pytest.MonkeyPatch
+    store: InMemoryMessageStore, queue: FakeFailedQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fail(store, queue, "p", permanent=True)
     fail(store, queue, "e")
@@ -369,7 +376,7 @@ def test_a_run_that_breaks_still_hands_back_the_entries_it_kept(
 
 
 def test_the_automatic_redriver_records_its_retries_as_auto_redrive(
-    store: MessageStore, queue: FakeFailedQueue
+    store: InMemoryMessageStore, queue: FakeFailedQueue
 ) -> None:
     fail(store, queue, "m")
     late = T0 + timedelta(minutes=1)

@@ -17,10 +17,10 @@ from sqlalchemy import Engine
 from adapters.event_store import Change, MessageStore
 from adapters.projections import ProjectionRunner
 from adapters.sql import make_engine
-from adapters.status_view import MessageStatusProjection
+from adapters.status_view import MessageStatusProjection, UnfinishedIndex
 from domain.backoff import BackoffPolicy
 from domain.message import Message
-from smeg_actors.actors.messages import DeliverMessages, Recover, ScheduleRetry, Tick
+from smeg_actors.actors.messages import DeliverMessages, GetPending, Recover, ScheduleRetry, Tick
 from smeg_actors.actors.scheduler import SchedulerActor
 from smeg_actors.actors.supervisor import Children
 from tests.fakes import FakeClock
@@ -103,7 +103,7 @@ class Env:
             "scheduler",
             None,
             store=self.store,
-            engine=self.engine,
+            unfinished=UnfinishedIndex(self.engine),
             catch_up=self.runner.catch_up,
             children=self.children,
             clock=self.clock,
@@ -114,7 +114,7 @@ class Env:
 
     def pending(self) -> int:
         assert self.scheduler is not None
-        count: int = self.scheduler.ask("pending", timeout=WAIT)
+        count: int = self.scheduler.ask(GetPending(), timeout=WAIT)
         return count
 
     def released(self) -> list[UUID]:

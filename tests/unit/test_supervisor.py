@@ -11,7 +11,7 @@ from typing import Any
 import pykka
 import pytest
 
-from smeg_actors.actors.messages import ChildFailed, Tick
+from smeg_actors.actors.messages import ChildFailed, GetCounts, StopChildren, Tick
 from smeg_actors.actors.supervisor import Children, ChildSpec, Supervised, SupervisorActor
 
 WAIT = 5.0
@@ -36,7 +36,11 @@ class Lab:
             return left > 0
 
     def wait_reported(self, name: str) -> None:
-        assert self.reported.get(timeout=WAIT) == name
+        try:
+            reported = self.reported.get(timeout=WAIT)
+        except queue.Empty:
+            raise AssertionError(f"{name} never reported its failure within {WAIT}s") from None
+        assert reported == name
 
 
 class Child(Supervised):
@@ -136,7 +140,7 @@ class Tree:
         self.counts()  # answered once on_start has started every child
 
     def counts(self) -> dict[str, int]:
-        result: dict[str, int] = self.sup.ask("counts", timeout=WAIT)
+        result: dict[str, int] = self.sup.ask(GetCounts(), timeout=WAIT)
         return result
 
     def crash(self, name: str, error: str = "boom") -> None:
@@ -318,12 +322,12 @@ def test_child_whose_restart_raises_escalates_instead_of_killing_the_supervisor(
         escalate=escalations,
         clock=FakeMonotonic(),
     )
-    sup.ask("counts", timeout=WAIT)
+    sup.ask(GetCounts(), timeout=WAIT)
     # When
     children.get("a").tell("boom")
     lab.wait_reported("a")
     try:
-        sup.ask("counts", timeout=WAIT)  # queued behind the report
+        sup.ask(GetCounts(), timeout=WAIT)  # queued behind the report
         supervisor_survived = True
     except pykka.ActorDeadError:
         supervisor_survived = False
@@ -339,7 +343,7 @@ def test_stop_children_stops_every_child_in_reverse_order_and_ignores_later_fail
     tree = Tree(["a", "b", "c"])
     refs = [ref for _name, ref in tree.children.items()]
     # When
-    tree.sup.ask("stop_children", timeout=WAIT)
+    tree.sup.ask(StopChildren(), timeout=WAIT)
     # Then
     assert not any(ref.is_alive() for ref in refs)
     assert tree.lab.stopped == ["c", "b", "a"]

@@ -4,12 +4,13 @@ is told while it restarts, reaches its successor (pykka alone drops both)."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pykka
 
+from smeg_actors.actors.messages import GetCounts, StopChildren
 from smeg_actors.actors.supervisor import Children, ChildSpec, Supervised, SupervisorActor
+from tests.waiting import wait_until
 
 
 class Recorder(Supervised):
@@ -37,13 +38,6 @@ class Recorder(Supervised):
         return "pong"
 
 
-def wait_until(condition: Any, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_messages_queued_behind_a_crash_and_told_during_the_restart_reach_the_successor() -> None:
     Recorder.crashed = False
     seen: list[Any] = []
@@ -54,7 +48,7 @@ def test_messages_queued_behind_a_crash_and_told_during_the_restart_reach_the_su
         [spec], children, max_restarts=5, period=10.0, escalate=lambda _why: None
     )
     try:
-        supervisor.ask("counts", timeout=5)
+        supervisor.ask(GetCounts(), timeout=5)
         children.tell("child", "crash")
         for i in range(100):  # queued behind the crash, in the inbox pykka would drop
             children.tell("child", i)
@@ -62,11 +56,11 @@ def test_messages_queued_behind_a_crash_and_told_during_the_restart_reach_the_su
         for i in range(100, 200):  # told while the child is dead or restarting
             children.tell("child", i)
 
-        wait_until(lambda: len(seen) == 200)
+        wait_until(lambda: len(seen) == 200, 5, 0.01, message=lambda: f"{len(seen)} of 200 handled")
         assert sorted(seen) == list(range(200))
-        assert supervisor.ask("counts", timeout=5) == {"child": 1}
+        assert supervisor.ask(GetCounts(), timeout=5) == {"child": 1}
     finally:
-        supervisor.ask("stop_children", timeout=5)
+        supervisor.ask(StopChildren(), timeout=5)
         supervisor.stop()
 
 
@@ -108,7 +102,7 @@ def test_a_message_for_a_child_not_started_yet_waits_for_it() -> None:
     ref = Recorder.start("later", None, seen=seen, gate=threading.Event())
     try:
         children.set("later", ref)
-        wait_until(lambda: seen == ["hello"])
+        wait_until(lambda: seen == ["hello"], 5, 0.01, message=lambda: f"the child handled {seen}")
         assert children.parked("later") == 0
     finally:
         ref.stop()
@@ -130,12 +124,17 @@ def test_a_child_crashing_again_soon_after_its_restart_waits_longer_each_time() 
         [spec], children, max_restarts=10, period=60.0, escalate=lambda _why: None, sleep=pauses.append
     )
     try:
-        supervisor.ask("counts", timeout=5)
+        supervisor.ask(GetCounts(), timeout=5)
         for restarts in range(1, 5):
             children.tell("child", "crash")
-            wait_until(lambda restarts=restarts: supervisor.ask("counts", timeout=5) == {"child": restarts})
+            wait_until(
+                lambda restarts=restarts: supervisor.ask(GetCounts(), timeout=5) == {"child": restarts},
+                5,
+                0.01,
+                message=lambda restarts=restarts: f"{supervisor.ask('counts', timeout=5)}, not {restarts}",
+            )
 
         assert pauses == [0.0, 0.05, 0.1, 0.2]
     finally:
-        supervisor.ask("stop_children", timeout=5)
+        supervisor.ask(StopChildren(), timeout=5)
         supervisor.stop()

@@ -10,17 +10,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pykka
 import pytest
 
-from adapters.event_store import Change, MessageStore
 from domain.backoff import BackoffPolicy
 from domain.message import BACKED_OFF, DELIVERED, FAILED, INTERRUPTED, Message
-from domain.ports import OutboundMessage, ProviderReceipt
+from domain.ports import Change, OutboundMessage, ProviderReceipt
 from domain.request import SendRequest
 from smeg_actors.actors.messages import (
     BatchFinished,
@@ -34,7 +32,7 @@ from smeg_actors.actors.messages import (
 from smeg_actors.actors.provider_calls import ProviderCalls
 from smeg_actors.actors.supervisor import Children
 from smeg_actors.actors.worker import WorkerActor
-from tests.fakes import FakeClock, FakeProvider
+from tests.fakes import FakeClock, FakeProvider, InMemoryMessageStore
 from tests.logcapture import captured_logs, json_lines
 
 WAIT = 5.0
@@ -79,7 +77,7 @@ LOOPS: list[ProviderCalls] = []
 
 @dataclass
 class Rig:
-    store: MessageStore
+    store: InMemoryMessageStore
     provider: FakeProvider
     clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
     children: Children = field(default_factory=Children)
@@ -93,7 +91,9 @@ class Rig:
         for name in ("scheduler", "publisher", "redriver"):
             self.children.set(name, Recorder.start(queue.Queue()))
 
-    def worker(self, name: str = "worker-0", *, call_timeout: float = 5.0) -> pykka.ActorRef[Any]:
+    def worker(
+        self, name: str = "worker-0", *, call_timeout: float = 5.0, grace: float = 1.0
+    ) -> pykka.ActorRef[Any]:
         return WorkerActor.start(
             name,
             None,
@@ -106,7 +106,7 @@ class Rig:
             clock=self.clock,
             stale_after=STALE_AFTER,
             call_timeout=call_timeout,
-            grace=1.0,
+            grace=grace,
             on_store_lost=self.store_lost.append,
         )
 
@@ -139,15 +139,13 @@ def stop_call_loops() -> Iterator[None]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[MessageStore]:
-    store = MessageStore(f"sqlite:///{tmp_path}/s.db")
-    yield store
-    pykka.ActorRegistry.stop_all(timeout=WAIT)
-    store.close()
+def store() -> InMemoryMessageStore:
+    """The event store in memory (held to the real one by tests/integration/test_store_contract.py)."""
+    return InMemoryMessageStore()
 
 
 @pytest.fixture
-def rig(store: MessageStore) -> Rig:
+def rig(store: InMemoryMessageStore) -> Rig:
     return Rig(store, FakeProvider())
 
 
@@ -185,7 +183,7 @@ def backed_off(failed_at: datetime, *, attempts: int = 1) -> Message:
     return message
 
 
-def event(store: MessageStore, message_id: UUID, kind: type[Any], nth: int = 0) -> Any:
+def event(store: InMemoryMessageStore, message_id: UUID, kind: type[Any], nth: int = 0) -> Any:
     return [e for e in store.history(message_id) if isinstance(e, kind)][nth]
 
 
@@ -298,7 +296,7 @@ def test_provider_raising_an_unexpected_exception_is_a_transient_failure_and_the
 
 
 def test_provider_call_past_the_call_timeout_is_a_transient_timeout(
-    store: MessageStore,
+    store: InMemoryMessageStore,
 ) -> None:
     # Given a provider that does not answer
     provider = BlockingProvider()
@@ -436,6 +434,72 @@ def test_two_workers_given_the_same_message_at_once_make_exactly_one_attempt(rig
     assert rig.history(message_id)[-1] == "Delivered"
     assert rig.provider.calls[message.message_id] == 1
     assert rig.store_lost == []
+
+
+# --- store outages -----------------------------------------------------------------------------
+
+
+class StartedProvider(BlockingProvider):
+    """A BlockingProvider that says when a call began (its attempt is then recorded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+
+    async def send(self, message: OutboundMessage) -> ProviderReceipt:
+        self.started.set()
+        return await super().send(message)
+
+
+def test_a_store_outage_within_the_grace_is_ridden_out_and_the_message_attempted_once(rig: Rig) -> None:
+    # Given a message the worker holds (its cached copy), and a store whose next write fails
+    message = received()
+    [message_id] = rig.seed(message)
+    commits = rig.store.commits
+    rig.store.fail_next(1)
+    # When
+    finished = rig.deliver(rig.worker(), WorkItem(message_id, message))
+    # Then the begin was tried again (reloaded: the failed write spent the cached copy, G1)
+    assert finished == BatchFinished((message_id,))
+    assert rig.history(message_id) == ["Received", "Attempted", "Delivered"]
+    assert rig.provider.calls[message.message_id] == 1
+    assert rig.store.commits - commits == 3
+    assert rig.store_lost == []
+    assert rig.told("scheduler") == []
+
+
+def test_a_store_outage_while_recording_the_outcome_is_ridden_out_and_the_outcome_recorded_once(
+    store: InMemoryMessageStore,
+) -> None:
+    # Given an attempt in progress, and a store whose next write fails
+    provider = StartedProvider()
+    rig = Rig(store, provider)
+    [message_id] = rig.seed(received())
+    worker = rig.worker()
+    worker.tell(DeliverBatch((WorkItem(message_id),)))
+    assert provider.started.wait(WAIT)
+    store.fail_next(1)
+    # When the provider answers
+    provider.release.set()
+    finished = rig.finished.get(timeout=WAIT)
+    # Then
+    assert finished == BatchFinished((message_id,))
+    assert rig.history(message_id) == ["Received", "Attempted", "Delivered"]
+    assert sum(provider.calls.values()) == 1
+    assert rig.store_lost == []
+
+
+def test_a_store_outage_past_the_grace_reports_the_store_lost_and_calls_no_provider(rig: Rig) -> None:
+    # Given
+    [message_id] = rig.seed(received())
+    rig.store.fail_next(1)
+    # When
+    finished = rig.deliver(rig.worker(grace=0.0), WorkItem(message_id))
+    # Then
+    assert finished == BatchFinished((message_id,))
+    assert [("injected outage" in why) for why in rig.store_lost] == [True]
+    assert sum(rig.provider.calls.values()) == 0
+    assert rig.history(message_id) == ["Received"]
 
 
 # --- log lines ----------------------------------------------------------------------------------
