@@ -23,7 +23,6 @@ from eventsourcing.application import Application
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
 from eventsourcing.utils import resolve_topic
-from psycopg.rows import tuple_row
 
 #: (position, event) in store order.
 LogEntry = tuple[int, DomainEvent]
@@ -175,6 +174,7 @@ class LogReader:
                 found: list[tuple[Any, ...]] = cursor.fetchall()
                 return found
         if self.module == "eventsourcing.postgres":
+            from psycopg.rows import tuple_row
             from psycopg.sql import SQL, Identifier
 
             query = SQL(
@@ -271,6 +271,7 @@ class LogReader:
         columns: str = "notification_id, originator_id, originator_version, topic, state",
         topic: str | None = None,
     ) -> Sequence[tuple[Any, ...]]:
+        from psycopg.rows import tuple_row
         from psycopg.sql import SQL, Identifier
 
         recorder = self.recorder

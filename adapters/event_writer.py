@@ -23,19 +23,18 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import psycopg
 from eventsourcing.application import Application
 from eventsourcing.persistence import InterfaceError, Mapper, OperationalError
 from eventsourcing.utils import get_topic
-from psycopg.sql import SQL, Composed, Identifier
+
+if TYPE_CHECKING:
+    from psycopg.sql import Composed
 
 #: (originator id, version, topic, encoded state) of one event, as the recorder stores it.
 Row = tuple[UUID, int, str, bytes]
-
-COMMIT = SQL("COMMIT")
 
 #: Tries of one write before its error reaches the caller, and the pause between them.
 TRIES = 3
@@ -52,6 +51,8 @@ class EventWriter:
         self.topics: dict[type, str] = {}
         self.copy_postgres: Composed | None = None
         if type(recorder).__module__ == "eventsourcing.postgres":
+            from psycopg.sql import SQL, Identifier  # psycopg only for PostgreSQL (CLI start-up)
+
             self.copy_postgres = SQL(
                 "COPY {schema}.{table} (originator_id, originator_version, topic, state) "
                 "FROM STDIN (FORMAT BINARY)"
@@ -63,6 +64,7 @@ class EventWriter:
             notify = SQL("NOTIFY {0}").format(Identifier(recorder.channel_name))
             # The library's own serialisation (positions handed out in commit order), in one round trip.
             self.begin_postgres = SQL("; ").join([SQL("BEGIN"), *recorder.lock_table_statements, notify])
+            self.commit_postgres = SQL("COMMIT")
 
     @classmethod
     def for_application(cls, app: Application[UUID]) -> EventWriter | None:
@@ -127,8 +129,8 @@ class EventWriter:
                     copy.set_types(self.copy_types)
                     for row in rows:
                         copy.write_row(row)
-                cursor.execute(COMMIT)
+                cursor.execute(self.commit_postgres)
             except BaseException:
-                with contextlib.suppress(psycopg.Error):
+                with contextlib.suppress(Exception):
                     connection.rollback()
                 raise

@@ -24,9 +24,10 @@ from domain.message import FAILED, Message
 from domain.ports import MessageRepository
 from smeg_actors.actors.messages import DeliverMessages, WorkItem
 from smeg_actors.cli.support import end_progress, progress
-from smeg_actors.runtime.bootstrap import build_providers, build_runtime, memory_broker, open_store
+from smeg_actors.runtime.bootstrap import build_runtime, memory_broker
 from smeg_actors.runtime.clock import utc_now
 from smeg_actors.runtime.config import Settings
+from smeg_actors.runtime.factory import build_providers, open_store
 from smeg_actors.runtime.logs import configure_logging
 from smeg_actors.runtime.pipeline import Runtime
 

@@ -124,8 +124,8 @@ def audit_export(ctx: click.Context, since: str | None, until: str | None) -> No
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> int:
     """Check the store, the broker and every provider; exit 3 if any fails."""
-    from smeg_actors.runtime.bootstrap import build_providers
-    from smeg_actors.runtime.bootstrap import open_store as open_configured_store
+    from smeg_actors.runtime.factory import build_providers
+    from smeg_actors.runtime.factory import open_store as open_configured_store
     from smeg_actors.runtime.health import dependency_checks, run_checks
 
     settings = settings_of(ctx)
@@ -203,15 +203,15 @@ def redrive(ctx: click.Context, limit: int | None, dry_run: bool, as_json: bool)
     """Give the non-permanent failures on the failed queue a fresh cycle."""
     import dataclasses
 
-    from adapters.rabbitmq import BrokerUnavailableError, Topology
-    from adapters.rabbitmq_failed import FailedQueueReader
+    from adapters.rabbitmq import BrokerUnavailableError
     from smeg_actors.actors.redrive import redrive as redrive_queue
     from smeg_actors.runtime.clock import utc_now
+    from smeg_actors.runtime.factory import open_failed_queue
 
     settings = settings_of(ctx)
     store = open_store(settings, must_exist=False)
     try:
-        reader = FailedQueueReader(settings.amqp_url, Topology(settings.queue_prefix))
+        reader = open_failed_queue(settings)
     except BrokerUnavailableError as exc:
         store.close()
         raise CommandError(f"broker unavailable: {exc}", EXIT_UNHEALTHY) from None

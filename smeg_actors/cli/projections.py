@@ -136,7 +136,7 @@ def projections() -> None:
 
 
 def _store_and_engine(settings: Settings, *, must_exist: bool = True) -> tuple[MessageStore, Any]:
-    from smeg_actors.runtime.bootstrap import open_engine
+    from smeg_actors.runtime.factory import open_engine
 
     return open_store(settings, must_exist=must_exist), open_engine(settings)
 
@@ -228,14 +228,13 @@ def projections_run(ctx: click.Context) -> None:
     import signal
     import threading
 
-    from adapters.events_exchange import EventsExchangePublisher
-    from adapters.rabbitmq import Topology
+    from smeg_actors.runtime.factory import events_outbox
     from smeg_actors.runtime.process_group import PARENT_PID_VARIABLE, announce_ready, watch_parent
     from smeg_actors.runtime.read_models import run_forever
 
     settings = settings_of(ctx)
     store, engine = _store_and_engine(settings, must_exist=False)
-    events = EventsExchangePublisher(store, engine, settings.amqp_url, Topology(settings.queue_prefix))
+    events = events_outbox(settings, store, engine)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

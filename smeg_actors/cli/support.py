@@ -43,29 +43,27 @@ def open_store(settings: Settings, *, must_exist: bool = True) -> MessageStore:
 
     A command that reads what is recorded (or acts on it) must not create an empty SQLite store
     where a mistyped path points and then report nothing: that the file is missing is the error.
-
-    Built here as ``bootstrap.open_store`` builds it, not through ``bootstrap``: importing the
-    composition root loads every adapter (pika, httpx, pykka, the projections), about twice what
-    ``smeg history`` needs in all.
     """
-    from adapters.event_store import MessageStore, StoreError
+    from domain.ports import StoreError
+    from smeg_actors.runtime.factory import open_store as open_configured_store
 
     if must_exist:
         _check_sqlite_file(settings.database_url)
     try:
-        return MessageStore(
-            settings.database_url, schema=settings.database_schema, timeout=settings.database_timeout
-        )
+        return open_configured_store(settings)
     except StoreError as exc:
         raise CommandError(f"event store unavailable: {exc}", EXIT_UNHEALTHY) from None
 
 
 def _check_sqlite_file(url: str) -> None:
-    from sqlalchemy.engine import make_url
+    from adapters.store_connection import sqlite_database
 
-    parsed = make_url(url)
-    path = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:" or path.startswith("file:"):
+    path = sqlite_database(url)
+    if path is None and url.startswith("sqlite"):  # with a query string: SQLAlchemy reads it
+        from sqlalchemy.engine import make_url
+
+        path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
         return
     if not Path(path).exists():
         raise CommandError(

@@ -15,8 +15,8 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from adapters.event_store import MessageStore, StoreError
 from adapters.rabbitmq import BrokerUnavailableError, Topology, check_broker
 from domain.ports import Provider, ProviderUnhealthyError
-from smeg_actors.runtime.bootstrap import read_models_engine
 from smeg_actors.runtime.config import Settings
+from smeg_actors.runtime.factory import read_models_engine
 
 #: A dependency's name and its check, which raises with a one-line reason or returns a note.
 Check = tuple[str, Callable[[], str | None]]

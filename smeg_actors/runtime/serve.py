@@ -18,9 +18,10 @@ import structlog
 
 from adapters.event_store import MessageStore, StoreError
 from adapters.rabbitmq import BrokerUnavailableError
-from smeg_actors.runtime.bootstrap import build_providers, build_runtime, open_store
+from smeg_actors.runtime.bootstrap import build_runtime
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.exit_codes import EXIT_OK, EXIT_UNHEALTHY
+from smeg_actors.runtime.factory import build_providers, open_store
 from smeg_actors.runtime.health import dependency_checks, run_checks
 from smeg_actors.runtime.process_group import (
     PARENT_PID_VARIABLE,

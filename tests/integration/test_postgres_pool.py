@@ -10,7 +10,8 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from adapters.event_store import Change, MessageStore, PooledConnectionCheck
+from adapters.event_store import Change, MessageStore
+from adapters.postgres_factory import PooledConnectionCheck
 from tests.integration.backends import psycopg_conninfo
 from tests.integration.test_event_store import new_message
 from tests.waiting import wait_until

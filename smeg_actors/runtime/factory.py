@@ -1,0 +1,84 @@
+"""The adapters a command needs, one at a time: the store, the read models' engine, providers, the
+failed queue, the events outbox. ``bootstrap`` composes the pipeline from them.
+
+Each adapter's module is imported when that adapter is built: a command pays only for what it
+uses (``smeg history`` needs no pika, httpx or pykka; see ``scripts/time_cli.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from smeg_actors.runtime.config import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from adapters.event_store import MessageStore
+    from adapters.events_exchange import EventsExchangePublisher
+    from adapters.rabbitmq_failed import FailedQueueReader
+    from domain.ports import Provider
+
+
+def open_store(settings: Settings) -> MessageStore:
+    """The event store the settings name (raises StoreError)."""
+    from adapters.event_store import MessageStore
+
+    return MessageStore(
+        settings.database_url, schema=settings.database_schema, timeout=settings.database_timeout
+    )
+
+
+def open_engine(settings: Settings) -> Engine:
+    """The SQLAlchemy engine for our own tables, with the same timeouts as the store.
+
+    Read models an earlier smeg kept in the SQLite store's file are moved to their own file first.
+    """
+    from adapters.read_model_files import move_read_models
+
+    move_read_models(settings.database_url, settings.read_models_database_url)
+    return read_models_engine(settings)
+
+
+def read_models_engine(settings: Settings) -> Engine:
+    """The engine of the read models' database as it is (for a check: nothing is moved)."""
+    from adapters.sql import make_engine
+
+    return make_engine(
+        settings.read_models_database_url,
+        schema=settings.database_schema,
+        statement_timeout_s=settings.database_timeout,
+    )
+
+
+def build_providers(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[str, Provider]:
+    """Every configured provider; a bad provider config is a SettingsError naming it."""
+    from adapters.providers import build_provider
+
+    configs = settings.provider_configs()
+    if not configs:
+        raise SettingsError(
+            "no provider configured: set SMEG_PROVIDER_URL or add [providers.NAME] to the config"
+        )
+    try:
+        return {name: build_provider(name, config, environ) for name, config in configs.items()}
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def open_failed_queue(settings: Settings) -> FailedQueueReader:
+    """A reader of ``{prefix}.failed`` (for redrive; raises BrokerUnavailableError)."""
+    from adapters.rabbitmq import Topology
+    from adapters.rabbitmq_failed import FailedQueueReader
+
+    return FailedQueueReader(settings.amqp_url, Topology(settings.queue_prefix), heartbeat=settings.heartbeat)
+
+
+def events_outbox(settings: Settings, store: MessageStore, engine: Engine) -> EventsExchangePublisher:
+    """The publisher of lifecycle events to the events exchange."""
+    from adapters.events_exchange import EventsExchangePublisher
+    from adapters.rabbitmq import Topology
+
+    return EventsExchangePublisher(store, engine, settings.amqp_url, Topology(settings.queue_prefix))
