@@ -45,3 +45,27 @@ class RedriveBudgetSpentError(InvalidTransitionError):
 
 class InvalidRequestError(DomainError):
     """A send request breaks the rules of the edge (field, size, format)."""
+
+
+class CircuitAlreadyOpenError(InvalidTransitionError):
+    """A circuit was opened while open: another process or node opened it first."""
+
+
+class CircuitNotOpenError(InvalidTransitionError):
+    """Only an open circuit turns half-open."""
+
+
+class OpenPeriodNotOverError(InvalidTransitionError):
+    """A circuit turns half-open only once its open period is over."""
+
+
+class CircuitNotHalfOpenError(InvalidTransitionError):
+    """Only a half-open circuit closes (after its trials succeeded)."""
+
+
+class ProviderAlreadyDisabledError(InvalidTransitionError):
+    """The provider was disabled already (by the person it names)."""
+
+
+class ProviderNotDisabledError(InvalidTransitionError):
+    """Only a disabled provider can be enabled."""
