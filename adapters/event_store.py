@@ -339,10 +339,14 @@ class MessageStore:
 
         Returns the ``(position, event)`` entries — only those of originators ``partition``
         accepts and of event ``topic``, when given — and the position of the last row read
-        (``after`` when none).
+        (``after`` when none). Without ``topic``, only messages' events: other aggregates of the
+        same log (providers' health) are left to readers that name their topics.
         """
         with _reading():
-            return self.log.read(after, limit, until=until, partition=partition, topic=topic)
+            entries, end = self.log.read(after, limit, until=until, partition=partition, topic=topic)
+        if topic is None:
+            entries = [entry for entry in entries if isinstance(entry[1], Message.Event)]
+        return entries, end
 
     def histories(self, ids: Collection[UUID]) -> dict[UUID, list[DomainEvent]]:
         """Every event of each message in ``ids``, in version order (absent ids are left out)."""

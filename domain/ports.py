@@ -13,6 +13,7 @@ from uuid import UUID
 
 from domain.errors import DomainError
 from domain.message import Message
+from domain.provider_health import ProviderHealth
 from domain.request import SendRequest
 
 #: Rows of the unfinished-messages index read per query when the scheduler adopts them.
@@ -81,6 +82,20 @@ class MessageRepository(Protocol):
 
     def history(self, aggregate_id: UUID) -> list[Any]:
         """Every event of one message, oldest first."""
+        ...
+
+
+class ProviderHealthRepository(Protocol):
+    """Providers' health in the event store: every transition is an event all processes read."""
+
+    def get(self, name: str) -> ProviderHealth | None:
+        """The provider's health as last recorded; None if nothing was ever recorded for it."""
+        ...
+
+    def change(self, name: str, apply: Callable[[ProviderHealth], None], *, now: datetime) -> ProviderHealth:
+        """Load (registering the provider the first time), apply and save; on a conflict with
+        another writer, reload and apply again. A ``DomainError`` from ``apply`` (e.g. the circuit
+        another process just opened) propagates, and nothing is written."""
         ...
 
 
