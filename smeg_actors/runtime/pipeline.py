@@ -269,34 +269,12 @@ class Runtime:
         return start
 
     def _specs(self) -> list[ChildSpec]:
-        s, children, clock = self.settings, self.children, self.clock
-        inline = s.projector_mode == "inline"
-        specs: list[ChildSpec] = []
-        if inline:
-            specs.append(
-                ChildSpec(
-                    "projector",
-                    lambda sup: ProjectorActor.start("projector", sup, read_models=self.parts.read_models),
-                )
-            )
-        elif s.projector_mode == "process":
-            specs.append(
-                ChildSpec("projector", lambda sup: ProjectorProcessActor.start("projector", sup, settings=s))
-            )
-        specs += [
-            ChildSpec(
-                "scheduler",
-                lambda sup: SchedulerActor.start(
-                    "scheduler",
-                    sup,
-                    store=self.store,
-                    unfinished=self.parts.unfinished,
-                    catch_up=lambda: sum(self.parts.status.catch_up().values()),
-                    children=children,
-                    clock=clock,
-                    stale_after=self.stale_after,
-                ),
-            ),
+        """Every child, in start order: the read side, then the scheduler, publisher, dispatcher,
+        workers and intakes, then what publishes or redrives."""
+        children = self.children
+        return [
+            *self._projector_specs(),
+            ChildSpec("scheduler", self._scheduler_starter()),
             ChildSpec(
                 "publisher",
                 lambda sup: PublisherActor.start(
@@ -313,31 +291,65 @@ class Runtime:
                     backlog=self.dispatcher_backlog,
                 ),
             ),
+            *(ChildSpec(name, self._worker_starter(name)) for name in self.workers),
+            *(ChildSpec(name, self._intake_starter(name)) for name in self.intakes),
+            *self._gateway_specs(),
+            *self._redriver_specs(),
         ]
-        for name in self.workers:
-            specs.append(ChildSpec(name, self._worker_starter(name)))
-        for name in self.intakes:
-            specs.append(ChildSpec(name, self._intake_starter(name)))
-        if self.parts.events is not None and inline:
-            events = self.parts.events
-            specs.append(
-                ChildSpec("gateway", lambda sup: GatewayActor.start("gateway", sup, publisher=events))
-            )
-        open_failed_queue = self.parts.open_failed_queue
-        if open_failed_queue is not None:
-            specs.append(
+
+    def _projector_specs(self) -> list[ChildSpec]:
+        mode, settings = self.settings.projector_mode, self.settings
+        if mode == "inline":
+            read_models = self.parts.read_models
+            return [
                 ChildSpec(
-                    "redriver",
-                    lambda sup: RedriverActor.start(
-                        "redriver",
-                        sup,
-                        store=self.store,
-                        open_reader=open_failed_queue,
-                        children=children,
-                        clock=clock,
-                        rate=s.redrive_rate,
-                        max_cycles=s.redrive_max_cycles,
-                    ),
+                    "projector", lambda sup: ProjectorActor.start("projector", sup, read_models=read_models)
                 )
+            ]
+        if mode == "process":
+            return [
+                ChildSpec(
+                    "projector", lambda sup: ProjectorProcessActor.start("projector", sup, settings=settings)
+                )
+            ]
+        return []
+
+    def _scheduler_starter(self) -> Any:
+        def start(sup: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
+            return SchedulerActor.start(
+                "scheduler",
+                sup,
+                store=self.store,
+                unfinished=self.parts.unfinished,
+                catch_up=lambda: sum(self.parts.status.catch_up().values()),
+                children=self.children,
+                clock=self.clock,
+                stale_after=self.stale_after,
             )
-        return specs
+
+        return start
+
+    def _gateway_specs(self) -> list[ChildSpec]:
+        events = self.parts.events
+        if events is None or self.settings.projector_mode != "inline":
+            return []
+        return [ChildSpec("gateway", lambda sup: GatewayActor.start("gateway", sup, publisher=events))]
+
+    def _redriver_specs(self) -> list[ChildSpec]:
+        open_failed_queue, s = self.parts.open_failed_queue, self.settings
+        if open_failed_queue is None:
+            return []
+
+        def start(sup: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
+            return RedriverActor.start(
+                "redriver",
+                sup,
+                store=self.store,
+                open_reader=open_failed_queue,
+                children=self.children,
+                clock=self.clock,
+                rate=s.redrive_rate,
+                max_cycles=s.redrive_max_cycles,
+            )
+
+        return [ChildSpec("redriver", start)]
