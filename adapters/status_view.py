@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.projections import History, Write
 from adapters.sql import copy_rows, execute_many, metadata, qualified_name, translated_schema
-from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, RECEIVED, Message
+from domain.message import BACKED_OFF, DELIVERED, FAILED, HELD, IN_FLIGHT, RECEIVED, Message
 from domain.ports import UNFINISHED_PAGE
 
 message_status = Table(
@@ -66,7 +66,8 @@ message_status = Table(
 #: touch the primary key only (indexes on ``status``, ``retry_at`` and ``message_id``, before
 #: 2026-11-27, made each of a message's three writes insert into four indexes).
 UNFINISHED_INDEX = "ix_message_status_unfinished"
-_unfinished = message_status.c.status.in_((RECEIVED, IN_FLIGHT, BACKED_OFF))
+UNFINISHED = (RECEIVED, IN_FLIGHT, BACKED_OFF, HELD)
+_unfinished = message_status.c.status.in_(UNFINISHED)
 unfinished_index = Index(
     UNFINISHED_INDEX, message_status.c.status, postgresql_where=_unfinished, sqlite_where=_unfinished
 )
@@ -74,8 +75,9 @@ _LEGACY_INDEXED = frozenset({"message_id", "status", "retry_at"})
 
 
 def upgrade_indexes(connection: Connection) -> None:
-    """Give a ``message_status`` of before 2026-11-27 today's index: drop its single-column
-    indexes (whatever a rebuild renamed them), create the partial one. Idempotent; run with every
+    """Give an older ``message_status`` today's index: drop its single-column indexes (before
+    2026-11-27; whatever a rebuild renamed them) and a partial one whose predicate misses a status
+    of ``UNFINISHED`` (``held``, 2026-12-07); create the partial one. Idempotent; run with every
     ``create_tables``."""
     schema = translated_schema(connection, message_status)
     indexes = inspect(connection).get_indexes(message_status.name, schema=schema)
@@ -83,10 +85,20 @@ def upgrade_indexes(connection: Connection) -> None:
     prefix = f"{preparer.quote_schema(schema)}." if schema else ""
     for index in indexes:
         name, columns = str(index["name"]), index["column_names"]
-        if not name.startswith(UNFINISHED_INDEX) and len(columns) == 1 and columns[0] in _LEGACY_INDEXED:
+        legacy = not name.startswith(UNFINISHED_INDEX) and len(columns) == 1 and columns[0] in _LEGACY_INDEXED
+        if legacy or (name.startswith(UNFINISHED_INDEX) and not _covers_unfinished(index)):
             connection.execute(text(f"DROP INDEX IF EXISTS {prefix}{preparer.quote(name)}"))
+    indexes = inspect(connection).get_indexes(message_status.name, schema=schema)
     if not any(str(index["name"]).startswith(UNFINISHED_INDEX) for index in indexes):
         unfinished_index.create(connection, checkfirst=True)
+
+
+def _covers_unfinished(index: Any) -> bool:
+    """Whether a partial index's reflected predicate names every unfinished status."""
+    options = index.get("dialect_options", {})
+    where = options.get("postgresql_where", options.get("sqlite_where"))
+    predicate = str(getattr(where, "text", where) or "")
+    return all(f"'{status}'" in predicate for status in UNFINISHED)
 
 
 metadata.info.setdefault("upgrades", []).append(upgrade_indexes)
@@ -169,6 +181,8 @@ def _fold(row: dict[str, Any], event: DomainEvent) -> None:
         row.update(permanent=event.permanent, retry_at=None)
     elif isinstance(event, Message.RetryRequested):
         row.update(status=RECEIVED, failed_at=None, permanent=False, retry_at=None)
+    elif isinstance(event, Message.Held):
+        row.update(status=HELD, retry_at=event.until)
 
 
 #: Binary COPY types of ``message_status``'s columns, in order.
@@ -267,8 +281,8 @@ def unfinished(
 ) -> Iterator[list[tuple[UUID, datetime]]]:
     """Messages not yet Delivered or Failed, with when each is due for a look, page by page.
 
-    Received: at once (``received_at``); backed off: ``retry_at``; in flight: when the attempt
-    turns stale. With ``before``, only those due before it (the orphan sweep).
+    Received: at once (``received_at``); backed off or held: ``retry_at``; in flight: when the
+    attempt turns stale. With ``before``, only those due before it (the orphan sweep).
 
     Every one of them, however many: pages of ``page_size`` rows in ``retry_at`` order (those
     without one, received or in flight, first), each page one short query that starts after the
@@ -278,12 +292,12 @@ def unfinished(
     stale = timedelta(seconds=stale_after)
     table = message_status
     columns = (table.c.id, table.c.status, table.c.received_at, table.c.attempted_at, table.c.retry_at)
-    query = select(*columns).where(table.c.status.in_((RECEIVED, IN_FLIGHT, BACKED_OFF)))
+    query = select(*columns).where(_unfinished)
     if before is not None:
         query = query.where(
             or_(
                 and_(table.c.status == RECEIVED, table.c.received_at < before),
-                and_(table.c.status == BACKED_OFF, table.c.retry_at < before),
+                and_(table.c.status.in_((BACKED_OFF, HELD)), table.c.retry_at < before),
                 and_(table.c.status == IN_FLIGHT, table.c.attempted_at < before - stale),
             )
         )
@@ -293,6 +307,7 @@ def unfinished(
     due = {
         RECEIVED: lambda r: r.received_at,
         BACKED_OFF: lambda r: r.retry_at,
+        HELD: lambda r: r.retry_at,
         IN_FLIGHT: lambda r: r.attempted_at + stale,
     }
     after: Any = None

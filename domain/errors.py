@@ -69,3 +69,7 @@ class ProviderAlreadyDisabledError(InvalidTransitionError):
 
 class ProviderNotDisabledError(InvalidTransitionError):
     """Only a disabled provider can be enabled."""
+
+
+class StillHeldError(InvalidTransitionError):
+    """The message is already held by this provider for this reason (one Held per wait)."""

@@ -23,6 +23,7 @@ from domain.errors import (
     NotFailedError,
     RedriveBudgetSpentError,
     RetryNotDueError,
+    StillHeldError,
 )
 
 #: Fixed namespace of message ids: the same client ``message_id`` always maps to the same aggregate.
@@ -33,6 +34,7 @@ IN_FLIGHT = "in_flight"
 BACKED_OFF = "backed_off"
 DELIVERED = "delivered"
 FAILED = "failed"
+HELD = "held"
 
 INTERRUPTED = "interrupted"
 
@@ -95,6 +97,7 @@ class Message(Aggregate):
 
         def apply(self, aggregate: Message) -> None:
             aggregate.status = IN_FLIGHT
+            aggregate.held = None
             aggregate.attempts = self.attempt
             aggregate.cycle_attempts += 1
             aggregate.last_provider = self.provider
@@ -144,6 +147,22 @@ class Message(Aggregate):
             aggregate.last_error = self.reason
             aggregate.permanent = self.permanent
 
+    class Held(Event):
+        """No attempt until ``until``: the provider takes none (circuit open, or disabled).
+
+        Recorded when the message is first held (or held for another reason), not on every look:
+        the history explains the wait. Holding counts no attempt and exhausts nothing.
+        """
+
+        provider: str
+        until: datetime
+        reason: str
+
+        def apply(self, aggregate: Message) -> None:
+            aggregate.status = HELD
+            aggregate.retry_at = self.until
+            aggregate.held = (self.provider, self.reason)
+
     class RetryRequested(Event):
         """An operator or the redrive started a fresh cycle of attempts on a Failed message."""
 
@@ -191,6 +210,8 @@ class Message(Aggregate):
         #: Automatic redrives since a person last retried it. Folded from the history, so the
         #: redriver's budget holds across restarts and processes, and a person's retry resets it.
         self.automatic_retries = 0
+        #: (provider, reason) while held.
+        self.held: tuple[str, str] | None = None
 
     @staticmethod
     def create_id(message_id: str) -> UUID:
@@ -246,7 +267,7 @@ class Message(Aggregate):
         Backed off: at ``retry_at``. In flight: when the attempt turns stale (its process may have
         died). Received or retried: at once (its creation time, which is past).
         """
-        if self.status == BACKED_OFF:
+        if self.status in (BACKED_OFF, HELD):
             return self.retry_at
         if self.status == IN_FLIGHT and self.attempted_at is not None:
             return self.attempted_at + timedelta(seconds=stale_after)
@@ -255,13 +276,24 @@ class Message(Aggregate):
         return self.created_on
 
     def start_attempt(self, provider: str, *, now: datetime) -> None:
-        """Record that an attempt begins now; refused while one is in flight or before ``retry_at``."""
+        """Record that an attempt begins now; refused while one is in flight or before ``retry_at``
+        (a held message waits for its provider, not the clock: it may start once that takes it)."""
         self._check_not_final()
         if self.status == IN_FLIGHT:
             raise AttemptOutcomePendingError(f"attempt {self.attempts} has no outcome yet")
-        if self.retry_at is not None and now < self.retry_at:
+        if self.retry_at is not None and now < self.retry_at and self.status != HELD:
             raise RetryNotDueError(f"retry is due at {self.retry_at.isoformat()}")
         self._trigger(self.Attempted, now, attempt=self.attempts + 1, provider=provider)
+
+    def hold(self, provider: str, *, until: datetime, reason: str, now: datetime) -> None:
+        """Wait for ``provider`` instead of attempting; refused (``StillHeldError``) when already
+        held by it for the same reason, so a message waiting 20 minutes has one ``Held``."""
+        self._check_not_final()
+        if self.status == IN_FLIGHT:
+            raise AttemptOutcomePendingError(f"attempt {self.attempts} has no outcome yet")
+        if self.held == (provider, reason):
+            raise StillHeldError(f"held for {provider}: {reason}")
+        self._trigger(self.Held, now, provider=provider, until=until, reason=reason)
 
     def record_delivery(
         self,

@@ -17,7 +17,13 @@ from sqlalchemy.exc import OperationalError
 from adapters.event_store import Change, MessageStore
 from adapters.projections import History, ProjectionRunner, ShadowRebuild, Write, read_position, tracking
 from adapters.sql import make_engine
-from adapters.status_view import UNFINISHED_INDEX, MessageStatusProjection, message_status, unfinished_index
+from adapters.status_view import (
+    UNFINISHED_INDEX,
+    MessageStatusProjection,
+    message_status,
+    unfinished,
+    unfinished_index,
+)
 from domain.backoff import BackoffPolicy
 from domain.message import Message
 from smeg_actors.runtime.read_models import all_projections
@@ -407,6 +413,37 @@ def test_step_together_keeps_its_positions_and_a_stale_one_loses_the_race_withou
     assert rows(engine) == after
 
 
+def test_a_held_message_is_held_in_message_status_and_due_when_its_hold_ends(
+    backend: tuple[MessageStore, Engine],
+) -> None:
+    # Given a message held for 20 minutes after a transient failure, and one still waiting
+    store, engine = backend
+    store.commit([Change(load=_receiver(m, T0)) for m in ("held", "waiting")])
+    until = T0 + timedelta(minutes=20)
+
+    def fail_then_hold(message: Message) -> None:
+        message.start_attempt("a", now=T0)
+        message.record_transient_failure("http 503", error="E", policy=POLICY, now=T0)
+        message.hold("a", until=until, reason="circuit open", now=T0 + timedelta(seconds=1))
+
+    assert store.update(Message.create_id("held"), fail_then_hold).saved
+
+    # When the read model catches up
+    ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status").catch_up()
+
+    # Then it is held until its hold ends, attempts unchanged, and the scheduler finds it due then
+    with engine.connect() as connection:
+        row = connection.execute(select(message_status).where(message_status.c.message_id == "held")).one()
+    assert (row.status, row.attempts) == ("held", 1)
+    assert row.retry_at.replace(tzinfo=timezone.utc) == until
+    [page] = list(unfinished(engine, stale_after=60))
+    assert dict(page)[Message.create_id("held")] == until
+    swept = [i for p in unfinished(engine, stale_after=60, before=until + timedelta(seconds=1)) for i, _ in p]
+    assert Message.create_id("held") in swept
+    early = [i for p in unfinished(engine, stale_after=60, before=until) for i, _ in p]
+    assert Message.create_id("held") not in early and Message.create_id("waiting") in early
+
+
 def status_indexes(engine: Engine) -> dict[str, tuple[list[str], bool]]:
     """message_status's secondary indexes: name → (columns, partial)."""
     schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
@@ -448,6 +485,42 @@ def test_an_older_message_status_gets_todays_index_and_keeps_its_rows(
     # Then
     assert status_indexes(engine) == {UNFINISHED_INDEX: (["status"], True)}
     assert rows(engine) == before
+
+
+def test_an_index_of_before_held_is_replaced_by_one_that_covers_held(
+    backend: tuple[MessageStore, Engine],
+) -> None:
+    # Given the partial index as it was before 2026-12-07: without the held status
+    store, engine = backend
+    ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status")
+    schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
+    table = f'"{schema}".message_status' if schema else "message_status"
+    with engine.begin() as connection:
+        unfinished_index.drop(connection)
+        connection.execute(
+            text(
+                f"CREATE INDEX {UNFINISHED_INDEX} ON {table} (status)"
+                " WHERE status IN ('received', 'in_flight', 'backed_off')"
+            )
+        )
+    assert "'held'" not in unfinished_predicate(engine)
+
+    # When the read models start again
+    ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status").catch_up()
+
+    # Then the scheduler's query of held messages can use the index
+    assert status_indexes(engine) == {UNFINISHED_INDEX: (["status"], True)}
+    assert all(
+        f"'{s}'" in unfinished_predicate(engine) for s in ("received", "in_flight", "backed_off", "held")
+    )
+
+
+def unfinished_predicate(engine: Engine) -> str:
+    schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
+    [index] = inspect(engine).get_indexes("message_status", schema=schema)
+    options = index.get("dialect_options", {})
+    where = options.get("postgresql_where", options.get("sqlite_where"))
+    return str(getattr(where, "text", where))
 
 
 def test_a_rebuild_keeps_the_index_partial(backend: tuple[MessageStore, Engine]) -> None:
