@@ -99,6 +99,22 @@ class ProviderHealthRepository(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Why attempts through a provider wait, and until when to look again."""
+
+    until: datetime
+    reason: str
+
+
+class ProviderGate(Protocol):
+    """Whether a provider takes attempts now (what the workers obey before each attempt)."""
+
+    def hold_for(self, provider: str, now: datetime) -> Hold | None:
+        """None when attempts may go; else the hold (thread-safe, no I/O)."""
+        ...
+
+
 class UnfinishedMessages(Protocol):
     """The index of messages not yet Delivered or Failed, with when each is due for a look."""
 

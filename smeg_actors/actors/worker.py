@@ -11,21 +11,24 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import pykka
 import structlog
 
 from domain.backoff import BackoffPolicy
 from domain.dead_letter import failed_request, failure_headers
-from domain.errors import AttemptOutcomePendingError, RetryNotDueError
-from domain.message import BACKED_OFF, DELIVERED, FAILED, IN_FLIGHT, INTERRUPTED, Message
+from domain.errors import AttemptOutcomePendingError, RetryNotDueError, StillHeldError
+from domain.message import BACKED_OFF, DELIVERED, FAILED, HELD, IN_FLIGHT, INTERRUPTED, Message
 from domain.ports import (
     Change,
+    Hold,
     MessageRepository,
     OutboundMessage,
     Outcome,
     PermanentDeliveryError,
     Provider,
+    ProviderGate,
     ProviderReceipt,
     StoreUnavailableError,
 )
@@ -40,6 +43,7 @@ from smeg_actors.actors.messages import (
     WorkItem,
 )
 from smeg_actors.actors.provider_calls import ProviderCalls, Result
+from smeg_actors.actors.provider_health import NO_HOLDS
 from smeg_actors.actors.store_retry import retry_until
 from smeg_actors.actors.supervisor import Children, Supervised
 from smeg_actors.runtime.clock import Clock
@@ -57,6 +61,7 @@ class WorkerActor(Supervised):
         default_provider: used when a request names none.
         policy: the backoff policy.
         calls: the process's provider-call loop.
+        gate: whether a provider takes attempts now; a message for one that does not is held.
         children: refs of the dispatcher, scheduler, publisher and redriver.
         clock: UTC now.
         stale_after: an attempt older than this with no outcome is deemed interrupted.
@@ -75,6 +80,7 @@ class WorkerActor(Supervised):
         default_provider: str,
         policy: BackoffPolicy,
         calls: ProviderCalls,
+        gate: ProviderGate = NO_HOLDS,
         children: Children,
         clock: Clock,
         stale_after: float,
@@ -87,6 +93,9 @@ class WorkerActor(Supervised):
         self.policy, self.calls, self.children, self.clock = policy, calls, children, clock
         self.stale_after, self.call_timeout = stale_after, call_timeout
         self.grace, self.on_store_lost = grace, on_store_lost
+        self.gate = gate
+        #: The holds of the batch being begun, by message (for the scheduler's next look).
+        self.holds: dict[UUID, Hold] = {}
         self.current: tuple[WorkItem, ...] = ()
 
     def on_receive(self, message: Any) -> None:
@@ -103,6 +112,7 @@ class WorkerActor(Supervised):
 
     def _deliver(self, items: tuple[WorkItem, ...]) -> None:
         now = self.clock()
+        self.holds.clear()
         started = self._commit([self._begin_change(item, now) for item in items])
         if started is None:
             return
@@ -132,12 +142,24 @@ class WorkerActor(Supervised):
                 message.record_interruption(policy=self.policy, now=now)
                 if message.status == FAILED:
                     return
-            message.start_attempt(self._provider_name(message), now=now)
+            provider = self._provider_name(message)
+            hold = self.gate.hold_for(provider, now)
+            if hold is None:
+                message.start_attempt(provider, now=now)
+                return
+            self.holds[item.id] = hold
+            message.hold(provider, until=hold.until, reason=hold.reason, now=now)
 
         return Change(load=lambda: self.store.get(item.id), apply=begin, cached=item.message)
 
     def _not_started(self, item: WorkItem, outcome: Outcome) -> None:
-        if isinstance(outcome.refused, RetryNotDueError | AttemptOutcomePendingError):
+        if isinstance(outcome.refused, StillHeldError):  # held already: look again when the hold ends
+            self.children.tell("scheduler", ScheduleRetry(item.id, self.holds[item.id].until))
+        elif outcome.message is not None and outcome.message.status == HELD:
+            assert outcome.message.retry_at is not None
+            self._log_held(outcome.message)
+            self.children.tell("scheduler", ScheduleRetry(item.id, outcome.message.retry_at))
+        elif isinstance(outcome.refused, RetryNotDueError | AttemptOutcomePendingError):
             self.children.tell("scheduler", Recover((item.id,)))
         elif outcome.message is not None and outcome.message.status == FAILED:
             self._after(outcome)
@@ -214,6 +236,19 @@ class WorkerActor(Supervised):
                 error=message.last_error if message.status != DELIVERED else None,
                 retry_at=message.retry_at.isoformat() if message.retry_at else None,
                 **(failure if message.status == FAILED else {}),
+            )
+
+    @staticmethod
+    def _log_held(message: Message) -> None:
+        """Once per wait (a message's first Held for a reason): the same line as an outcome's."""
+        assert message.held is not None and message.retry_at is not None
+        with message_context(message.message_id, message.correlation_id):
+            log.info(
+                "attempt_held",
+                provider=message.held[0],
+                reason=message.held[1],
+                until=message.retry_at.isoformat(),
+                attempts=message.attempts,
             )
 
     def _commit(self, changes: list[Change]) -> list[Outcome] | None:

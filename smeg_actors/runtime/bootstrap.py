@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from adapters.event_store import MessageStore
 from adapters.failed_outbox import FailedOutbox
 from adapters.memory_broker import MemoryFailurePublisher, MemoryIntake
+from adapters.provider_health_store import ProviderHealthStore
 from adapters.rabbitmq import Topology
 from adapters.rabbitmq_failed import RabbitFailurePublisher
 from adapters.rabbitmq_intake import RabbitIntake
@@ -103,6 +104,7 @@ def build_runtime(
         outbox=FailedOutbox(store, engine, broker.publisher),
         events=broker.events(store, engine) if broker.events is not None else None,
         open_failed_queue=broker.open_failed_queue if redrive else None,
+        health=ProviderHealthStore(store),
     )
     runtime = Runtime(settings, parts, clock=clock or utc_now, stale_after=stale_after)
     broker.intake.hold = runtime.hold_intake

@@ -22,6 +22,7 @@ from domain.ports import (
     LogOutbox,
     MessageRepository,
     Provider,
+    ProviderHealthRepository,
     ReadModels,
     UnfinishedMessages,
 )
@@ -31,6 +32,7 @@ from smeg_actors.actors.intake import IntakeActor
 from smeg_actors.actors.messages import AwaitReady, Drain, GetCounts, IsIdle, RequestsReceived, StopChildren
 from smeg_actors.actors.projector import ProjectorActor
 from smeg_actors.actors.provider_calls import ProviderCalls
+from smeg_actors.actors.provider_health import ProviderHealthActor, ProviderHealthView
 from smeg_actors.actors.publisher import PublisherActor
 from smeg_actors.actors.redrive import RedriverActor
 from smeg_actors.actors.scheduler import SchedulerActor
@@ -85,6 +87,7 @@ class Parts:
     outbox: LogOutbox
     events: LogOutbox | None = None
     open_failed_queue: Callable[[], FailedQueue[Any]] | None = None
+    health: ProviderHealthRepository | None = None
 
 
 class Runtime:
@@ -112,6 +115,7 @@ class Runtime:
         self.stale_after = stale_after if stale_after is not None else default_stale
         self.stop_reason = Stop()
         self.children = Children()
+        self.gate = ProviderHealthView(providers)
         self.calls = ProviderCalls(providers, settings.provider_concurrency)
         self.workers = [f"worker-{i}" for i in range(settings.workers)]
         self.dispatcher_backlog = Backlog()
@@ -139,7 +143,7 @@ class Runtime:
         self.children.set("supervisor", self.supervisor)
         self.supervisor.ask(GetCounts(), timeout=120)
         self._await_read_side()
-        names = ["supervisor", "scheduler", "projector", "publisher", "gateway"]
+        names = ["supervisor", "scheduler", "projector", "publisher", "gateway", "health"]
         self.ticker = Ticker(self.children, names, interval=0.1)
         self.ticker.start()
         before_consuming()
@@ -243,6 +247,7 @@ class Runtime:
                 default_provider=self.default_provider,
                 policy=s.backoff,
                 calls=self.calls,
+                gate=self.gate,
                 children=self.children,
                 clock=self.clock,
                 stale_after=self.stale_after,
@@ -293,6 +298,7 @@ class Runtime:
             ),
             *(ChildSpec(name, self._worker_starter(name)) for name in self.workers),
             *(ChildSpec(name, self._intake_starter(name)) for name in self.intakes),
+            *self._health_specs(),
             *self._gateway_specs(),
             *self._redriver_specs(),
         ]
@@ -328,6 +334,19 @@ class Runtime:
             )
 
         return start
+
+    def _health_specs(self) -> list[ChildSpec]:
+        """Before the workers' first batch the view is read once (``on_start``)."""
+        repository = self.parts.health
+        if repository is None:
+            return []
+        view = self.gate
+        return [
+            ChildSpec(
+                "health",
+                lambda sup: ProviderHealthActor.start("health", sup, view=view, repository=repository),
+            )
+        ]
 
     def _gateway_specs(self) -> list[ChildSpec]:
         events = self.parts.events
