@@ -181,8 +181,8 @@ def _fold(row: dict[str, Any], event: DomainEvent) -> None:
         row.update(permanent=event.permanent, retry_at=None)
     elif isinstance(event, Message.RetryRequested):
         row.update(status=RECEIVED, failed_at=None, permanent=False, retry_at=None)
-    elif isinstance(event, Message.Held):
-        row.update(status=HELD, retry_at=event.until)
+    elif isinstance(event, Message.Held):  # last_provider: the one it waits for
+        row.update(status=HELD, retry_at=event.until, last_provider=event.provider)
 
 
 #: Binary COPY types of ``message_status``'s columns, in order.
@@ -355,3 +355,15 @@ class UnfinishedIndex:
         self, *, stale_after: float, before: datetime | None = None, page_size: int = UNFINISHED_PAGE
     ) -> Iterator[list[tuple[UUID, datetime]]]:
         return unfinished(self.engine, stale_after=stale_after, before=before, page_size=page_size)
+
+
+def held_counts(engine: Engine) -> dict[str, int]:
+    """Held messages per provider they wait for (none before the read model's first start)."""
+    table = message_status
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(table.name, schema=translated_schema(connection, table)):
+            return {}
+    query = select(table.c.last_provider, func.count()).where(table.c.status == HELD)
+    with engine.connect() as connection:
+        rows = connection.execute(query.group_by(table.c.last_provider)).all()
+    return {str(provider): int(count) for provider, count in rows}

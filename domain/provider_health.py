@@ -81,6 +81,7 @@ class ProviderHealth(Aggregate):
 
         def apply(self, aggregate: ProviderHealth) -> None:
             aggregate.disabled_by, aggregate.disabled_reason = self.by, self.reason
+            aggregate.disabled_at = self.timestamp
 
     class ProviderEnabled(Aggregate.Event):
         """An operator allowed attempts through this provider again."""
@@ -88,7 +89,7 @@ class ProviderHealth(Aggregate):
         by: str
 
         def apply(self, aggregate: ProviderHealth) -> None:
-            aggregate.disabled_by = aggregate.disabled_reason = None
+            aggregate.disabled_by = aggregate.disabled_reason = aggregate.disabled_at = None
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -99,6 +100,7 @@ class ProviderHealth(Aggregate):
         self.since: datetime | None = None
         self.disabled_by: str | None = None
         self.disabled_reason: str | None = None
+        self.disabled_at: datetime | None = None
 
     @staticmethod
     def create_id(name: str) -> UUID:
@@ -116,6 +118,11 @@ class ProviderHealth(Aggregate):
     def state(self) -> str:
         """``disabled`` over the circuit's own state: what ``smeg providers`` shows."""
         return DISABLED if self.disabled else self.circuit
+
+    @property
+    def state_since(self) -> datetime | None:
+        """When the state ``state`` names began (None: closed since it was first seen)."""
+        return self.disabled_at if self.disabled else self.since
 
     def accepts_attempts(self) -> bool:
         """Whether an attempt may be sent (half-open: only trials, which the caller limits)."""

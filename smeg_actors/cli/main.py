@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from smeg_actors.cli.projections import audit_replay, projections, report
+from smeg_actors.cli.providers import providers
 from smeg_actors.cli.settings import settings_command
 from smeg_actors.cli.support import CommandError, open_store, parse_time, quiet_stdout, settings_of
 from smeg_actors.runtime.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_UNHEALTHY
@@ -251,6 +252,7 @@ audit.add_command(audit_replay)
 cli.add_command(report)
 cli.add_command(projections)
 cli.add_command(settings_command)
+cli.add_command(providers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

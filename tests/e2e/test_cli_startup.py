@@ -99,7 +99,19 @@ def test_help_lists_every_command_with_its_one_line_help() -> None:
     listed = result.stdout.split("Commands:")[1]
     names = [line.split()[0] for line in listed.strip().splitlines()]
     assert names == sorted(
-        ["audit", "check", "demo", "history", "projections", "redrive", "report", "retry", "run", "settings"]
+        [
+            "audit",
+            "check",
+            "demo",
+            "history",
+            "projections",
+            "providers",
+            "redrive",
+            "report",
+            "retry",
+            "run",
+            "settings",
+        ]
     )
     assert "Print the timeline of one message." in listed
 

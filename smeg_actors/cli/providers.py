@@ -1,0 +1,130 @@
+"""``smeg providers``: each configured provider's health, and the operators' switch for one.
+
+``disable`` is the kill switch: a ``ProviderDisabled`` event with who and why; every process
+holds that provider's messages (no attempt, nothing exhausted) within about 2 s and delivers
+them once it is enabled again. Both are recorded with the person's name (``--by``, by default
+the operating-system user).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from smeg_actors.cli.support import CommandError, open_store, settings_of
+from smeg_actors.runtime.exit_codes import EXIT_CONFIG
+
+if TYPE_CHECKING:
+    from domain.provider_health import ProviderHealth
+    from smeg_actors.runtime.config import Settings
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment (a container without a passwd entry)
+        return "unknown"
+
+
+@click.group("providers", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list, one object per provider.")
+@click.pass_context
+def providers(ctx: click.Context, as_json: bool) -> None:
+    """Each configured provider's state (closed, open, half_open, disabled) and held messages."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = provider_rows(settings_of(ctx))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        extra = f"  disabled by {row['disabled_by']}: {row['disabled_reason']}" if row["disabled_by"] else ""
+        since = f"  since {row['since']}" if row["since"] else ""
+        click.echo(f"{row['name']}  {row['state']}  held {row['held']}{since}{extra}")
+
+
+@providers.command("disable")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (recorded, shown by `smeg providers`).")
+@click.option("--by", "by", default=None, help="Who (recorded)  [default: the OS user]")
+@click.pass_context
+def disable(ctx: click.Context, name: str, reason: str, by: str | None) -> None:
+    """Stop every attempt through NAME: its messages are held until it is enabled."""
+    who = by or _operator()
+    _change(ctx, name, lambda health, now: health.disable(by=who, reason=reason, now=now))
+    click.echo(f"provider {name} disabled by {who}: its messages are held (every process, within 2 s)")
+
+
+@providers.command("enable")
+@click.argument("name")
+@click.option("--by", "by", default=None, help="Who (recorded)  [default: the OS user]")
+@click.pass_context
+def enable(ctx: click.Context, name: str, by: str | None) -> None:
+    """Let attempts through NAME again: its held messages are delivered."""
+    who = by or _operator()
+    _change(ctx, name, lambda health, now: health.enable(by=who, now=now))
+    click.echo(f"provider {name} enabled by {who}: its held messages go out at their next look (within 5 s)")
+
+
+def _change(ctx: click.Context, name: str, apply: Callable[[ProviderHealth, datetime], None]) -> None:
+    from adapters.provider_health_store import ProviderHealthStore
+    from domain.errors import InvalidTransitionError
+    from smeg_actors.runtime.clock import utc_now
+
+    settings = settings_of(ctx)
+    _check_configured(settings, name)
+    store = open_store(settings, must_exist=False)
+    now = utc_now()
+    try:
+        ProviderHealthStore(store).change(name, lambda health: apply(health, now), now=now)
+    except InvalidTransitionError as exc:
+        raise CommandError(f"{name}: {str(exc).removeprefix(f'{name}: ')}") from None
+    finally:
+        store.close()
+
+
+def _check_configured(settings: Settings, name: str) -> None:
+    configured = sorted(settings.provider_configs())
+    if name not in configured:
+        known = ", ".join(configured) or "none"
+        raise CommandError(f"not a configured provider: {name} (configured: {known})", EXIT_CONFIG)
+
+
+def provider_rows(settings: Settings) -> list[dict[str, Any]]:
+    """One object per configured provider: ``name``, ``state``, ``failure_ratio``, ``held``,
+    ``since`` (ISO 8601 UTC or null), ``open_until``, ``disabled_by``, ``disabled_reason``."""
+    from adapters.provider_health_store import ProviderHealthStore
+    from adapters.status_view import held_counts
+    from smeg_actors.runtime.factory import open_engine
+
+    names = sorted(settings.provider_configs())
+    store = open_store(settings)
+    engine = open_engine(settings)
+    try:
+        health = ProviderHealthStore(store)
+        held = held_counts(engine)
+        return [_row(name, health.get(name), held.get(name, 0)) for name in names]
+    finally:
+        engine.dispose()
+        store.close()
+
+
+def _row(name: str, health: ProviderHealth | None, held: int) -> dict[str, Any]:
+    def iso(moment: datetime | None) -> str | None:
+        return moment.isoformat() if moment is not None else None
+
+    return {
+        "name": name,
+        "state": health.state if health is not None else "closed",
+        "failure_ratio": health.failure_ratio if health is not None else 0.0,
+        "held": held,
+        "since": iso(health.state_since) if health is not None else None,
+        "open_until": iso(health.open_until) if health is not None else None,
+        "disabled_by": health.disabled_by if health is not None else None,
+        "disabled_reason": health.disabled_reason if health is not None else None,
+    }

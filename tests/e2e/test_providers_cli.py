@@ -1,0 +1,96 @@
+"""``smeg providers`` as a subprocess: the listing (text and --json), the kill switch recorded
+with who and why, and every refusal a one-line error with its documented exit code."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from adapters.event_store import Change, MessageStore
+from adapters.sql import make_engine, read_models_beside
+from domain.message import Message
+from domain.provider_health import ProviderHealth
+from smeg_actors.runtime.read_models import ReadModelSet, runners
+from tests.e2e.conftest import run_cli, smeg_env
+
+T0 = datetime(2026, 12, 7, 9, 0, tzinfo=timezone.utc)
+
+
+def configured(tmp_path: Path) -> tuple[dict[str, str], str]:
+    url = f"sqlite:///{tmp_path}/smeg.db"
+    env = smeg_env(SMEG_DATABASE_URL=url, SMEG_PROVIDER_URL="http://127.0.0.1:9/send")
+    return env, url
+
+
+def test_a_new_provider_is_listed_closed_with_nothing_held(tmp_path: Path) -> None:
+    env, url = configured(tmp_path)
+    MessageStore(url).close()
+    listed = run_cli(env, "providers", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert {k: row[k] for k in ("name", "state", "failure_ratio", "held", "since")} == {
+        "name": "default",
+        "state": "closed",
+        "failure_ratio": 0.0,
+        "held": 0,
+        "since": None,
+    }
+    assert run_cli(env, "providers").stdout.split()[:4] == ["default", "closed", "held", "0"]
+
+
+def test_disable_is_recorded_with_who_and_why_and_held_messages_are_counted(tmp_path: Path) -> None:
+    env, url = configured(tmp_path)
+    disabled = run_cli(env, "providers", "disable", "default", "--reason", "incident 42", "--by", "alice")
+    assert disabled.returncode == 0, disabled.stderr
+    assert "disabled by alice" in disabled.stdout
+    store = MessageStore(url)
+    try:
+        [event] = store.history(ProviderHealth.create_id("default"))[1:]
+        assert (type(event).__name__, event.by, event.reason) == ("ProviderDisabled", "alice", "incident 42")
+        _held_message(store, url)
+    finally:
+        store.close()
+    [row] = json.loads(run_cli(env, "providers", "--json").stdout)
+    assert (row["state"], row["held"], row["disabled_by"], row["disabled_reason"]) == (
+        "disabled",
+        1,
+        "alice",
+        "incident 42",
+    )
+    assert datetime.fromisoformat(row["since"]) <= datetime.now(timezone.utc)
+    enabled = run_cli(env, "providers", "enable", "default", "--by", "bob")
+    assert enabled.returncode == 0 and "enabled by bob" in enabled.stdout
+    assert json.loads(run_cli(env, "providers", "--json").stdout)[0]["state"] == "closed"
+
+
+def test_refusals_are_one_line_errors_with_their_exit_codes(tmp_path: Path) -> None:
+    env, url = configured(tmp_path)
+    MessageStore(url).close()
+    assert run_cli(env, "providers", "disable", "default", "--reason", "r", "--by", "alice").returncode == 0
+    again = run_cli(env, "providers", "disable", "default", "--reason", "r")
+    assert (again.returncode, again.stderr.strip()) == (1, "smeg: default: already disabled by alice")
+    unknown = run_cli(env, "providers", "disable", "nope", "--reason", "r")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "smeg: not a configured provider: nope (configured: default)"
+    no_reason = run_cli(env, "providers", "disable", "default")
+    assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+    assert run_cli(env, "providers", "enable", "default").returncode == 0
+    not_disabled = run_cli(env, "providers", "enable", "default")
+    assert (not_disabled.returncode, not_disabled.stderr.strip()) == (1, "smeg: default: not disabled")
+    missing = run_cli(smeg_env(SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/typo.db"), "providers")
+    assert missing.returncode == 3 and "no event store" in missing.stderr
+    assert not (tmp_path / "typo.db").exists()
+
+
+def _held_message(store: MessageStore, url: str) -> None:
+    message = Message.receive(
+        message_id="m-1", channel="sms", to="+447700900123", body="hi", correlation_id="c", now=T0
+    )
+    message.hold("default", until=T0 + timedelta(seconds=5), reason="provider disabled", now=T0)
+    assert store.commit([Change(load=lambda: message, cached=message)])[0].saved
+    engine = make_engine(read_models_beside(url))
+    try:
+        ReadModelSet(store, runners(store, engine)).catch_up()
+    finally:
+        engine.dispose()
