@@ -90,16 +90,19 @@ class Message(Aggregate):
             return message
 
     class Attempted(Event):
-        """A delivery attempt through a provider began."""
+        """A delivery attempt through a provider began (``trial``: a half-open circuit's probe,
+        which does not count toward the cycle's attempts; absent from events before 2026-12-07)."""
 
         attempt: int
         provider: str
+        trial: bool = False
 
         def apply(self, aggregate: Message) -> None:
             aggregate.status = IN_FLIGHT
             aggregate.held = None
             aggregate.attempts = self.attempt
-            aggregate.cycle_attempts += 1
+            aggregate.trial = self.trial
+            aggregate.cycle_attempts += 0 if self.trial else 1
             aggregate.last_provider = self.provider
             aggregate.retry_at = None
             aggregate.attempted_at = self.timestamp
@@ -210,8 +213,9 @@ class Message(Aggregate):
         #: Automatic redrives since a person last retried it. Folded from the history, so the
         #: redriver's budget holds across restarts and processes, and a person's retry resets it.
         self.automatic_retries = 0
-        #: (provider, reason) while held.
+        #: (provider, reason) while held; whether the latest attempt is a half-open trial.
         self.held: tuple[str, str] | None = None
+        self.trial = False
 
     @staticmethod
     def create_id(message_id: str) -> UUID:
@@ -275,7 +279,7 @@ class Message(Aggregate):
             return None
         return self.created_on
 
-    def start_attempt(self, provider: str, *, now: datetime) -> None:
+    def start_attempt(self, provider: str, *, now: datetime, trial: bool = False) -> None:
         """Record that an attempt begins now; refused while one is in flight or before ``retry_at``
         (a held message waits for its provider, not the clock: it may start once that takes it)."""
         self._check_not_final()
@@ -283,7 +287,7 @@ class Message(Aggregate):
             raise AttemptOutcomePendingError(f"attempt {self.attempts} has no outcome yet")
         if self.retry_at is not None and now < self.retry_at and self.status != HELD:
             raise RetryNotDueError(f"retry is due at {self.retry_at.isoformat()}")
-        self._trigger(self.Attempted, now, attempt=self.attempts + 1, provider=provider)
+        self._trigger(self.Attempted, now, attempt=self.attempts + 1, provider=provider, trial=trial)
 
     def hold(self, provider: str, *, until: datetime, reason: str, now: datetime) -> None:
         """Wait for ``provider`` instead of attempting; refused (``StillHeldError``) when already
@@ -345,7 +349,8 @@ class Message(Aggregate):
         if policy.exhausted(self.cycle_attempts):
             self._fail(reason, error, status_code, now, permanent=False)
             return
-        delay = policy.delay(self.cycle_attempts, retry_after=retry_after, rng=rng)
+        # (a failed trial of a message never attempted in this cycle backs off as a first attempt)
+        delay = policy.delay(max(self.cycle_attempts, 1), retry_after=retry_after, rng=rng)
         self._back_off(reason, error, status_code, latency_ms, delay, policy, now)
 
     def record_interruption(self, *, policy: BackoffPolicy, now: datetime) -> None:

@@ -107,11 +107,21 @@ class Hold:
     reason: str
 
 
-class ProviderGate(Protocol):
-    """Whether a provider takes attempts now (what the workers obey before each attempt)."""
+@dataclass(frozen=True, slots=True)
+class Trial:
+    """Attempt it as a half-open circuit's trial: a real attempt that the cycle does not count."""
 
-    def hold_for(self, provider: str, now: datetime) -> Hold | None:
-        """None when attempts may go; else the hold (thread-safe, no I/O)."""
+
+class ProviderGate(Protocol):
+    """Whether a provider takes attempts now (what the workers obey), and what they saw of it."""
+
+    def admit(self, provider: str, now: datetime) -> Hold | Trial | None:
+        """None: attempt; ``Trial``: attempt as a trial; ``Hold``: wait (thread-safe, no I/O)."""
+        ...
+
+    def record(self, provider: str, *, transient: bool, trial: bool, now: datetime) -> None:
+        """An attempt's outcome (``transient``: a failure worth retrying, timeouts included);
+        this process's counts decide the circuit's transitions, written to the store."""
         ...
 
 

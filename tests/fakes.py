@@ -4,6 +4,7 @@ tests/integration/test_store_contract.py)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from domain.ports import (
     StoreUnavailableError,
     TransientDeliveryError,
 )
+from domain.provider_health import ProviderHealth
 
 Script = list[str]  # "ok", "transient", "permanent", per attempt; the last entry repeats
 
@@ -45,6 +47,8 @@ class FakeProvider:
         self.delivered = threading.Event()
         self._lock = threading.Lock()
         self.healthy = True
+        #: While True every call fails transiently (an outage), counted like any other.
+        self.down = False
 
     async def send(self, message: OutboundMessage) -> ProviderReceipt:
         return self.answer(message)
@@ -54,6 +58,8 @@ class FakeProvider:
             n = self.calls[message.message_id]
             self.calls[message.message_id] += 1
             self.keys[message.message_id].append(message.message_id)
+        if self.down:
+            raise TransientDeliveryError("http 503 (outage)", status_code=503)
         script = self.scripts.get(message.message_id, ["ok"])
         step = script[min(n, len(script) - 1)]
         if step == "transient":
@@ -256,3 +262,34 @@ class InMemoryMessageStore:
                 seen.add(key)
             for record in records:
                 self._events.setdefault(record.originator_id, {})[record.originator_version] = record
+
+
+class InMemoryProviderHealth:
+    """The ``ProviderHealthRepository`` port in memory: events kept per provider, optimistic
+    concurrency on the version (a stale write reloads and decides again, as the real store does)."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[Any]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, name: str) -> ProviderHealth | None:
+        with self.lock:
+            events = list(self.events.get(name, []))
+        if not events:
+            return None
+        health: ProviderHealth = functools.reduce(
+            lambda aggregate, event: event.mutate(aggregate), events, None
+        )
+        return health
+
+    def change(self, name: str, apply: Callable[[ProviderHealth], None], *, now: datetime) -> ProviderHealth:
+        while True:
+            health = self.get(name) or ProviderHealth.register(name, now=now)
+            apply(health)
+            new = health.collect_events()
+            with self.lock:
+                stored = self.events.setdefault(name, [])
+                if new and new[0].originator_version != len(stored) + 1:
+                    continue  # another writer took the version
+                stored.extend(new)
+            return health

@@ -126,6 +126,9 @@ class WorkerActor(Supervised):
             return
         results = self._call_all(attempts)
         now = self.clock()
+        for message, (result, _ms) in zip(attempts, results, strict=True):
+            transient = not isinstance(result, ProviderReceipt | PermanentDeliveryError)
+            self.gate.record(message.last_provider or "", transient=transient, trial=message.trial, now=now)
         finished = self._commit(
             [self._outcome_change(m, r, ms, now) for m, (r, ms) in zip(attempts, results, strict=True)]
         )
@@ -143,12 +146,12 @@ class WorkerActor(Supervised):
                 if message.status == FAILED:
                     return
             provider = self._provider_name(message)
-            hold = self.gate.hold_for(provider, now)
-            if hold is None:
-                message.start_attempt(provider, now=now)
+            admission = self.gate.admit(provider, now)
+            if not isinstance(admission, Hold):
+                message.start_attempt(provider, now=now, trial=admission is not None)
                 return
-            self.holds[item.id] = hold
-            message.hold(provider, until=hold.until, reason=hold.reason, now=now)
+            self.holds[item.id] = admission
+            message.hold(provider, until=admission.until, reason=admission.reason, now=now)
 
         return Change(load=lambda: self.store.get(item.id), apply=begin, cached=item.message)
 

@@ -26,6 +26,7 @@ from smeg_actors.runtime.clock import Clock, utc_now
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.factory import (
     build_providers,
+    circuit_policies,
     events_outbox,
     open_engine,
     open_failed_queue,
@@ -105,6 +106,7 @@ def build_runtime(
         events=broker.events(store, engine) if broker.events is not None else None,
         open_failed_queue=broker.open_failed_queue if redrive else None,
         health=ProviderHealthStore(store),
+        policies=circuit_policies(settings),
     )
     runtime = Runtime(settings, parts, clock=clock or utc_now, stale_after=stale_after)
     broker.intake.hold = runtime.hold_intake

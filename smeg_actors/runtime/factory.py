@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smeg_actors.runtime.config import Settings, SettingsError
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from adapters.event_store import MessageStore
     from adapters.events_exchange import EventsExchangePublisher
     from adapters.rabbitmq_failed import FailedQueueReader
+    from domain.circuit import CircuitPolicy
     from domain.ports import Provider
 
 
@@ -63,9 +64,34 @@ def build_providers(settings: Settings, environ: Mapping[str, str] = os.environ)
             "no provider configured: set SMEG_PROVIDER_URL or add [providers.NAME] to the config"
         )
     try:
-        return {name: build_provider(name, config, environ) for name, config in configs.items()}
+        return {name: build_provider(name, _transport(config), environ) for name, config in configs.items()}
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
+
+
+#: A provider table's keys about its health, not its transport (``build_provider`` never sees them).
+HEALTH_KEYS = frozenset({"circuit"})
+
+
+def _transport(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key not in HEALTH_KEYS}
+
+
+def circuit_policies(settings: Settings) -> dict[str, CircuitPolicy]:
+    """Each provider's breaker settings (``[providers.NAME.circuit]``, else the defaults); a bad
+    table is a SettingsError naming the provider."""
+    from domain.circuit import CircuitPolicy
+
+    policies = {}
+    for name, config in settings.provider_configs().items():
+        table = config.get("circuit", {})
+        try:
+            if not isinstance(table, Mapping):
+                raise ValueError("circuit: must be a table")
+            policies[name] = CircuitPolicy.from_mapping(table)
+        except ValueError as exc:
+            raise SettingsError(f"provider {name}: {exc}") from None
+    return policies
 
 
 def open_failed_queue(settings: Settings) -> FailedQueueReader:

@@ -6,6 +6,7 @@ It builds no adapter: ``bootstrap.build_runtime`` hands it the ``Parts`` (the co
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import pykka
 import structlog
 from sqlalchemy import Engine
 
+from domain.circuit import CircuitPolicy
 from domain.ports import (
     FailedQueue,
     Intake,
@@ -88,6 +90,7 @@ class Parts:
     events: LogOutbox | None = None
     open_failed_queue: Callable[[], FailedQueue[Any]] | None = None
     health: ProviderHealthRepository | None = None
+    policies: dict[str, CircuitPolicy] = field(default_factory=dict)
 
 
 class Runtime:
@@ -115,7 +118,12 @@ class Runtime:
         self.stale_after = stale_after if stale_after is not None else default_stale
         self.stop_reason = Stop()
         self.children = Children()
-        self.gate = ProviderHealthView(providers)
+        self.gate = ProviderHealthView(
+            providers,
+            repository=parts.health,
+            policies=parts.policies,
+            opened_by=f"pid {os.getpid()} on {socket.gethostname()}",
+        )
         self.calls = ProviderCalls(providers, settings.provider_concurrency)
         self.workers = [f"worker-{i}" for i in range(settings.workers)]
         self.dispatcher_backlog = Backlog()
@@ -344,7 +352,9 @@ class Runtime:
         return [
             ChildSpec(
                 "health",
-                lambda sup: ProviderHealthActor.start("health", sup, view=view, repository=repository),
+                lambda sup: ProviderHealthActor.start(
+                    "health", sup, view=view, repository=repository, clock=self.clock
+                ),
             )
         ]
 

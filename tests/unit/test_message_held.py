@@ -94,3 +94,16 @@ def test_a_backed_off_message_may_be_held_and_its_history_replays() -> None:
     rebuilt = replayed(message)
     assert vars(rebuilt) == vars(message)
     assert rebuilt.status == HELD and rebuilt.held == ("a", "circuit open")
+
+
+def test_a_failed_trial_counts_no_attempt_even_on_a_message_never_attempted() -> None:
+    message = a_message()
+    message.hold("a", until=T0 + timedelta(minutes=1), reason="circuit open", now=T0)
+    for minute in range(1, 6):  # more failed trials than the cycle allows attempts
+        now = T0 + timedelta(minutes=minute)
+        message.start_attempt("a", now=now, trial=True)
+        message.record_transient_failure("503", error="E", policy=POLICY, now=now)
+        assert message.status == BACKED_OFF and message.retry_at == now + timedelta(seconds=60)
+    assert (message.attempts, message.cycle_attempts) == (5, 0)
+    message.start_attempt("a", now=T0 + timedelta(minutes=10))
+    assert message.cycle_attempts == 1
