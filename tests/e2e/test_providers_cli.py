@@ -94,3 +94,15 @@ def _held_message(store: MessageStore, url: str) -> None:
         ReadModelSet(store, runners(store, engine)).catch_up()
     finally:
         engine.dispose()
+
+
+def test_a_bad_circuit_table_stops_smeg_run_before_it_checks_anything(tmp_path: Path) -> None:
+    config = tmp_path / "smeg.toml"
+    config.write_text(
+        '[providers.sms-eu]\ntype = "http"\nurl = "https://sms.example/send"\n'
+        "[providers.sms-eu.circuit]\ntrip_ratio = 1.5\n"
+    )
+    env = smeg_env(SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/smeg.db")
+    result = run_cli(env, "--config", str(config), "run", timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "smeg: provider sms-eu: circuit: trip_ratio must be in (0, 1]"
