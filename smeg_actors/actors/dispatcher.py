@@ -2,7 +2,9 @@
 
 It bounds the work in flight (pykka inboxes are unbounded); the intake holds back while the
 backlog is above its limit. When a worker is restarted, every batch it held is sent back to the
-scheduler for recovery, so a crash loses nothing. On a graceful stop it drains: no new batch
+scheduler for recovery, so a crash loses nothing. A message due again while its batch is still
+running (a hold re-checked at once, a very short backoff) waits for that batch to finish, then is
+queued: never two at once, never dropped. On a graceful stop it drains: no new batch
 starts, the held ones finish; queued messages are durable (Received or BackedOff) and the next
 process adopts them.
 """
@@ -77,6 +79,7 @@ class DispatcherActor(Supervised):
         self.queued: set[UUID] = set()
         self.held: dict[str, list[tuple[UUID, ...]]] = {w: [] for w in workers}
         self.active: set[UUID] = set()  # every id in a held batch, kept as batches come and go
+        self.deferred: dict[UUID, WorkItem] = {}  # due again while active: queued once released
         self.backlog = backlog or Backlog()
         self.backlog.value = 0
         self.draining = False
@@ -105,7 +108,9 @@ class DispatcherActor(Supervised):
     def _enqueue(self, items: tuple[WorkItem, ...]) -> None:
         active = self.active
         for item in items:
-            if item.id not in active and item.id not in self.queued:
+            if item.id in active:
+                self.deferred[item.id] = item
+            elif item.id not in self.queued:
                 self.queue.append(item)
                 self.queued.add(item.id)
 
@@ -114,6 +119,7 @@ class DispatcherActor(Supervised):
             if ids in batches:
                 batches.remove(ids)
                 self.active.difference_update(ids)
+                self._enqueue(tuple(self.deferred.pop(i) for i in ids if i in self.deferred))
                 return
 
     def _pump(self) -> None:

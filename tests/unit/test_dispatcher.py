@@ -167,10 +167,24 @@ def test_same_id_is_never_queued_or_in_flight_twice() -> None:
     assert rig.batches("worker-0") == [(a,)]
     # When `a` (in flight), `b` (queued), `d` twice (new) arrive again
     rig.deliver([a, b, d, d])
-    # Then every id is handed out exactly once
+    # Then no id is queued or in flight twice at once: `a` goes out again only after its batch
     done = rig.finish_everything()
-    assert sorted(done) == sorted([a, b, c, d])
+    assert sorted(done) == sorted([a, b, c, d, a])
+    assert done.index(a) == 0 and done[1:].count(a) == 1
     assert rig.idle()
+
+
+def test_a_message_due_again_while_its_batch_runs_is_handed_out_once_that_batch_finishes() -> None:
+    # Given `a` in a batch that holds it (say, until its provider takes attempts)
+    rig = Rig(1, batch_size=8, batches_per_worker=1)
+    [a] = ids(1)
+    rig.deliver([a])
+    # When the scheduler releases it again before the batch is finished
+    rig.deliver([a])
+    assert rig.batches("worker-0") == [(a,)]
+    rig.finish("worker-0", 0)
+    # Then it is not lost: it goes out in the next batch
+    assert rig.batches("worker-0") == [(a,), (a,)]
 
 
 def test_id_may_be_handed_out_again_once_its_batch_finished() -> None:
