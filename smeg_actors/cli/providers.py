@@ -24,6 +24,36 @@ if TYPE_CHECKING:
     from smeg_actors.runtime.config import Settings
 
 
+#: The longest ``--reason`` and ``--by`` recorded: they travel in every held message's history.
+MAX_REASON, MAX_BY = 200, 64
+
+
+def _one_line(limit: int) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A click callback: 1-``limit`` characters of one line of valid text, or a usage error."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        from domain.request import CONTROL_RE
+
+        if value is None:
+            return None
+        value = value.strip()
+        if not value or len(value) > limit:
+            raise click.BadParameter(f"must be 1-{limit} characters")
+        if CONTROL_RE.search(value) or not _encodable(value):
+            raise click.BadParameter("must be one line of text, without control characters")
+        return value
+
+    return check
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (undecodable bytes in argv)
+        return False
+    return True
+
+
 def _operator() -> str:
     try:
         return getpass.getuser()
@@ -50,8 +80,13 @@ def providers(ctx: click.Context, as_json: bool) -> None:
 
 @providers.command("disable")
 @click.argument("name")
-@click.option("--reason", required=True, help="Why (recorded, shown by `smeg providers`).")
-@click.option("--by", "by", default=None, help="Who (recorded)  [default: the OS user]")
+@click.option(
+    "--reason",
+    required=True,
+    callback=_one_line(MAX_REASON),
+    help="Why (recorded, shown by `smeg providers`).",
+)
+@click.option("--by", "by", callback=_one_line(MAX_BY), help="Who (recorded)  [default: the OS user]")
 @click.pass_context
 def disable(ctx: click.Context, name: str, reason: str, by: str | None) -> None:
     """Stop every attempt through NAME: its messages are held until it is enabled."""
@@ -62,7 +97,7 @@ def disable(ctx: click.Context, name: str, reason: str, by: str | None) -> None:
 
 @providers.command("enable")
 @click.argument("name")
-@click.option("--by", "by", default=None, help="Who (recorded)  [default: the OS user]")
+@click.option("--by", "by", callback=_one_line(MAX_BY), help="Who (recorded)  [default: the OS user]")
 @click.pass_context
 def enable(ctx: click.Context, name: str, by: str | None) -> None:
     """Let attempts through NAME again: its held messages are delivered."""

@@ -4,15 +4,19 @@ with who and why, and every refusal a one-line error with its documented exit co
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+import pytest
 
 from adapters.event_store import Change, MessageStore
 from adapters.sql import make_engine, read_models_beside
 from domain.message import Message
 from domain.provider_health import ProviderHealth
 from smeg_actors.runtime.read_models import ReadModelSet, runners
-from tests.e2e.conftest import run_cli, smeg_env
+from tests.e2e.conftest import ROOT, run_cli, smeg_env
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=timezone.utc)
 
@@ -106,3 +110,49 @@ def test_a_bad_circuit_table_stops_smeg_run_before_it_checks_anything(tmp_path: 
     result = run_cli(env, "--config", str(config), "run", timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip() == "smeg: provider sms-eu: circuit: trip_ratio must be in (0, 1]"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "why"),
+    [
+        ("--reason", "line one\nline two", "one line of text"),
+        ("--reason", "red \x1b[31malert", "one line of text"),
+        ("--reason", "x" * 201, "1-200 characters"),
+        ("--reason", "   ", "1-200 characters"),
+        ("--by", "a" * 65, "1-64 characters"),
+        ("--by", "ev\re", "one line of text"),
+    ],
+)
+def test_a_hostile_reason_or_name_is_refused_at_the_edge_and_nothing_is_recorded(
+    tmp_path: Path, option: str, value: str, why: str
+) -> None:
+    env, url = configured(tmp_path)
+    MessageStore(url).close()
+    options = {"--reason": "maintenance", "--by": "alice", option: value}
+    result = run_cli(env, "providers", "disable", "default", *[x for kv in options.items() for x in kv])
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"smeg: Invalid value for '{option}': must be {_rule(why)}"
+    store = MessageStore(url)
+    try:
+        assert store.history(ProviderHealth.create_id("default")) == []
+    finally:
+        store.close()
+
+
+def test_undecodable_bytes_in_a_reason_are_refused(tmp_path: Path) -> None:
+    env, url = configured(tmp_path)
+    MessageStore(url).close()
+    result = subprocess.run(
+        [sys.executable, "-m", "smeg_actors", "providers", "disable", "default", "--reason", b"caf\xe9"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "must be one line of text, without control characters" in result.stderr
+
+
+def _rule(why: str) -> str:
+    return "one line of text, without control characters" if why == "one line of text" else why
