@@ -64,7 +64,7 @@ __all__ = [  # the port's errors and change types, and the connection's names, r
 
 
 class Messages(Application[UUID]):
-    """The eventsourcing application holding every Message aggregate."""
+    """The eventsourcing application holding every Message aggregate (and providers' health)."""
 
     name = "messages"
 
@@ -73,10 +73,10 @@ class Messages(Application[UUID]):
         self.writer = EventWriter.for_application(self)
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
-        """``Application.save`` for Message aggregates only, without its per-object checks.
+        """``Application.save`` for our own aggregates, without its per-object checks.
 
         The library tests each object against two runtime-checkable Protocols, which cost about
-        a fifth of the write path's CPU here; every object we save is a Message. Where an
+        a fifth of the write path's CPU here; every object we save is one of ours. Where an
         ``EventWriter`` can, it writes the rows (``adapters.event_writer``); nothing here reads
         the recordings the library would return, so none are made.
         """

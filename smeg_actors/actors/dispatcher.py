@@ -93,6 +93,8 @@ class DispatcherActor(Supervised):
             case WorkerRestarted(name=name):
                 for ids in self.held.get(name, []):
                     self.active.difference_update(ids)
+                    for i in ids:  # recovered below: the scheduler looks at each again
+                        self.deferred.pop(i, None)
                     self.children.tell("scheduler", Recover(ids))
                 self.held[name] = []
             case IsIdle():

@@ -11,6 +11,7 @@ the second write, and the loser reads what the winner wrote.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,9 +36,8 @@ log = structlog.get_logger(__name__)
 DISABLED_RECHECK = timedelta(seconds=5)
 #: How often a message held while a half-open circuit's trials run is looked at again.
 TRIAL_RECHECK = timedelta(seconds=2)
-#: The soonest a held message is looked at again. The health actor half-opens a circuit within a
-#: second of its open period's end; and a look due at once would reach the dispatcher while the
-#: batch that held the message is still running, which drops a message it already holds.
+#: The soonest a held message is looked at again: the health actor half-opens a circuit within a
+#: second of its open period's end, so an earlier look would only find it still open.
 MIN_RECHECK = timedelta(seconds=1)
 TRIAL = Trial()
 
@@ -199,7 +199,8 @@ class ProviderHealthView:
         assert self.repository is not None
         try:
             health = self.repository.change(provider, lambda h: apply(h, now), now=now)
-            log.warning("circuit_changed", provider=provider, state=health.state, by=self.opened_by)
+            level = logging.WARNING if health.circuit == OPEN else logging.INFO  # open: a person may look
+            log.log(level, "circuit_changed", provider=provider, state=health.state, by=self.opened_by)
         except InvalidTransitionError:
             health_or_none = self.repository.get(provider)
             if health_or_none is None:

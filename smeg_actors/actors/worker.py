@@ -31,6 +31,7 @@ from domain.ports import (
     ProviderGate,
     ProviderReceipt,
     StoreUnavailableError,
+    Trial,
 )
 from domain.request import mask_address
 from smeg_actors.actors.messages import (
@@ -148,7 +149,7 @@ class WorkerActor(Supervised):
             provider = self._provider_name(message)
             admission = self.gate.admit(provider, now)
             if not isinstance(admission, Hold):
-                message.start_attempt(provider, now=now, trial=admission is not None)
+                message.start_attempt(provider, now=now, trial=isinstance(admission, Trial))
                 return
             self.holds[item.id] = admission
             message.hold(provider, until=admission.until, reason=admission.reason, now=now)

@@ -33,10 +33,10 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     return url, schema
 
 
-@pytest.fixture
-def started(database: tuple[str, str], amqp_url: str, prefix: str) -> Iterator[tuple[Runtime, MessageStore]]:
+def pipeline_settings(database: tuple[str, str], amqp_url: str, prefix: str, **more: Any) -> Settings:
+    """Two workers, read models in-process (their effects asserted at once), a short heartbeat."""
     url, schema = database
-    settings = Settings(
+    return Settings(
         database_url=url,
         database_schema=schema,
         amqp_url=amqp_url,
@@ -44,7 +44,14 @@ def started(database: tuple[str, str], amqp_url: str, prefix: str) -> Iterator[t
         workers=2,
         projector="inline",
         heartbeat=10,
+        **more,
     )
+
+
+@pytest.fixture
+def started(database: tuple[str, str], amqp_url: str, prefix: str) -> Iterator[tuple[Runtime, MessageStore]]:
+    url, schema = database
+    settings = pipeline_settings(database, amqp_url, prefix)
     store = MessageStore(url, schema=schema)
     provider = FakeProvider()
     ProviderHealthStore(store).change(
@@ -116,14 +123,10 @@ def test_an_outage_opens_the_circuit_holds_messages_and_exhausts_none(
     # Given a provider that is down, a breaker that trips after 4 attempts, 3 attempts a cycle
     url, schema = database
     circuit = {"activation_threshold": 4, "open_for": 1, "max_open_for": 2, "half_open_attempts": 2}
-    settings = Settings(
-        database_url=url,
-        database_schema=schema,
-        amqp_url=amqp_url,
-        queue_prefix=prefix,
-        workers=2,
-        projector="inline",
-        heartbeat=10,
+    settings = pipeline_settings(
+        database,
+        amqp_url,
+        prefix,
         max_attempts=3,
         backoff_initial=0.2,
         backoff_factor=2,

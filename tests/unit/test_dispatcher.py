@@ -244,6 +244,26 @@ def test_unknown_batch_finished_changes_nothing() -> None:
     assert len(rig.batches("worker-0")) == 1
 
 
+def test_a_message_due_again_in_a_restarted_worker_s_batch_is_recovered_once_not_also_handed_out() -> None:
+    # Given `a` due again while the batch holding it runs
+    rig = Rig(1, batch_size=8, batches_per_worker=1)
+    [a] = ids(1)
+    rig.deliver([a])
+    rig.deliver([a])
+    # When its worker is restarted, and the dead worker's BatchFinished comes late
+    rig.dispatcher.tell(WorkerRestarted("worker-0"))
+    rig.idle()
+    rig.dispatcher.tell(BatchFinished((a,)))
+    rig.idle()
+    # Then it goes to the scheduler for recovery, and is not handed out behind its back
+    assert rig.scheduler.ask("recovered", timeout=WAIT) == [(a,)]
+    assert rig.batches("worker-0") == [(a,)]
+    # and once the scheduler hands it out again, that one batch is all: nothing stale follows it
+    rig.deliver([a])
+    rig.finish("worker-0", 1)
+    assert rig.batches("worker-0") == [(a,), (a,)]
+
+
 def test_worker_restarted_sends_its_batches_to_the_scheduler_and_frees_its_capacity() -> None:
     # Given two workers, each holding two batches, and more work queued
     rig = Rig(2, batch_size=2, batches_per_worker=2)
