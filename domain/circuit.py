@@ -2,13 +2,16 @@
 
 Like MassTransit's kill switch: over a sliding ``window`` of seconds, once at least
 ``activation_threshold`` attempts were made, a share of transient failures of ``trip_ratio`` or more
-opens the circuit. It stays open ``open_for`` seconds, doubled on each consecutive re-open (a failed
-half-open trial) up to ``max_open_for``; then half-open, ``half_open_attempts`` trials decide.
+opens the circuit. It stays open ``open_for`` seconds, doubled on each consecutive re-open up to
+``max_open_for``; then half-open, ``half_open_attempts`` trials decide by the same ratio: their
+failures reaching ``trip_ratio`` of them re-open it, else it closes (``trials_verdict``), so a
+provider that fails a steady fifth of calls is not held open by one unlucky trial.
 Failure counts are per process; the transitions are events of ``ProviderHealth``, seen by all.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -53,6 +56,16 @@ class CircuitPolicy:
     def open_duration(self, reopenings: int) -> float:
         """How long the circuit stays open after its ``reopenings``-th consecutive re-open."""
         return min(self.open_for * float(2 ** min(reopenings, 32)), self.max_open_for)
+
+    def trials_verdict(self, succeeded: int, failed: int) -> str | None:
+        """``OPEN`` once the trials' failures reach ``trip_ratio`` of ``half_open_attempts``,
+        ``CLOSED`` once they no longer can, else None (more trials needed)."""
+        limit = max(1, math.ceil(self.trip_ratio * self.half_open_attempts - 1e-9))
+        if failed >= limit:
+            return OPEN
+        if succeeded > self.half_open_attempts - limit:
+            return CLOSED
+        return None
 
     def trips(self, attempts: int, failures: int) -> bool:
         """Whether this window's counts open the circuit."""

@@ -28,8 +28,10 @@ operator would replay them), and from the provider's log:
   scaled down (0.2 s, ×2, at most 2 s) and ``SMEG_MAX_ATTEMPTS`` raised to 30, so exhausting
   the attempts would take 30 faults in a row (0.2^30);
 - invalid: a history that breaks the lifecycle (Received first, then Attempted each followed by
-  exactly one BackedOff/Delivered/Failed, attempt numbers one by one, no attempt before retry_at,
-  nothing after Delivered, only RetryRequested after Failed);
+  exactly one BackedOff/Delivered/Failed, attempt numbers one by one, no attempt before retry_at
+  unless held, Held only between attempts, nothing after Delivered, only RetryRequested after
+  Failed). A 20 % fault rate may trip the provider's circuit breaker by chance; the provider's
+  circuit is configured with short open periods so a trip resolves within the drain;
 - provider: a call whose key differs from its message id, more calls than Attempted events, a
   receipt in Delivered the provider never gave or gave before that attempt began (an earlier
   attempt's answer recorded against a later one), more answers (acceptances or 503s) missing from
@@ -84,10 +86,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The script treats smeg as a black box (processes, SQL, AMQP, HTTP) and imports none of its code:
 # these are the statuses of the ``message_status`` read model and the reason of an interruption.
-RECEIVED, IN_FLIGHT, BACKED_OFF, DELIVERED, FAILED = (
+RECEIVED, IN_FLIGHT, BACKED_OFF, HELD, DELIVERED, FAILED = (
     "received",
     "in_flight",
     "backed_off",
+    "held",
     "delivered",
     "failed",
 )
@@ -284,6 +287,9 @@ def provider_toml(provider: ChaosProvider, timeout: float) -> str:
         f'health_url = "{provider.health_url}"\n'
         f"timeout = {timeout:g}\n"
         f'token_env = "{INCARNATION_ENV}"\n'
+        "[providers.chaos.circuit]\n"  # a chance trip (20 % faults) re-checks within seconds
+        "open_for = 2\n"
+        "max_open_for = 8\n"
     )
 
 
@@ -673,6 +679,10 @@ def history_problem(records: list[dict[str, Any]]) -> str | None:
             if state != FAILED:
                 return f"v{version} RetryRequested while {state}"
             state = RECEIVED
+        elif kind == "Held":  # waits for its provider, not the clock: it may start at any time
+            if state == IN_FLIGHT:
+                return f"v{version} Held while attempt {attempt} has no outcome"
+            state, retry_at = HELD, None
         else:
             return f"v{version} unexpected {kind}"
     return None
@@ -687,6 +697,7 @@ def final_state(records: list[dict[str, Any]]) -> str:
         "Delivered": DELIVERED,
         "Failed": FAILED,
         "RetryRequested": RECEIVED,
+        "Held": HELD,
     }
     return states.get(records[-1]["type"], "?") if records else "absent"
 

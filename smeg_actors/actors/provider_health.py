@@ -64,11 +64,12 @@ TRIAL_SLOT_TTL = 15.0
 @dataclass
 class _Trials:
     """One half-open period's trials in this process: when each running one was admitted
-    (monotonic), and how many succeeded."""
+    (monotonic), and how many succeeded and failed."""
 
     since: datetime | None
     running: list[float] = field(default_factory=list)
     succeeded: int = 0
+    failed: int = 0
 
     def free(self, now: float) -> int:
         self.running = [at for at in self.running if now - at < TRIAL_SLOT_TTL]
@@ -171,10 +172,15 @@ class ProviderHealthView:
         trials = self._trials(provider, health)
         if trials.running:
             trials.running.pop(0)
-        if transient:
-            return self._opener("a half-open trial failed", 1.0, self.policies[provider])
-        trials.succeeded += 1
-        if trials.succeeded < self.policies[provider].half_open_attempts:
+        trials.failed += transient
+        trials.succeeded += not transient
+        policy = self.policies[provider]
+        verdict = policy.trials_verdict(trials.succeeded, trials.failed)
+        if verdict == OPEN:
+            tried = trials.succeeded + trials.failed
+            reason = f"{trials.failed} of {tried} half-open trials failed"
+            return self._opener(reason, trials.failed / tried, policy)
+        if verdict is None:
             return None
         self.windows[provider].clear()
         return lambda health, now: health.close_circuit(probe_latency_ms=None, now=now)

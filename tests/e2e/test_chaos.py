@@ -63,6 +63,19 @@ def test_a_legal_history_passes_and_each_broken_rule_is_named() -> None:
     assert "Received" in str(chaos.history_problem(good[1:]))
 
 
+def test_a_held_message_s_history_is_legal_and_held_is_refused_during_an_attempt() -> None:
+    held = [
+        record(1, "Received"),
+        record(2, "Held", provider="chaos", until="2026-12-01T00:00:30Z", reason="circuit open"),
+        record(3, "Attempted", attempt=1, trial=True),  # before `until`: its provider took attempts again
+        record(4, "Delivered", attempt=1, provider_message_id="chaos-2"),
+    ]
+    assert chaos.history_problem(held) is None
+    assert chaos.final_state(held[:2]) == chaos.HELD
+    during = [record(1, "Received"), record(2, "Attempted", attempt=1), record(3, "Held", provider="chaos")]
+    assert "Held while attempt 1 has no outcome" in str(chaos.history_problem(during))
+
+
 def test_the_verdict_names_lost_stuck_and_unexplained_duplicates() -> None:
     report = chaos.ChaosReport(config=chaos.ChaosConfig(messages=5))
     histories = {

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.circuit import AttemptWindow, CircuitPolicy
+from domain.circuit import CLOSED, OPEN, AttemptWindow, CircuitPolicy
 
 
 def test_the_defaults_are_the_documented_ones() -> None:
@@ -71,3 +71,32 @@ def test_a_toml_table_becomes_a_policy_and_a_mistake_is_named() -> None:
         CircuitPolicy.from_mapping({"open_for": 60, "max_open_for": 30})
     with pytest.raises(ValueError, match="must be >= 1"):
         CircuitPolicy.from_mapping({"activation_threshold": 0})
+
+
+def test_half_open_trials_decide_by_the_trip_ratio() -> None:
+    policy = CircuitPolicy(trip_ratio=0.5, half_open_attempts=3)
+    assert policy.trials_verdict(succeeded=0, failed=2) == OPEN  # a total outage: two trials suffice
+    assert policy.trials_verdict(succeeded=2, failed=0) == CLOSED
+    assert policy.trials_verdict(succeeded=1, failed=1) is None
+    assert policy.trials_verdict(succeeded=2, failed=1) == CLOSED  # one unlucky trial is not an outage
+    strict = CircuitPolicy(trip_ratio=0.5, half_open_attempts=2)
+    assert strict.trials_verdict(succeeded=0, failed=1) == OPEN
+    assert strict.trials_verdict(succeeded=1, failed=0) is None
+
+
+@given(
+    trials=st.lists(st.booleans(), min_size=12, max_size=12), n=st.integers(1, 12), quarters=st.integers(1, 4)
+)
+def test_trials_reach_a_verdict_within_half_open_attempts_and_it_is_the_trip_rule(
+    trials: list[bool], n: int, quarters: int
+) -> None:
+    policy = CircuitPolicy(trip_ratio=quarters / 4, half_open_attempts=n)
+    succeeded = failed = 0
+    for failure in trials[:n]:
+        failed, succeeded = failed + failure, succeeded + (not failure)
+        verdict = policy.trials_verdict(succeeded, failed)
+        if verdict is not None:
+            break
+    assert verdict is not None  # never more trials than half_open_attempts
+    limit = max(1, -(-quarters * n // 4))  # failures that make the trials trip: ceil(ratio × n)
+    assert (verdict == OPEN) == (failed >= limit)
