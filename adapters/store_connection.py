@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from urllib.parse import unquote
 
 from domain.ports import StoreError
 
@@ -20,7 +19,7 @@ def sqlite_database(url: str) -> str | None:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.split("+")[0] != "sqlite" or "?" in rest or (rest and not rest.startswith("/")):
         return None
-    return unquote(rest[1:])
+    return rest[1:]  # SQLAlchemy keeps a SQLite path as written: %20 stays %20
 
 
 def store_env(url: str, *, recorder: str = CORE, schema: str = "") -> dict[str, str]:

@@ -123,6 +123,9 @@ class Message(Aggregate):
             aggregate.status = BACKED_OFF
             aggregate.retry_at = self.retry_at
             aggregate.last_error = self.reason
+            provider = aggregate.last_provider
+            if provider and self.reason != INTERRUPTED and not aggregate.trial:
+                aggregate.failures = {**aggregate.failures, provider: aggregate.failures.get(provider, 0) + 1}
 
     class Delivered(Event):
         """The provider accepted the message."""
@@ -174,6 +177,7 @@ class Message(Aggregate):
         def apply(self, aggregate: Message) -> None:
             aggregate.status = RECEIVED
             aggregate.cycle_attempts = 0
+            aggregate.failures = {}
             aggregate.retry_at = None
             aggregate.permanent = False
             if self.requested_by == AUTO_REDRIVE:
@@ -216,6 +220,9 @@ class Message(Aggregate):
         #: (provider, reason) while held; whether the latest attempt is a half-open trial.
         self.held: tuple[str, str] | None = None
         self.trial = False
+        #: This cycle's transient failures by provider (trials and interruptions aside): after
+        #: ``failover_after`` of them a message moves to its next provider (``domain.routing``).
+        self.failures: dict[str, int] = {}
 
     @staticmethod
     def create_id(message_id: str) -> UUID:

@@ -34,6 +34,7 @@ from domain.ports import (
     Trial,
 )
 from domain.request import mask_address
+from domain.routing import RoutingPolicy
 from smeg_actors.actors.messages import (
     BatchFinished,
     DeliverBatch,
@@ -59,10 +60,11 @@ class WorkerActor(Supervised):
     Args:
         store: the event store.
         providers: configured providers by name.
-        default_provider: used when a request names none.
+        default_provider: used when a request names none and no route is given.
         policy: the backoff policy.
         calls: the process's provider-call loop.
         gate: whether a provider takes attempts now; a message for one that does not is held.
+        routing: which provider each attempt goes to (pinned, routes, fallbacks).
         children: refs of the dispatcher, scheduler, publisher and redriver.
         clock: UTC now.
         stale_after: an attempt older than this with no outcome is deemed interrupted.
@@ -82,6 +84,7 @@ class WorkerActor(Supervised):
         policy: BackoffPolicy,
         calls: ProviderCalls,
         gate: ProviderGate = NO_HOLDS,
+        routing: RoutingPolicy | None = None,
         children: Children,
         clock: Clock,
         stale_after: float,
@@ -95,6 +98,7 @@ class WorkerActor(Supervised):
         self.stale_after, self.call_timeout = stale_after, call_timeout
         self.grace, self.on_store_lost = grace, on_store_lost
         self.gate = gate
+        self.routing = routing or RoutingPolicy(default_provider, providers=frozenset(providers))
         #: The holds of the batch being begun, by message (for the scheduler's next look).
         self.holds: dict[UUID, Hold] = {}
         self.current: tuple[WorkItem, ...] = ()
@@ -146,13 +150,19 @@ class WorkerActor(Supervised):
                 message.record_interruption(policy=self.policy, now=now)
                 if message.status == FAILED:
                     return
-            provider = self._provider_name(message)
-            admission = self.gate.admit(provider, now)
+            choice = self.routing.choose(
+                pinned=message.provider,
+                channel=message.channel,
+                key=message.id,
+                failures=message.failures,
+                admit=lambda provider: self.gate.admit(provider, now),
+            )
+            admission = choice.admission
             if not isinstance(admission, Hold):
-                message.start_attempt(provider, now=now, trial=isinstance(admission, Trial))
+                message.start_attempt(choice.provider, now=now, trial=isinstance(admission, Trial))
                 return
             self.holds[item.id] = admission
-            message.hold(provider, until=admission.until, reason=admission.reason, now=now)
+            message.hold(choice.provider, until=admission.until, reason=admission.reason, now=now)
 
         return Change(load=lambda: self.store.get(item.id), apply=begin, cached=item.message)
 
@@ -169,11 +179,6 @@ class WorkerActor(Supervised):
             self._after(outcome)
         elif outcome.conflict:
             log.info("attempt_taken_by_another_writer", aggregate_id=str(item.id))
-
-    def _provider_name(self, message: Message) -> str:
-        if message.provider and message.provider in self.providers:
-            return message.provider
-        return self.default_provider
 
     def _call_all(self, messages: list[Message]) -> list[tuple[Result, float]]:
         """Every call of the batch at once on the provider-call loop; one wait for all of them."""

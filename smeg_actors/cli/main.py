@@ -21,6 +21,7 @@ import click
 
 from smeg_actors.cli.projections import audit_replay, projections, report
 from smeg_actors.cli.providers import providers
+from smeg_actors.cli.schedule import schedule
 from smeg_actors.cli.settings import settings_command
 from smeg_actors.cli.support import CommandError, open_store, parse_time, quiet_stdout, settings_of
 from smeg_actors.runtime.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_UNHEALTHY
@@ -253,6 +254,7 @@ cli.add_command(report)
 cli.add_command(projections)
 cli.add_command(settings_command)
 cli.add_command(providers)
+cli.add_command(schedule)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from smeg_actors.runtime.factory import (
     open_engine,
     open_failed_queue,
     open_store,
+    routing_policy,
 )
 from smeg_actors.runtime.pipeline import Parts, Runtime
 from smeg_actors.runtime.read_models import ReadModelSet, runners
@@ -107,6 +108,7 @@ def build_runtime(
         open_failed_queue=broker.open_failed_queue if redrive else None,
         health=ProviderHealthStore(store),
         policies=circuit_policies(settings),
+        routing=routing_policy(settings, providers),
     )
     runtime = Runtime(settings, parts, clock=clock or utc_now, stale_after=stale_after)
     broker.intake.hold = runtime.hold_intake

@@ -16,8 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from domain.backoff import BackoffPolicy
 from domain.message import DEFAULT_REDRIVE_MAX_CYCLES
+from domain.routing import DEFAULT_FAILOVER_AFTER
 
 ENV_PREFIX = "SMEG_"
+#: Settings only the TOML file sets (tables, not one value).
+TABLES = frozenset({"providers", "routes"})
 
 
 class SettingsError(Exception):
@@ -60,7 +63,9 @@ class Settings(BaseModel):
     processes: int | Literal["auto"] = 1
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    failover_after: int = Field(default=DEFAULT_FAILOVER_AFTER, ge=1, le=100)
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    routes: dict[Literal["sms", "im"], dict[str, Any]] = Field(default_factory=dict)
 
     @property
     def projector_mode(self) -> str:
@@ -148,7 +153,7 @@ def load_settings(environ: Mapping[str, str], config_path: str | None = None) ->
         if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
             continue
         name = key[len(ENV_PREFIX) :].lower()
-        if name in fields and name != "providers":
+        if name in fields and name not in TABLES:
             data[name] = value
     try:
         return Settings.model_validate(data)
@@ -164,7 +169,7 @@ TOOLING_PREFIXES = ("TEST_", "FUZZ_", "BENCH_")
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
     """Each ``SMEG_`` variable that is no setting (a typo is otherwise silently ignored), with the
     closest setting's variable, if any is close."""
-    names = sorted(name for name in Settings.model_fields if name != "providers")
+    names = sorted(name for name in Settings.model_fields if name not in TABLES)
     unknown: list[tuple[str, str | None]] = []
     for key in sorted(environ):
         rest = key[len(ENV_PREFIX) :]

@@ -8,7 +8,7 @@ uses (``smeg history`` needs no pika, httpx or pykka; see ``scripts/time_cli.py`
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from smeg_actors.runtime.config import Settings, SettingsError
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from adapters.rabbitmq_failed import FailedQueueReader
     from domain.circuit import CircuitPolicy
     from domain.ports import Provider
+    from domain.routing import RoutingPolicy
 
 
 def open_store(settings: Settings) -> MessageStore:
@@ -69,12 +70,49 @@ def build_providers(settings: Settings, environ: Mapping[str, str] = os.environ)
         raise SettingsError(str(exc)) from None
 
 
-#: A provider table's keys about its health, not its transport (``build_provider`` never sees them).
-HEALTH_KEYS = frozenset({"circuit"})
+#: A provider table's keys about its health and routing, not its transport (``build_provider``
+#: never sees them).
+HEALTH_KEYS = frozenset({"circuit", "fallback", "rate_limit"})
 
 
 def _transport(config: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in config.items() if key not in HEALTH_KEYS}
+
+
+def routing_policy(settings: Settings, names: Iterable[str] | None = None) -> RoutingPolicy:
+    """Pinned providers, channel routes (``[routes.CHANNEL] weights``) and ``fallback`` lists
+    over the providers ``names`` (by default the configured ones); a bad one is a SettingsError
+    naming it."""
+    from domain.routing import Route, RoutingPolicy
+
+    configs = settings.provider_configs()
+    known = list(names) if names is not None else list(configs)
+    fallbacks: dict[str, tuple[str, ...]] = {}
+    for name, config in configs.items():
+        chain = config.get("fallback", [])
+        if not isinstance(chain, list) or not all(isinstance(other, str) for other in chain):
+            raise SettingsError(f"provider {name}: fallback must be a list of provider names")
+        fallbacks[name] = tuple(chain)
+    routes: dict[str, Route] = {}
+    try:
+        for channel, table in settings.routes.items():
+            weights = table.get("weights") if isinstance(table, Mapping) else None
+            if (
+                set(table) - {"weights"}
+                or not isinstance(weights, Mapping)
+                or not all(isinstance(w, int) and not isinstance(w, bool) for w in weights.values())
+            ):
+                raise ValueError(f"route {channel}: needs only weights = {{ provider = integer, ... }}")
+            try:
+                routes[channel] = Route(tuple(weights.items()))
+            except ValueError as exc:
+                raise ValueError(f"route {channel}: {exc}") from None
+        default = settings.default_provider or next(iter(known), "")
+        return RoutingPolicy(
+            default, frozenset(known), fallbacks, routes, failover_after=settings.failover_after
+        )
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def circuit_policies(settings: Settings) -> dict[str, CircuitPolicy]:

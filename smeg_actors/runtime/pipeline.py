@@ -28,6 +28,7 @@ from domain.ports import (
     ReadModels,
     UnfinishedMessages,
 )
+from domain.routing import RoutingPolicy
 from smeg_actors.actors.dispatcher import Backlog, DispatcherActor, WorkerRestarted
 from smeg_actors.actors.gateway import GatewayActor
 from smeg_actors.actors.intake import IntakeActor
@@ -91,6 +92,7 @@ class Parts:
     open_failed_queue: Callable[[], FailedQueue[Any]] | None = None
     health: ProviderHealthRepository | None = None
     policies: dict[str, CircuitPolicy] = field(default_factory=dict)
+    routing: RoutingPolicy | None = None
 
 
 class Runtime:
@@ -112,6 +114,7 @@ class Runtime:
         self.settings, self.parts, self.store, self.intake = settings, parts, parts.store, parts.intake
         self.providers, self.clock, self.engine = providers, clock, parts.engine
         self.default_provider = settings.default_provider or next(iter(providers))
+        self.routing = parts.routing or RoutingPolicy(self.default_provider, frozenset(providers))
         timeout = max(float(getattr(p, "timeout", 5.0)) for p in providers.values())
         self.call_timeout = timeout + 5.0
         default_stale = settings.stale_after or 2 * self.call_timeout + 30
@@ -256,6 +259,7 @@ class Runtime:
                 policy=s.backoff,
                 calls=self.calls,
                 gate=self.gate,
+                routing=self.routing,
                 children=self.children,
                 clock=self.clock,
                 stale_after=self.stale_after,

@@ -110,6 +110,7 @@ def test_help_lists_every_command_with_its_one_line_help() -> None:
             "report",
             "retry",
             "run",
+            "schedule",
             "settings",
         ]
     )

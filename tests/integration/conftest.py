@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -92,3 +93,12 @@ def store_and_engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[
     yield store, engine
     store.close()
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """The store's (URL, schema): a SQLite file, then a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/smeg.db", ""
+    url, schema = request.getfixturevalue("pg_schema")
+    return url, schema

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pika
@@ -23,14 +22,6 @@ from tests.waiting import wait_until
 
 IDS = ("h-1", "h-2", "h-3")
 GRACE = timedelta(seconds=1)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/smeg.db", ""
-    url, schema = request.getfixturevalue("pg_schema")
-    return url, schema
 
 
 def pipeline_settings(database: tuple[str, str], amqp_url: str, prefix: str, **more: Any) -> Settings:

@@ -27,3 +27,8 @@ def test_what_it_reads_and_what_it_leaves_to_sqlalchemy() -> None:
     assert sqlite_database("sqlite:///smeg.db?mode=ro") is None  # query: SQLAlchemy's to read
     assert sqlite_database("postgresql+psycopg://u@h/test") is None
     assert sqlite_database("not a url") is None
+
+
+def test_percent_escapes_stay_as_written_as_sqlalchemy_keeps_them() -> None:
+    for path in ("%00", "%20", "a%2Fb"):
+        assert sqlite_database(f"sqlite:///{path}") == make_url(f"sqlite:///{path}").database == path
