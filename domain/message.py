@@ -37,6 +37,8 @@ FAILED = "failed"
 HELD = "held"
 
 INTERRUPTED = "interrupted"
+#: The status code of a provider's "too many requests": its pace, not its failure.
+THROTTLED = 429
 
 #: ``requested_by`` of the automatic redriver's retries: the ones its budget counts.
 AUTO_REDRIVE = "auto-redrive"
@@ -123,6 +125,9 @@ class Message(Aggregate):
             aggregate.status = BACKED_OFF
             aggregate.retry_at = self.retry_at
             aggregate.last_error = self.reason
+            if self.status_code == THROTTLED:
+                aggregate.cycle_attempts -= 0 if aggregate.trial else 1
+                return
             provider = aggregate.last_provider
             if provider and self.reason != INTERRUPTED and not aggregate.trial:
                 aggregate.failures = {**aggregate.failures, provider: aggregate.failures.get(provider, 0) + 1}
@@ -351,9 +356,12 @@ class Message(Aggregate):
         rng: random.Random | None = None,
         attempt: int | None = None,
     ) -> None:
-        """Back off by the policy, or fail as exhausted when the cycle's attempts are spent."""
+        """Back off by the policy, or fail as exhausted when the cycle's attempts are spent.
+
+        A 429 (the provider's pace, not its failure) backs off by its Retry-After and counts
+        neither toward the cycle's attempts nor toward failover: it never exhausts a message."""
         self._check_in_flight(attempt)
-        if policy.exhausted(self.cycle_attempts):
+        if status_code != THROTTLED and policy.exhausted(self.cycle_attempts):
             self._fail(reason, error, status_code, now, permanent=False)
             return
         # (a failed trial of a message never attempted in this cycle backs off as a first attempt)

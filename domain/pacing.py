@@ -51,24 +51,35 @@ class Pace:
     sent_before: int = 0
 
     def rate(self, now: float) -> float | None:
-        """Messages/s this process may send now; None: no limit."""
-        rates = []
-        if self.limit is not None:
-            rates.append(self.limit * self.share)
-        if self.ramp_from is not None:
-            base = (self.limit if self.limit is not None else RAMP_RATE) * self.share
-            ramped = base * RAMP_START * 2 ** int((now - self.ramp_from) // RAMP_STEP)
-            if ramped < base:
-                rates.append(ramped)
-            else:
-                self.ramp_from = None
-        if self.adaptive is not None:
-            grown = self.adaptive + self.ceiling / 40 * max(0.0, now - self.adapted_at)
-            if grown < self.ceiling:
-                rates.append(grown)
-            else:
-                self.adaptive = None
+        """Messages/s this process may send now; None: no limit. (A ramp or an AIMD pace that
+        has run its course is dropped.)"""
+        if self.ramp_from is not None and self._ramped(now) is None:
+            self.ramp_from = None
+        if self.adaptive is not None and self._adapted(now) is None:
+            self.adaptive = None
+        return self.rate_at(now)
+
+    def rate_at(self, moment: float) -> float | None:
+        """The pace at ``moment`` (now or later) as things stand: a ramp and an AIMD recovery are
+        functions of time, so a slot promised for later is spaced at the pace of then."""
+        rates = [r for r in (self._limit(), self._ramped(moment), self._adapted(moment)) if r is not None]
         return min(rates) if rates else None
+
+    def _limit(self) -> float | None:
+        return self.limit * self.share if self.limit is not None else None
+
+    def _ramped(self, moment: float) -> float | None:
+        if self.ramp_from is None:
+            return None
+        base = (self.limit if self.limit is not None else RAMP_RATE) * self.share
+        ramped = base * RAMP_START * 2 ** int(max(0.0, moment - self.ramp_from) // RAMP_STEP)
+        return ramped if ramped < base else None
+
+    def _adapted(self, moment: float) -> float | None:
+        if self.adaptive is None:
+            return None
+        grown = self.adaptive + self.ceiling / 40 * max(0.0, moment - self.adapted_at)
+        return grown if grown < self.ceiling else None
 
     def admit(self, key: Hashable | None, now: float) -> float:
         """0.0: send now; else the seconds to wait (``key`` holds its place meanwhile)."""
@@ -84,7 +95,8 @@ class Pace:
             self._count(now)
             return 0.0
         slot = max(now, self.next_free, self.paused_until)
-        self.next_free = slot + (1.0 / rate if rate else 0.0)
+        at_slot = self.rate_at(slot)
+        self.next_free = slot + (1.0 / at_slot if at_slot else 0.0)
         if slot <= now + LAG:
             self._count(now)
             return 0.0

@@ -5,7 +5,7 @@ Adapters implement these; actors depend only on them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -105,6 +105,8 @@ class Hold:
 
     until: datetime
     reason: str
+    #: Waiting for a slot of the provider's pace, not for its health: no reason to move elsewhere.
+    paced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +117,36 @@ class Trial:
 class ProviderGate(Protocol):
     """Whether a provider takes attempts now (what the workers obey), and what they saw of it."""
 
-    def admit(self, provider: str, now: datetime) -> Hold | Trial | None:
-        """None: attempt; ``Trial``: attempt as a trial; ``Hold``: wait (thread-safe, no I/O)."""
+    def admit(self, provider: str, now: datetime, key: Hashable | None = None) -> Hold | Trial | None:
+        """None: attempt; ``Trial``: attempt as a trial; ``Hold``: wait (thread-safe, no I/O).
+        ``key`` (the message) keeps its place in the provider's pace while it waits."""
         ...
 
-    def record(self, provider: str, *, transient: bool, trial: bool, now: datetime) -> None:
+    def record(
+        self,
+        provider: str,
+        *,
+        transient: bool,
+        trial: bool,
+        now: datetime,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         """An attempt's outcome (``transient``: a failure worth retrying, timeouts included);
-        this process's counts decide the circuit's transitions, written to the store."""
+        this process's counts decide the circuit's transitions, written to the store. A 429
+        slows the provider's pace instead (``retry_after``: its hint)."""
+        ...
+
+
+class Peers(Protocol):
+    """The live delivery processes of the deployment, which share each provider's rate limit."""
+
+    def beat(self, process: str, now: datetime) -> int:
+        """Record ``process`` alive now; how many are (itself included)."""
+        ...
+
+    def leave(self, process: str) -> None:
+        """``process`` stops: count it out at once."""
         ...
 
 

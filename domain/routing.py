@@ -4,7 +4,8 @@ A request that pins a provider is never moved. Otherwise its channel's route (we
 picks a primary, the same one for a message every time (by its id), then the other weighted
 providers and each one's ``fallback`` list, in order. A candidate is skipped while it takes no
 attempts (its circuit is open, or it is disabled) and once it has failed this message
-transiently ``failover_after`` times in this cycle; if every candidate is spent, the least
+transiently ``failover_after`` times in this cycle (a wait for a slot of its pace is no reason to
+move: the message waits for it); if every candidate is spent, the least
 failed one that takes attempts is tried again. When none takes attempts, the message is held
 for the one that frees soonest.
 """
@@ -112,7 +113,7 @@ class RoutingPolicy:
         holds: list[Choice] = []
         for name in _unique([*fresh, *spent]):
             admission = admit(name)
-            if not isinstance(admission, Hold):
+            if not isinstance(admission, Hold) or admission.paced:  # a pace's wait is short
                 return Choice(name, admission)
             holds.append(Choice(name, admission))
         return min(holds, key=lambda choice: _until(choice))

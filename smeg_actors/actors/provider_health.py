@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +24,9 @@ import structlog
 
 from domain.circuit import CLOSED, HALF_OPEN, OPEN, AttemptWindow, CircuitPolicy
 from domain.errors import InvalidTransitionError
-from domain.ports import Hold, ProviderHealthRepository, Trial
+from domain.message import THROTTLED
+from domain.pacing import Pace
+from domain.ports import Hold, Peers, ProviderHealthRepository, Trial
 from domain.provider_health import ProviderHealth
 from smeg_actors.actors.messages import Tick
 from smeg_actors.actors.supervisor import Supervised
@@ -40,15 +42,17 @@ TRIAL_RECHECK = timedelta(seconds=2)
 #: second of its open period's end, so an earlier look would only find it still open.
 MIN_RECHECK = timedelta(seconds=1)
 TRIAL = Trial()
+#: Why a message waits for a slot of its provider's pace (one reason: one Held per wait).
+PACED = "paced to the provider's rate"
 
 
 class NoHolds:
     """A gate that holds nothing: where no provider health is kept."""
 
-    def admit(self, provider: str, now: datetime) -> Hold | Trial | None:
+    def admit(self, provider: str, now: datetime, key: Hashable | None = None) -> Hold | Trial | None:
         return None
 
-    def record(self, provider: str, *, transient: bool, trial: bool, now: datetime) -> None:
+    def record(self, provider: str, *, transient: bool, trial: bool, now: datetime, **_: Any) -> None:
         return None
 
 
@@ -85,6 +89,7 @@ class ProviderHealthView:
         *,
         repository: ProviderHealthRepository | None = None,
         policies: Mapping[str, CircuitPolicy] | None = None,
+        limits: Mapping[str, float | None] | None = None,
         opened_by: str = "",
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -94,12 +99,13 @@ class ProviderHealthView:
         self.windows = {name: AttemptWindow(self.policies[name].window) for name in self.names}
         self.snapshot: dict[str, ProviderHealth] = {}
         self.trials: dict[str, _Trials] = {}
+        self.paces = {name: Pace(limit=(limits or {}).get(name)) for name in self.names}
         self.lock = threading.Lock()
 
-    def admit(self, provider: str, now: datetime) -> Hold | Trial | None:
+    def admit(self, provider: str, now: datetime, key: Hashable | None = None) -> Hold | Trial | None:
         health = self.snapshot.get(provider)
-        if health is None or (not health.disabled and health.circuit == CLOSED):
-            return None
+        if health is None or _free(health):
+            return self._paced(provider, now, key)
         if health.disabled:
             return Hold(
                 now + DISABLED_RECHECK, f"provider disabled by {health.disabled_by}: {health.disabled_reason}"
@@ -114,8 +120,23 @@ class ProviderHealthView:
                 return TRIAL
         return Hold(now + TRIAL_RECHECK, "circuit half-open: trials under way")
 
-    def record(self, provider: str, *, transient: bool, trial: bool, now: datetime) -> None:
-        if self.repository is None or provider not in self.policies:
+    def record(
+        self,
+        provider: str,
+        *,
+        transient: bool,
+        trial: bool,
+        now: datetime,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        if provider not in self.policies:
+            return
+        if status_code == THROTTLED:  # the provider's pace, not its health: it answered
+            with self.lock:
+                self.paces[provider].throttled(self.monotonic(), retry_after)
+            transient = False
+        if self.repository is None:
             return
         with self.lock:
             decide = self._judge_trial if trial else self._count
@@ -131,9 +152,32 @@ class ProviderHealthView:
                 if name not in fresh or fresh[name].version < known.version:
                     fresh[name] = known
             changed = {n for n in fresh if _state(fresh.get(n)) != _state(self.snapshot.get(n))}
+            for name in changed:
+                self._maybe_ramp(self.snapshot.get(name), fresh[name])
             self.snapshot = fresh
         for name in sorted(changed):
             log.info("provider_health_seen", provider=name, state=fresh[name].state)
+
+    def share(self, processes: int) -> None:
+        """How many live processes share each provider's rate limit."""
+        with self.lock:
+            for pace in self.paces.values():
+                pace.share = 1.0 / max(1, processes)
+
+    def _paced(self, provider: str, now: datetime, key: Hashable | None) -> Hold | None:
+        pace = self.paces.get(provider)
+        if pace is None:
+            return None
+        with self.lock:
+            wait = pace.admit(key, self.monotonic())
+        if not wait:
+            return None
+        return Hold(now + timedelta(seconds=wait), PACED, paced=True)
+
+    def _maybe_ramp(self, before: ProviderHealth | None, after: ProviderHealth) -> None:
+        """A provider that took no attempts and takes them again is ramped up (caller locks)."""
+        if before is not None and not _free(before) and _free(after):
+            self.paces[after.name].closed(self.monotonic())
 
     def due_half_open(self, now: datetime) -> list[str]:
         """Providers whose open period is over (the health actor half-opens them)."""
@@ -220,7 +264,13 @@ class ProviderHealthView:
         with self.lock:
             known = self.snapshot.get(provider)
             if known is None or known.version <= health.version:
+                self._maybe_ramp(known, health)
                 self.snapshot = {**self.snapshot, provider: health}
+
+
+def _free(health: ProviderHealth) -> bool:
+    """Takes every attempt: enabled, its circuit closed."""
+    return not health.disabled and health.circuit == CLOSED
 
 
 def _state(health: ProviderHealth | None) -> tuple[str, Any] | None:
@@ -229,7 +279,8 @@ def _state(health: ProviderHealth | None) -> tuple[str, Any] | None:
 
 class ProviderHealthActor(Supervised):
     """Refreshes the view every ``every`` seconds of ticks, and half-opens circuits whose open
-    period is over (the store decides which process writes it)."""
+    period is over (the store decides which process writes it). Every ``beat_every`` seconds it
+    tells ``peers`` this process is alive, and learns how many share each rate limit."""
 
     def __init__(
         self,
@@ -240,13 +291,25 @@ class ProviderHealthActor(Supervised):
         repository: ProviderHealthRepository,
         clock: Clock,
         every: float = 1.0,
+        peers: Peers | None = None,
+        process: str = "",
+        beat_every: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(name, supervisor)
         self.view, self.repository, self.clock = view, repository, clock
         self.every, self.monotonic = every, monotonic
-        self.next_at = 0.0
+        self.peers, self.process, self.beat_every = peers, process, beat_every
+        self.next_at = self.next_beat = 0.0
+        self.live = 1
         self.failing = False
+
+    def on_stop(self) -> None:
+        if self.peers is not None:
+            try:
+                self.peers.leave(self.process)
+            except Exception as exc:
+                log.warning("process_not_unregistered", error=f"{type(exc).__name__}: {exc}"[:300])
 
     def on_start(self) -> None:
         self._refresh()
@@ -263,6 +326,7 @@ class ProviderHealthActor(Supervised):
     def _refresh(self) -> None:
         self.next_at = self.monotonic() + self.every
         try:
+            self._beat()
             self.view.refresh(self.repository)
             for provider in self.view.due_half_open(self.clock()):
                 self._half_open(provider)
@@ -272,6 +336,16 @@ class ProviderHealthActor(Supervised):
             self.failing = True
             return
         self.failing = False
+
+    def _beat(self) -> None:
+        if self.peers is None or self.monotonic() < self.next_beat:
+            return
+        self.next_beat = self.monotonic() + self.beat_every
+        live = self.peers.beat(self.process, self.clock())
+        if live != self.live:
+            log.info("delivery_processes_seen", live=live, rate_share=f"1/{live}")
+        self.live = live
+        self.view.share(live)
 
     def _half_open(self, provider: str) -> None:
         now = self.clock()

@@ -132,14 +132,25 @@ class WorkerActor(Supervised):
         results = self._call_all(attempts)
         now = self.clock()
         for message, (result, _ms) in zip(attempts, results, strict=True):
-            transient = not isinstance(result, ProviderReceipt | PermanentDeliveryError)
-            self.gate.record(message.last_provider or "", transient=transient, trial=message.trial, now=now)
+            self._record(message, result, now)
         finished = self._commit(
             [self._outcome_change(m, r, ms, now) for m, (r, ms) in zip(attempts, results, strict=True)]
         )
         if finished is not None:
             for outcome in finished:
                 self._after(outcome)
+
+    def _record(self, message: Message, result: Result, now: datetime) -> None:
+        """Tell the gate an attempt's outcome (a 429's Retry-After included)."""
+        transient = not isinstance(result, ProviderReceipt | PermanentDeliveryError)
+        self.gate.record(
+            message.last_provider or "",
+            transient=transient,
+            trial=message.trial,
+            now=now,
+            status_code=getattr(result, "status_code", None),
+            retry_after=getattr(result, "retry_after", None),
+        )
 
     def _begin_change(self, item: WorkItem, now: datetime) -> Change:
         def begin(message: Message) -> None:
@@ -155,7 +166,7 @@ class WorkerActor(Supervised):
                 channel=message.channel,
                 key=message.id,
                 failures=message.failures,
-                admit=lambda provider: self.gate.admit(provider, now),
+                admit=lambda provider: self.gate.admit(provider, now, message.id),
             )
             admission = choice.admission
             if not isinstance(admission, Hold):

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from adapters.event_store import MessageStore
 from adapters.failed_outbox import FailedOutbox
 from adapters.memory_broker import MemoryFailurePublisher, MemoryIntake
+from adapters.process_registry import ProcessRegistry
 from adapters.provider_health_store import ProviderHealthStore
 from adapters.rabbitmq import Topology
 from adapters.rabbitmq_failed import RabbitFailurePublisher
@@ -31,6 +32,7 @@ from smeg_actors.runtime.factory import (
     open_engine,
     open_failed_queue,
     open_store,
+    rate_limits,
     routing_policy,
 )
 from smeg_actors.runtime.pipeline import Parts, Runtime
@@ -109,6 +111,8 @@ def build_runtime(
         health=ProviderHealthStore(store),
         policies=circuit_policies(settings),
         routing=routing_policy(settings, providers),
+        limits=rate_limits(settings),
+        peers=ProcessRegistry(engine),
     )
     runtime = Runtime(settings, parts, clock=clock or utc_now, stale_after=stale_after)
     broker.intake.hold = runtime.hold_intake

@@ -132,6 +132,20 @@ def circuit_policies(settings: Settings) -> dict[str, CircuitPolicy]:
     return policies
 
 
+def rate_limits(settings: Settings) -> dict[str, float | None]:
+    """Each provider's ``rate_limit`` (messages/s for the whole deployment; None: unlimited); a
+    bad one is a SettingsError naming the provider."""
+    limits: dict[str, float | None] = {}
+    for name, config in settings.provider_configs().items():
+        limit = config.get("rate_limit")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit <= 1_000_000
+        ):
+            raise SettingsError(f"provider {name}: rate_limit must be a number of messages/s above 0")
+        limits[name] = float(limit) if limit is not None else None
+    return limits
+
+
 def open_failed_queue(settings: Settings) -> FailedQueueReader:
     """A reader of ``{prefix}.failed`` (for redrive; raises BrokerUnavailableError)."""
     from adapters.rabbitmq import Topology

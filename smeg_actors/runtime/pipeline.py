@@ -23,6 +23,7 @@ from domain.ports import (
     Intake,
     LogOutbox,
     MessageRepository,
+    Peers,
     Provider,
     ProviderHealthRepository,
     ReadModels,
@@ -93,6 +94,8 @@ class Parts:
     health: ProviderHealthRepository | None = None
     policies: dict[str, CircuitPolicy] = field(default_factory=dict)
     routing: RoutingPolicy | None = None
+    limits: dict[str, float | None] = field(default_factory=dict)
+    peers: Peers | None = None
 
 
 class Runtime:
@@ -125,6 +128,7 @@ class Runtime:
             providers,
             repository=parts.health,
             policies=parts.policies,
+            limits=parts.limits,
             opened_by=f"pid {os.getpid()} on {socket.gethostname()}",
         )
         self.calls = ProviderCalls(providers, settings.provider_concurrency)
@@ -357,7 +361,13 @@ class Runtime:
             ChildSpec(
                 "health",
                 lambda sup: ProviderHealthActor.start(
-                    "health", sup, view=view, repository=repository, clock=self.clock
+                    "health",
+                    sup,
+                    view=view,
+                    repository=repository,
+                    clock=self.clock,
+                    peers=self.parts.peers,
+                    process=f"{socket.gethostname()}/{os.getpid()}",
                 ),
             )
         ]

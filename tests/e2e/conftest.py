@@ -33,6 +33,8 @@ class StubProvider:
     def __init__(self, latency: float = 0.0, status: int = 200) -> None:
         self.latency, self.status = latency, status
         self.calls: Counter[str] = Counter()
+        #: When each call arrived (monotonic), in order.
+        self.times: list[float] = []
         self.lock = threading.Lock()
         stub = self
 
@@ -43,6 +45,7 @@ class StubProvider:
                 key = self.headers["Idempotency-Key"]
                 with stub.lock:
                     stub.calls[key] += 1
+                    stub.times.append(time.monotonic())
                 time.sleep(stub.latency)
                 body = json.dumps({"id": f"stub-{key}"}).encode()
                 self.send_response(stub.status)

@@ -116,3 +116,12 @@ def test_the_pace_is_never_below_the_floor_nor_above_the_share(
     for t in (0.0, 5.0, 15.0, 31.0, 100.0):
         rate = pace.rate(t)
         assert rate is not None and min(MIN_RATE, limit * share) <= rate <= limit * share + 1e-9
+
+
+def test_slots_promised_during_a_ramp_are_spaced_at_the_pace_of_their_time() -> None:
+    pace = Pace()
+    pace.closed(0.0)
+    waits = [pace.admit(key, 0.0) for key in range(1000)]
+    assert waits[100] == pytest.approx(10.0, abs=0.1)  # 100 at 10/s
+    assert waits[300] == pytest.approx(20.0, abs=0.1)  # then 200 at 20/s
+    assert max(waits) < 36.0  # 1000 held messages drained in about 34 s, not 100 s at 10/s
