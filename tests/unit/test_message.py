@@ -103,6 +103,8 @@ def cycle_attempts_at_end(history: list[Any]) -> int:
             count = 0
         elif isinstance(event, Message.Attempted):
             count += 1
+        elif isinstance(event, Message.BackedOff) and event.status_code == 429:
+            count -= 1  # the provider's pace: not counted
     return count
 
 
@@ -135,8 +137,11 @@ def assert_history_follows_rules(history: list[Any], *, max_attempts: int) -> No
             assert cycle <= max_attempts
             assert retry_at is None or event.timestamp >= retry_at, "attempt before retry_at"
             retry_at = None
-        if isinstance(event, Message.BackedOff):
+        if isinstance(event, Message.BackedOff) and event.status_code == 429:
+            cycle -= 1  # a 429 is the provider's pace: it counts no attempt, exhausts nothing
+        elif isinstance(event, Message.BackedOff):
             assert cycle < max_attempts, "backed off although the cycle was exhausted"
+        if isinstance(event, Message.BackedOff):
             assert event.retry_at == event.timestamp + timedelta(seconds=event.delay_seconds)
             retry_at = event.retry_at
         if isinstance(event, Message.Failed) and not event.permanent:
@@ -865,6 +870,8 @@ class MessageCommands(RuleBasedStateMachine):
         return None if isinstance(last, Message.Attempted) else NoAttemptInFlightError
 
     def _expected_event(self, command: str) -> type[Any]:
+        if command == "throttled":
+            return Message.BackedOff
         if command in ("transient", "interruption"):
             exhausted = cycle_attempts_at_end(self.history) >= self.policy.max_attempts
             return Message.Failed if exhausted else Message.BackedOff
@@ -926,7 +933,7 @@ class MessageCommands(RuleBasedStateMachine):
     )
     def fail_transiently(self, status: int | None, retry_after: int | None) -> None:
         self._run(
-            "transient",
+            "throttled" if status == 429 else "transient",
             lambda: self.message.record_transient_failure(
                 "unavailable",
                 error="http error",
