@@ -110,7 +110,11 @@ class Message(Aggregate):
             aggregate.attempted_at = self.timestamp
 
     class BackedOff(Event):
-        """An attempt failed transiently; the next one is due at ``retry_at``."""
+        """An attempt failed transiently; the next one is due at ``retry_at``.
+
+        ``throttled``: a 429 within the cycle's allowance (as many as its attempts): the provider's
+        pace, not its failure, so it counts neither as an attempt of the cycle nor toward failover
+        (absent, False, from events before 2026-12-07)."""
 
         attempt: int
         reason: str
@@ -120,13 +124,15 @@ class Message(Aggregate):
         retry_at: datetime
         delay_seconds: float
         policy: dict[str, Any]
+        throttled: bool = False
 
         def apply(self, aggregate: Message) -> None:
             aggregate.status = BACKED_OFF
             aggregate.retry_at = self.retry_at
             aggregate.last_error = self.reason
-            if self.status_code == THROTTLED:
+            if self.throttled:
                 aggregate.cycle_attempts -= 0 if aggregate.trial else 1
+                aggregate.throttles += 1
                 return
             provider = aggregate.last_provider
             if provider and self.reason != INTERRUPTED and not aggregate.trial:
@@ -183,6 +189,7 @@ class Message(Aggregate):
             aggregate.status = RECEIVED
             aggregate.cycle_attempts = 0
             aggregate.failures = {}
+            aggregate.throttles = 0
             aggregate.retry_at = None
             aggregate.permanent = False
             if self.requested_by == AUTO_REDRIVE:
@@ -228,6 +235,8 @@ class Message(Aggregate):
         #: This cycle's transient failures by provider (trials and interruptions aside): after
         #: ``failover_after`` of them a message moves to its next provider (``domain.routing``).
         self.failures: dict[str, int] = {}
+        #: This cycle's 429s that were not counted (at most as many as the cycle's attempts).
+        self.throttles = 0
 
     @staticmethod
     def create_id(message_id: str) -> UUID:
@@ -291,14 +300,18 @@ class Message(Aggregate):
             return None
         return self.created_on
 
+    def check_due(self, now: datetime) -> None:
+        """Refuse (``RetryNotDueError``) before a backoff's ``retry_at``: neither an attempt nor a
+        hold may cut it short (a held message waits for its provider, not the clock)."""
+        if self.retry_at is not None and now < self.retry_at and self.status != HELD:
+            raise RetryNotDueError(f"retry is due at {self.retry_at.isoformat()}")
+
     def start_attempt(self, provider: str, *, now: datetime, trial: bool = False) -> None:
-        """Record that an attempt begins now; refused while one is in flight or before ``retry_at``
-        (a held message waits for its provider, not the clock: it may start once that takes it)."""
+        """Record that an attempt begins now; refused while one is in flight or before ``retry_at``."""
         self._check_not_final()
         if self.status == IN_FLIGHT:
             raise AttemptOutcomePendingError(f"attempt {self.attempts} has no outcome yet")
-        if self.retry_at is not None and now < self.retry_at and self.status != HELD:
-            raise RetryNotDueError(f"retry is due at {self.retry_at.isoformat()}")
+        self.check_due(now)
         self._trigger(self.Attempted, now, attempt=self.attempts + 1, provider=provider, trial=trial)
 
     def hold(self, provider: str, *, until: datetime, reason: str, now: datetime) -> None:
@@ -307,6 +320,7 @@ class Message(Aggregate):
         self._check_not_final()
         if self.status == IN_FLIGHT:
             raise AttemptOutcomePendingError(f"attempt {self.attempts} has no outcome yet")
+        self.check_due(now)
         if self.held == (provider, reason):
             raise StillHeldError(f"held for {provider}: {reason}")
         self._trigger(self.Held, now, provider=provider, until=until, reason=reason)
@@ -358,15 +372,17 @@ class Message(Aggregate):
     ) -> None:
         """Back off by the policy, or fail as exhausted when the cycle's attempts are spent.
 
-        A 429 (the provider's pace, not its failure) backs off by its Retry-After and counts
-        neither toward the cycle's attempts nor toward failover: it never exhausts a message."""
+        A 429 (the provider's pace, not its failure) backs off by its Retry-After and, for as many
+        429s in a cycle as it has attempts, counts neither toward them nor toward failover; a
+        provider that answers nothing but 429 exhausts a message after twice its attempts."""
         self._check_in_flight(attempt)
-        if status_code != THROTTLED and policy.exhausted(self.cycle_attempts):
+        throttled = status_code == THROTTLED and self.throttles < policy.max_attempts
+        if not throttled and policy.exhausted(self.cycle_attempts):
             self._fail(reason, error, status_code, now, permanent=False)
             return
         # (a failed trial of a message never attempted in this cycle backs off as a first attempt)
         delay = policy.delay(max(self.cycle_attempts, 1), retry_after=retry_after, rng=rng)
-        self._back_off(reason, error, status_code, latency_ms, delay, policy, now)
+        self._back_off(reason, error, status_code, latency_ms, delay, policy, now, throttled=throttled)
 
     def record_interruption(self, *, policy: BackoffPolicy, now: datetime) -> None:
         """Close an attempt whose outcome was lost with its process, so the history says so.
@@ -404,6 +420,8 @@ class Message(Aggregate):
         delay: float,
         policy: BackoffPolicy,
         now: datetime,
+        *,
+        throttled: bool = False,
     ) -> None:
         self._trigger(
             self.BackedOff,
@@ -416,6 +434,7 @@ class Message(Aggregate):
             retry_at=now + timedelta(seconds=delay),
             delay_seconds=delay,
             policy=policy.as_dict(),
+            throttled=throttled,
         )
 
     def _fail(

@@ -72,7 +72,8 @@ class Pace:
         if self.ramp_from is None:
             return None
         base = (self.limit if self.limit is not None else RAMP_RATE) * self.share
-        ramped = base * RAMP_START * 2 ** int(max(0.0, moment - self.ramp_from) // RAMP_STEP)
+        steps = min(int(max(0.0, moment - self.ramp_from) // RAMP_STEP), 16)  # 2**16: long past base
+        ramped = base * RAMP_START * 2**steps
         return ramped if ramped < base else None
 
     def _adapted(self, moment: float) -> float | None:
@@ -91,6 +92,8 @@ class Pace:
             slot = self.tickets[key]
             if slot > now + LAG:
                 return slot - now
+            if now < self.paused_until:  # (tickets are given up on a pause; belt and braces)
+                return self.paused_until - now
             del self.tickets[key]
             self._count(now)
             return 0.0
@@ -106,16 +109,21 @@ class Pace:
         return slot - now
 
     def throttled(self, now: float, retry_after: float | None) -> None:
-        """The provider answered 429: halve the pace (once a second at most); pause for Retry-After."""
+        """The provider answered 429: halve the pace (once a second at most); pause for Retry-After.
+
+        Promised slots are given up (their holders ask again when they come back), so none is
+        kept inside the pause or at the old spacing; the pace grows back from the pause's end."""
         if retry_after is not None and retry_after > 0:
             self.paused_until = max(self.paused_until, now + min(retry_after, MAX_PAUSE))
+        self.tickets.clear()
+        self.next_free = max(now, self.paused_until)
         if self.adaptive is not None and now - self.adapted_at < 1.0:
             return
         current = self.rate(now) or max(float(self.sent_before), float(self.sent), 2 * MIN_RATE)
         if self.adaptive is None:
             self.ceiling = self.limit * self.share if self.limit is not None else 2 * current
         self.adaptive = max(MIN_RATE, current / 2)
-        self.adapted_at = now
+        self.adapted_at = max(now, self.paused_until)
 
     def closed(self, now: float) -> None:
         """The provider takes attempts again after taking none: ramp up from 10 %."""

@@ -71,6 +71,8 @@ class RoutingPolicy:
     def __post_init__(self) -> None:
         if self.failover_after < 1:
             raise ValueError("failover_after must be >= 1")
+        if self.providers and self.default_provider not in self.providers:
+            raise ValueError(f"the default provider {self.default_provider!r} is not a configured provider")
         known = self.providers | {self.default_provider}
         for name, chain in self.fallbacks.items():
             for other in chain:

@@ -132,10 +132,13 @@ class ProviderHealthView:
     ) -> None:
         if provider not in self.policies:
             return
-        if status_code == THROTTLED:  # the provider's pace, not its health: it answered
+        if status_code == THROTTLED:  # the provider's pace, not its health: neither success nor failure
             with self.lock:
                 self.paces[provider].throttled(self.monotonic(), retry_after)
-            transient = False
+                health = self.snapshot.get(provider)
+                if trial and health is not None:
+                    self._trials(provider, health).running[:1] = []  # its slot is free again
+            return
         if self.repository is None:
             return
         with self.lock:
@@ -325,8 +328,8 @@ class ProviderHealthActor(Supervised):
 
     def _refresh(self) -> None:
         self.next_at = self.monotonic() + self.every
+        self._beat()
         try:
-            self._beat()
             self.view.refresh(self.repository)
             for provider in self.view.due_half_open(self.clock()):
                 self._half_open(provider)
@@ -338,10 +341,15 @@ class ProviderHealthActor(Supervised):
         self.failing = False
 
     def _beat(self) -> None:
+        """A failed beat keeps the last count (the health view is refreshed all the same)."""
         if self.peers is None or self.monotonic() < self.next_beat:
             return
         self.next_beat = self.monotonic() + self.beat_every
-        live = self.peers.beat(self.process, self.clock())
+        try:
+            live = self.peers.beat(self.process, self.clock())
+        except Exception as exc:
+            log.warning("process_heartbeat_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            return
         if live != self.live:
             log.info("delivery_processes_seen", live=live, rate_share=f"1/{live}")
         self.live = live

@@ -161,6 +161,7 @@ class WorkerActor(Supervised):
                 message.record_interruption(policy=self.policy, now=now)
                 if message.status == FAILED:
                     return
+            message.check_due(now)  # before the gate: a slot of its pace is not taken in vain
             choice = self.routing.choose(
                 pinned=message.provider,
                 channel=message.channel,

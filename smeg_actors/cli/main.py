@@ -126,7 +126,7 @@ def audit_export(ctx: click.Context, since: str | None, until: str | None) -> No
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> int:
     """Check the store, the broker and every provider; exit 3 if any fails."""
-    from smeg_actors.runtime.factory import build_providers
+    from smeg_actors.runtime.factory import build_providers, check_routing
     from smeg_actors.runtime.factory import open_store as open_configured_store
     from smeg_actors.runtime.health import dependency_checks, run_checks
 
@@ -137,7 +137,9 @@ def check(ctx: click.Context, as_json: bool) -> int:
         stores.append(open_configured_store(settings))
         return stores[-1]
 
-    healthy, results = run_checks(dependency_checks(settings, store, build_providers(settings)))
+    providers = build_providers(settings)
+    check_routing(settings, providers)
+    healthy, results = run_checks(dependency_checks(settings, store, providers))
     for opened in stores:
         opened.close()
     if as_json:

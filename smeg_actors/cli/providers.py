@@ -75,7 +75,9 @@ def providers(ctx: click.Context, as_json: bool) -> None:
     for row in rows:
         extra = f"  disabled by {row['disabled_by']}: {row['disabled_reason']}" if row["disabled_by"] else ""
         since = f"  since {row['since']}" if row["since"] else ""
-        click.echo(f"{row['name']}  {row['state']}  held {row['held']}{since}{extra}")
+        rate = f"  rate limit {row['rate_limit']:g}/s" if row["rate_limit"] else ""
+        fallback = f"  fallback {', '.join(row['fallback'])}" if row["fallback"] else ""
+        click.echo(f"{row['name']}  {row['state']}  held {row['held']}{since}{rate}{fallback}{extra}")
 
 
 @providers.command("disable")
@@ -103,7 +105,10 @@ def enable(ctx: click.Context, name: str, by: str | None) -> None:
     """Let attempts through NAME again: its held messages are delivered."""
     who = by or _operator()
     _change(ctx, name, lambda health, now: health.enable(by=who, now=now))
-    click.echo(f"provider {name} enabled by {who}: its held messages go out at their next look (within 5 s)")
+    click.echo(
+        f"provider {name} enabled by {who}: its held messages go out from their next look (within 5 s),"
+        " at a pace ramped up from 10 %"
+    )
 
 
 def _change(ctx: click.Context, name: str, apply: Callable[[ProviderHealth, datetime], None]) -> None:
@@ -132,18 +137,24 @@ def _check_configured(settings: Settings, name: str) -> None:
 
 def provider_rows(settings: Settings) -> list[dict[str, Any]]:
     """One object per configured provider: ``name``, ``state``, ``failure_ratio``, ``held``,
-    ``since`` (ISO 8601 UTC or null), ``open_until``, ``disabled_by``, ``disabled_reason``."""
+    ``since`` (ISO 8601 UTC or null), ``open_until``, ``disabled_by``, ``disabled_reason``,
+    ``rate_limit`` (messages/s for the deployment, or null) and ``fallback`` (names)."""
     from adapters.provider_health_store import ProviderHealthStore
     from adapters.status_view import held_counts
-    from smeg_actors.runtime.factory import open_engine
+    from smeg_actors.runtime.factory import open_engine, rate_limits, routing_policy
 
     names = sorted(settings.provider_configs())
+    limits, fallbacks = rate_limits(settings), routing_policy(settings).fallbacks
     store = open_store(settings)
     engine = open_engine(settings)
     try:
         health = ProviderHealthStore(store)
         held = held_counts(engine)
-        return [_row(name, health.get(name), held.get(name, 0)) for name in names]
+        return [
+            _row(name, health.get(name), held.get(name, 0))
+            | {"rate_limit": limits.get(name), "fallback": list(fallbacks.get(name, ()))}
+            for name in names
+        ]
     finally:
         engine.dispose()
         store.close()

@@ -139,11 +139,21 @@ def rate_limits(settings: Settings) -> dict[str, float | None]:
     for name, config in settings.provider_configs().items():
         limit = config.get("rate_limit")
         if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit <= 1_000_000
+            isinstance(limit, bool) or not isinstance(limit, int | float) or not 0.01 <= limit <= 1_000_000
         ):
-            raise SettingsError(f"provider {name}: rate_limit must be a number of messages/s above 0")
+            raise SettingsError(
+                f"provider {name}: rate_limit must be a number of messages/s, 0.01 to 1000000"
+            )
         limits[name] = float(limit) if limit is not None else None
     return limits
+
+
+def check_routing(settings: Settings, providers: Iterable[str]) -> None:
+    """Raise the SettingsError of a bad circuit table, route, fallback list or rate limit: before
+    any dependency is checked, so a typo is exit 2, not a half-started process."""
+    circuit_policies(settings)
+    routing_policy(settings, providers)
+    rate_limits(settings)
 
 
 def open_failed_queue(settings: Settings) -> FailedQueueReader:

@@ -21,7 +21,7 @@ from adapters.rabbitmq import BrokerUnavailableError
 from smeg_actors.runtime.bootstrap import build_runtime
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.exit_codes import EXIT_OK, EXIT_UNHEALTHY
-from smeg_actors.runtime.factory import build_providers, circuit_policies, open_store
+from smeg_actors.runtime.factory import build_providers, check_routing, open_store
 from smeg_actors.runtime.health import dependency_checks, run_checks
 from smeg_actors.runtime.process_group import (
     PARENT_PID_VARIABLE,
@@ -40,7 +40,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     parent = os.environ.get(PARENT_PID_VARIABLE)
     gate = start_gate()
     providers = build_providers(settings)
-    circuit_policies(settings)  # a bad [providers.NAME.circuit] table: exit 2 before any check
+    check_routing(settings, providers)
     stores: list[MessageStore] = []
 
     def open_checked_store() -> MessageStore:

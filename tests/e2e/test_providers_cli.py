@@ -156,3 +156,42 @@ def test_undecodable_bytes_in_a_reason_are_refused(tmp_path: Path) -> None:
 
 def _rule(why: str) -> str:
     return "one line of text, without control characters" if why == "one line of text" else why
+
+
+def test_the_listing_shows_each_provider_s_rate_limit_and_fallbacks(tmp_path: Path) -> None:
+    config = tmp_path / "smeg.toml"
+    config.write_text(
+        '[providers.a]\ntype = "http"\nurl = "http://127.0.0.1:9/a"\nfallback = ["b"]\nrate_limit = 50\n'
+        '[providers.b]\ntype = "http"\nurl = "http://127.0.0.1:9/b"\n'
+    )
+    url = f"sqlite:///{tmp_path}/smeg.db"
+    env = smeg_env(SMEG_DATABASE_URL=url, SMEG_CONFIG=str(config))
+    MessageStore(url).close()
+    rows = json.loads(run_cli(env, "providers", "--json").stdout)
+    assert [(r["name"], r["rate_limit"], r["fallback"]) for r in rows] == [
+        ("a", 50.0, ["b"]),
+        ("b", None, []),
+    ]
+    text = run_cli(env, "providers").stdout.splitlines()
+    assert text[0].endswith("rate limit 50/s  fallback b") and "rate" not in text[1]
+    config.write_text(config.read_text().replace("rate_limit = 50", "rate_limit = -1"))
+    bad = run_cli(env, "providers")
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2,
+        "smeg: provider a: rate_limit must be a number of messages/s, 0.01 to 1000000",
+    )
+
+
+def test_check_and_run_refuse_a_route_to_an_unknown_provider_before_any_dependency(tmp_path: Path) -> None:
+    config = tmp_path / "smeg.toml"
+    config.write_text(
+        '[providers.a]\ntype = "http"\nurl = "http://127.0.0.1:9/a"\n[routes.sms]\nweights = { zz = 1 }\n'
+    )
+    env = smeg_env(SMEG_DATABASE_URL=f"sqlite:///{tmp_path}/smeg.db", SMEG_CONFIG=str(config))
+    for command in ("check", "run"):
+        refused = run_cli(env, command)
+        assert (refused.returncode, refused.stderr.strip()) == (
+            2,
+            "smeg: route sms: 'zz' is not a configured provider",
+        ), command
+    assert not (tmp_path / "smeg.db").exists()

@@ -103,7 +103,7 @@ def cycle_attempts_at_end(history: list[Any]) -> int:
             count = 0
         elif isinstance(event, Message.Attempted):
             count += 1
-        elif isinstance(event, Message.BackedOff) and event.status_code == 429:
+        elif isinstance(event, Message.BackedOff) and event.throttled:
             count -= 1  # the provider's pace: not counted
     return count
 
@@ -137,7 +137,8 @@ def assert_history_follows_rules(history: list[Any], *, max_attempts: int) -> No
             assert cycle <= max_attempts
             assert retry_at is None or event.timestamp >= retry_at, "attempt before retry_at"
             retry_at = None
-        if isinstance(event, Message.BackedOff) and event.status_code == 429:
+        if isinstance(event, Message.BackedOff) and event.throttled:
+            assert event.status_code == 429
             cycle -= 1  # a 429 is the provider's pace: it counts no attempt, exhausts nothing
         elif isinstance(event, Message.BackedOff):
             assert cycle < max_attempts, "backed off although the cycle was exhausted"
@@ -871,7 +872,15 @@ class MessageCommands(RuleBasedStateMachine):
 
     def _expected_event(self, command: str) -> type[Any]:
         if command == "throttled":
-            return Message.BackedOff
+            since_retry = list(
+                itertools.takewhile(
+                    lambda e: not isinstance(e, Message.RetryRequested), reversed(self.history)
+                )
+            )
+            throttles = sum(1 for e in since_retry if isinstance(e, Message.BackedOff) and e.throttled)
+            if throttles < self.policy.max_attempts:
+                return Message.BackedOff
+            command = "transient"
         if command in ("transient", "interruption"):
             exhausted = cycle_attempts_at_end(self.history) >= self.policy.max_attempts
             return Message.Failed if exhausted else Message.BackedOff

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -125,3 +127,31 @@ def test_slots_promised_during_a_ramp_are_spaced_at_the_pace_of_their_time() -> 
     assert waits[100] == pytest.approx(10.0, abs=0.1)  # 100 at 10/s
     assert waits[300] == pytest.approx(20.0, abs=0.1)  # then 200 at 20/s
     assert max(waits) < 36.0  # 1000 held messages drained in about 34 s, not 100 s at 10/s
+
+
+def test_a_ramp_long_past_is_no_limit_and_never_overflows() -> None:
+    pace = Pace()
+    pace.closed(0.0)
+    assert pace.rate_at(20_000.0) is None
+    assert pace.admit("k", 1e9) == 0.0
+
+
+def test_a_pause_gives_up_promised_slots_so_none_is_sent_inside_it() -> None:
+    pace = Pace(limit=10.0)
+    for key in range(50):
+        pace.admit(key, 0.0)
+    pace.throttled(0.5, 60.0)
+    assert pace.admit(20, 2.0) == pytest.approx(58.5)  # its old slot (2.0) is inside the pause
+    assert pace.admit(21, 2.0) > pace.admit(20, 2.0)  # asked again: slots after the pause, in order
+
+
+def test_after_a_long_retry_after_the_queue_is_spaced_not_released_at_once() -> None:
+    pace = Pace()
+    for i in range(100):
+        pace.admit(i, 10.0 + i / 100)  # 100/s observed
+    pace.throttled(11.0, 60.0)
+    waits = [pace.admit(key, 11.0) for key in range(1000, 1005)]
+    assert waits[0] == pytest.approx(60.0)
+    assert all(
+        b - a == pytest.approx(1 / 50, rel=0.05) for a, b in itertools.pairwise(waits)
+    )  # half the pace

@@ -8,8 +8,9 @@ import pytest
 
 from domain.backoff import BackoffPolicy
 from domain.circuit import CircuitPolicy
+from domain.errors import RetryNotDueError
 from domain.message import Message
-from domain.ports import Hold
+from domain.ports import Hold, Trial
 from domain.routing import RoutingPolicy
 from smeg_actors.actors.provider_health import PACED, ProviderHealthView
 from tests.fakes import FakeClock, InMemoryProviderHealth
@@ -84,21 +85,57 @@ def test_a_paced_hold_does_not_move_a_message_to_its_fallback() -> None:
     assert choice.provider == "a" and isinstance(choice.admission, Hold)
 
 
-@pytest.mark.parametrize("attempts", [5, 20])
-def test_a_throttled_attempt_never_exhausts_a_message(attempts: int) -> None:
+def test_429s_are_free_up_to_the_cycle_s_attempts_then_count_so_none_waits_forever() -> None:
     policy = BackoffPolicy(initial=1, max_attempts=3)
     message = Message.receive(
         message_id="m", channel="sms", to="+15550000000", body="x", correlation_id="c", now=T0
     )
-    now = T0
-    for _ in range(attempts):
+    now, outcomes = T0, []
+    for _ in range(6):
         message.start_attempt("a", now=now)
         message.record_transient_failure(
             "http 429", error="T", policy=policy, now=now, status_code=429, retry_after=7
         )
-        assert message.status == "backed_off" and message.retry_at == now + timedelta(seconds=7)
-        now = message.retry_at
-    assert (message.cycle_attempts, message.failures) == (0, {})
-    message.start_attempt("a", now=now)
-    message.record_transient_failure("http 503", error="T", policy=policy, now=now, status_code=503)
-    assert message.cycle_attempts == 1 and message.failures == {"a": 1}
+        outcomes.append((message.status, message.cycle_attempts, message.failures.get("a", 0)))
+        now = message.retry_at or now
+    assert outcomes == [
+        ("backed_off", 0, 0),
+        ("backed_off", 0, 0),
+        ("backed_off", 0, 0),  # three free 429s: the provider's pace
+        ("backed_off", 1, 1),
+        ("backed_off", 2, 2),
+        ("failed", 3, 2),  # then they count: an endless 429 ends in the dead-letter queue
+    ]
+    assert [e.throttled for e in message.collect_events() if type(e).__name__ == "BackedOff"] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    message.request_retry("ops", now=now)
+    assert message.throttles == 0
+
+
+def test_a_429_answering_a_trial_frees_its_slot_and_decides_nothing() -> None:
+    clock = FakeClock(100.0)
+    view, store = paced_view(None, clock)
+    for _ in range(4):
+        view.record("a", transient=True, trial=False, now=T0)
+    store.change("a", lambda h: h.half_open(now=T0 + timedelta(seconds=10)), now=T0)
+    view.refresh(store)
+    later = T0 + timedelta(seconds=11)
+    assert isinstance(view.admit("a", later, "t1"), Trial)
+    view.record("a", transient=True, trial=True, now=later, status_code=429, retry_after=None)
+    assert store.get("a").circuit == "half_open"  # type: ignore[union-attr]
+    assert not view.trials["a"].running  # the trial's slot is free for another
+
+
+def test_a_hold_never_cuts_a_backoff_short() -> None:
+    message = Message.receive(
+        message_id="m", channel="sms", to="+15550000000", body="x", correlation_id="c", now=T0
+    )
+    message.start_attempt("a", now=T0)
+    message.record_transient_failure("503", error="T", policy=BackoffPolicy(initial=60), now=T0)
+    with pytest.raises(RetryNotDueError):
+        message.hold("a", until=T0 + timedelta(seconds=1), reason=PACED, now=T0)

@@ -158,3 +158,8 @@ def test_a_message_counts_its_transient_failures_by_provider_per_cycle() -> None
     message.record_permanent_failure("400", error="Rejected", now=NOW)
     message.request_retry("ops", now=NOW)
     assert message.failures == {}
+
+
+def test_a_default_provider_that_is_not_configured_is_refused() -> None:
+    with pytest.raises(ValueError, match="default provider 'z'"):
+        RoutingPolicy("z", frozenset({"a"}))
