@@ -4,6 +4,7 @@ enabled again: the whole pipeline against the real RabbitMQ, on SQLite and on Po
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -173,3 +174,46 @@ def test_an_outage_opens_the_circuit_holds_messages_and_exhausts_none(
 def _reopenings(store: MessageStore) -> int:
     health = ProviderHealthStore(store).get("fake")
     return 0 if health is None else health.reopenings
+
+
+def test_held_messages_are_released_at_the_ramp_pace_oldest_first(
+    database: tuple[str, str], amqp_url: str, prefix: str, rabbit: Any
+) -> None:
+    # Given 30 messages held while their provider is disabled (one process: the whole ramp, 10/s)
+    url, schema = database
+    store = MessageStore(url, schema=schema)
+    provider = FakeProvider()
+    ProviderHealthStore(store).change(
+        provider.name, lambda h: h.disable(by="alice", reason="incident", now=_now()), now=_now()
+    )
+    settings = pipeline_settings(database, amqp_url, prefix)
+    runtime = build_runtime(settings, store=store, providers={provider.name: provider}, redrive=False)
+    runtime.start()
+    ids = [f"r-{i:02d}" for i in range(30)]
+    try:
+        for message_id in ids:
+            body = {"message_id": message_id, "channel": "sms", "to": "+447700900123", "body": "hi"}
+            rabbit.basic_publish(
+                "", f"{prefix}.send", json.dumps(body).encode(), pika.BasicProperties(delivery_mode=2)
+            )
+            time.sleep(0.01)  # received in this order
+        wait_until(lambda: all(_status(store, m) == HELD for m in ids), 20, message="all held")
+
+        # When it is enabled again
+        ProviderHealthStore(store).change("fake", lambda h: h.enable(by="bob", now=_now()), now=_now())
+        wait_until(lambda: all(_status(store, m) == DELIVERED for m in ids), 30, message="all delivered")
+    finally:
+        runtime.stop(timeout=5)
+
+    # Then they went out over about 3 s (10/s), not at once, and the oldest first
+    attempted = {m: _attempts(store, m)[-1] for m in ids}
+    times = sorted(attempted.values())
+    assert (times[-1] - times[0]).total_seconds() >= 2.0, f"released within {times[-1] - times[0]}"
+    assert max(attempted[m] for m in ids[:10]) < min(attempted[m] for m in ids[-10:])
+    assert sum(provider.calls.values()) == len(ids)
+    store.close()
+
+
+def _attempts(store: MessageStore, message_id: str) -> list[datetime]:
+    history = store.history(Message.create_id(message_id))
+    return [e.timestamp for e in history if type(e).__name__ == "Attempted"]
