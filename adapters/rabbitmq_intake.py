@@ -91,6 +91,8 @@ class RabbitIntake(threading.Thread):
         self.url, self.topology, self.heartbeat = url, topology, heartbeat
         self.prefetch, self.batch_size, self.batch_wait = prefetch, batch_size, batch_wait
         self.hold = hold
+        #: Called once per request moved to the rejected queue (the runtime counts them).
+        self.on_reject: Callable[[], None] = lambda: None
         self.known_providers = known_providers
         self._halt = threading.Event()
         self._connection: pika.BlockingConnection | None = None
@@ -158,6 +160,11 @@ class RabbitIntake(threading.Thread):
             channel.basic_nack(tag, requeue=True)
         if settled is not None:
             channel.basic_ack(settled, multiple=True)
+
+    @property
+    def consuming(self) -> bool:
+        """Connected, with a consumer on the send queue (for readiness; no I/O)."""
+        return self.is_alive() and self._channel is not None and not self._lost and self._start_error is None
 
     def stop(self) -> None:
         self._halt.set()
@@ -294,6 +301,7 @@ class RabbitIntake(threading.Thread):
     ) -> None:
         """Move the delivery to the rejected queue; if the broker refuses that publish, let the
         send queue dead-letter it there (an older queue without dead-lettering gets it back)."""
+        self.on_reject()
         if publish_rejected(channel, self.topology.rejected, body, properties, why):
             channel.basic_ack(tag)
             log.warning("request_rejected", reason=capped_reason(why), size=len(body))

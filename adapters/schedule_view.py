@@ -154,3 +154,18 @@ def _oldest(row: Any) -> OldestHeld | None:
     since: datetime = row.received_at  # naive on SQLite (stored as UTC text), else in the session's zone
     since = since.astimezone(timezone.utc) if since.tzinfo else since.replace(tzinfo=timezone.utc)
     return OldestHeld(message_id=row.message_id, since=since)
+
+
+def oldest_backoff_due(engine: Engine) -> datetime | None:
+    """The earliest ``retry_at`` of a backed-off message (held ones wait for their provider, not
+    the clock, and are left out); None when there is none."""
+    table = message_status
+    if not _has_table(engine):
+        return None
+    query = select(func.min(table.c.retry_at)).where(table.c.status == BACKED_OFF)
+    with engine.connect() as connection:
+        due = connection.execute(query).scalar()
+    if due is None:
+        return None
+    moment: datetime = due
+    return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

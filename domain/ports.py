@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
+from domain.alert import Alert
 from domain.errors import DomainError
 from domain.message import Message
 from domain.provider_health import ProviderHealth
@@ -135,6 +136,31 @@ class ProviderGate(Protocol):
         """An attempt's outcome (``transient``: a failure worth retrying, timeouts included);
         this process's counts decide the circuit's transitions, written to the store. A 429
         slows the provider's pace instead (``retry_after``: its hint)."""
+        ...
+
+
+class AlertRepository(Protocol):
+    """Alerts in the event store: one per rule and key, every transition an event."""
+
+    def get(self, rule: str, key: str) -> Alert | None:
+        """The alert as last recorded; None if it never was."""
+        ...
+
+    def change(
+        self, rule: str, key: str, apply: Callable[[Alert], bool], *, now: datetime
+    ) -> tuple[Alert, bool]:
+        """Load (or open), apply, save if ``apply`` recorded something; whether it did (another
+        writer's change first: reloaded and applied again)."""
+        ...
+
+
+class AlertSink(Protocol):
+    """Where a firing or resolved alert is told (the log, a webhook, Alertmanager)."""
+
+    name: str
+
+    def notify(self, alert: Alert) -> None:
+        """Tell of the alert's latest state; raise to report a failure (it is recorded)."""
         ...
 
 

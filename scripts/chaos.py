@@ -967,6 +967,7 @@ def smeg_env(config: ChaosConfig, prefix: str, schema: str, config_file: Path) -
         SMEG_CONFIG=str(config_file),
         SMEG_LOG_FORMAT="json",
         SMEG_LOG_LEVEL="info",
+        SMEG_HTTP_PORT="0",  # several independent processes on one host: no ops port each
         SMEG_WORKERS=str(config.workers),
         SMEG_BACKOFF_INITIAL=str(config.backoff_initial),
         SMEG_BACKOFF_FACTOR=str(config.backoff_factor),

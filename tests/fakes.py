@@ -16,6 +16,7 @@ from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, Mapper, Store
 
 from adapters.event_log import FastJSONTranscoder
 from adapters.event_store import EXTRA_TRANSCODINGS
+from domain.alert import Alert
 from domain.errors import DomainError
 from domain.message import Message
 from domain.ports import (
@@ -293,3 +294,37 @@ class InMemoryProviderHealth:
                     continue  # another writer took the version
                 stored.extend(new)
             return health
+
+
+class InMemoryAlerts:
+    """The ``AlertRepository`` port in memory, with the real store's optimistic concurrency."""
+
+    def __init__(self) -> None:
+        self.events: dict[tuple[str, str], list[Any]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, rule: str, key: str) -> Alert | None:
+        with self.lock:
+            events = list(self.events.get((rule, key), []))
+        if not events:
+            return None
+        alert: Alert = functools.reduce(lambda aggregate, event: event.mutate(aggregate), events, None)
+        return alert
+
+    def change(
+        self, rule: str, key: str, apply: Callable[[Alert], bool], *, now: datetime
+    ) -> tuple[Alert, bool]:
+        while True:
+            alert = self.get(rule, key) or Alert.open(rule, key, now=now)
+            if not apply(alert):
+                return alert, False
+            new = alert.collect_events()
+            with self.lock:
+                stored = self.events.setdefault((rule, key), [])
+                if new and new[0].originator_version != len(stored) + 1:
+                    continue
+                stored.extend(new)
+            return alert, True
+
+    def names(self, rule: str, key: str) -> list[str]:
+        return [type(e).__name__ for e in self.events.get((rule, key), [])]

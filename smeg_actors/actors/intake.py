@@ -8,6 +8,7 @@ handed back to the broker unacked.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ from domain.request import SendRequest, mask_address
 from smeg_actors.actors.messages import DeliverMessages, GetCounts, RequestsReceived, WorkItem
 from smeg_actors.actors.store_retry import retry_until
 from smeg_actors.actors.supervisor import Children, Supervised
+from smeg_actors.runtime import metrics
 from smeg_actors.runtime.clock import Clock
 from smeg_actors.runtime.logs import message_context
 
@@ -79,6 +81,7 @@ class IntakeActor(Supervised):
             self.on_store_lost(str(exc))
             return
         ready: list[WorkItem] = []
+        channels: Tally[tuple[str, ...]] = Tally()
         done: list[int] = []
         unrecorded: list[int] = []
         for delivery, outcome in zip(deliveries, outcomes, strict=True):
@@ -86,6 +89,7 @@ class IntakeActor(Supervised):
             if outcome.message is not None:
                 ready.append(WorkItem(outcome.message.id, outcome.message))
                 done.append(delivery.tag)
+                channels[(request.channel,)] += 1
             elif outcome.conflict:
                 self.duplicates += 1
                 done.append(delivery.tag)
@@ -96,6 +100,7 @@ class IntakeActor(Supervised):
                 with message_context(request.message_id, request.correlation_id):
                     log.error("request_not_recorded", why=str(outcome.refused or "not found")[:200])
         self.received += len(ready)
+        metrics.add(metrics.received, channels)
         self.intake.ack(done)
         if unrecorded:
             # Not durable, so not acked: the broker keeps it (and redelivers it) — never a silent drop.

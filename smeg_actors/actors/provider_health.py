@@ -30,6 +30,7 @@ from domain.ports import Hold, Peers, ProviderHealthRepository, Trial
 from domain.provider_health import ProviderHealth
 from smeg_actors.actors.messages import Tick
 from smeg_actors.actors.supervisor import Supervised
+from smeg_actors.runtime import metrics
 from smeg_actors.runtime.clock import Clock
 
 log = structlog.get_logger(__name__)
@@ -160,6 +161,9 @@ class ProviderHealthView:
             self.snapshot = fresh
         for name in sorted(changed):
             log.info("provider_health_seen", provider=name, state=fresh[name].state)
+        for name in self.names:
+            state = fresh[name].state if name in fresh else CLOSED
+            metrics.circuit_state.labels(name).set(metrics.CIRCUIT_VALUES.get(state, 0))
 
     def share(self, processes: int) -> None:
         """How many live processes share each provider's rate limit."""

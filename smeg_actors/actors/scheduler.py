@@ -27,6 +27,7 @@ from domain.ports import (
 )
 from smeg_actors.actors.messages import DeliverMessages, GetPending, Recover, ScheduleRetry, Tick, WorkItem
 from smeg_actors.actors.supervisor import Children, Supervised
+from smeg_actors.runtime import metrics
 from smeg_actors.runtime.clock import Clock
 
 log = structlog.get_logger(__name__)
@@ -90,6 +91,7 @@ class SchedulerActor(Supervised):
                     self._recover(aggregate_id)
             case Tick():
                 self._release()
+                self._measure()
                 if self.clock() >= self.next_sweep:
                     self._adopt(before=self.clock() - self.orphan_margin)
             case GetPending():
@@ -116,6 +118,12 @@ class SchedulerActor(Supervised):
                 ready.append(WorkItem(aggregate_id))
         if ready:
             self.children.tell("dispatcher", DeliverMessages(tuple(ready)))
+
+    def _measure(self) -> None:
+        """The pending retries, and how overdue the oldest is (0 when none is past its time)."""
+        metrics.retries_pending.set(len(self.due))
+        overdue = (self.clock() - self.heap[0][0]).total_seconds() if self.heap else 0.0
+        metrics.retry_oldest_overdue.set(max(0.0, overdue))
 
     def _recover(self, aggregate_id: UUID) -> None:
         try:

@@ -25,6 +25,7 @@ import pykka
 import structlog
 
 from smeg_actors.actors.messages import ChildFailed, GetCounts, StopChildren, Tick
+from smeg_actors.runtime import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -254,6 +255,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         self.restart_counts[name] = self.restart_counts.get(name, 0) + 1
         log.warning("child_restarted", child=name, error=error, restarts=self.restart_counts[name])
+        metrics.restarts.labels(name.split("-")[0]).inc()
         self.on_restart(name)
 
     def _backoff(self, name: str, now: float) -> float:

@@ -8,6 +8,8 @@ process's provider-call loop, record every outcome in one transaction. A crash m
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter as Tally
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,10 +46,11 @@ from smeg_actors.actors.messages import (
     ScheduleRetry,
     WorkItem,
 )
-from smeg_actors.actors.provider_calls import ProviderCalls, Result
+from smeg_actors.actors.provider_calls import NO_ANSWER, ProviderCalls, Result
 from smeg_actors.actors.provider_health import NO_HOLDS
 from smeg_actors.actors.store_retry import retry_until
 from smeg_actors.actors.supervisor import Children, Supervised
+from smeg_actors.runtime import metrics
 from smeg_actors.runtime.clock import Clock
 from smeg_actors.runtime.logs import message_context
 
@@ -131,8 +134,11 @@ class WorkerActor(Supervised):
             return
         results = self._call_all(attempts)
         now = self.clock()
-        for message, (result, _ms) in zip(attempts, results, strict=True):
-            self._record(message, result, now)
+        outcomes: Tally[tuple[str, ...]] = Tally()
+        for message, (result, ms) in zip(attempts, results, strict=True):
+            outcomes[(message.last_provider or "", _outcome(result))] += 1
+            self._record(message, result, ms, now)
+        metrics.add(metrics.attempts, outcomes)
         finished = self._commit(
             [self._outcome_change(m, r, ms, now) for m, (r, ms) in zip(attempts, results, strict=True)]
         )
@@ -140,8 +146,10 @@ class WorkerActor(Supervised):
             for outcome in finished:
                 self._after(outcome)
 
-    def _record(self, message: Message, result: Result, now: datetime) -> None:
-        """Tell the gate an attempt's outcome (a 429's Retry-After included)."""
+    def _record(self, message: Message, result: Result, latency_ms: float, now: datetime) -> None:
+        """Count an attempt's outcome, and tell the gate (a 429's Retry-After included)."""
+        provider = message.last_provider or ""
+        metrics.child(metrics.provider_call_seconds, provider).observe(latency_ms / 1000)
         transient = not isinstance(result, ProviderReceipt | PermanentDeliveryError)
         self.gate.record(
             message.last_provider or "",
@@ -183,6 +191,7 @@ class WorkerActor(Supervised):
             self.children.tell("scheduler", ScheduleRetry(item.id, self.holds[item.id].until))
         elif outcome.message is not None and outcome.message.status == HELD:
             assert outcome.message.retry_at is not None
+            metrics.child(metrics.held, outcome.message.held[0] if outcome.message.held else "").inc()
             self._log_held(outcome.message)
             self.children.tell("scheduler", ScheduleRetry(item.id, outcome.message.retry_at))
         elif isinstance(outcome.refused, RetryNotDueError | AttemptOutcomePendingError):
@@ -239,8 +248,14 @@ class WorkerActor(Supervised):
         if message.status == BACKED_OFF and message.retry_at is not None:
             self.children.tell("scheduler", ScheduleRetry(message.id, message.retry_at))
         elif message.status == FAILED:
+            reason = "permanent" if message.permanent else "exhausted"
+            metrics.child(metrics.failed, message.last_provider or "", reason).inc()
             self.children.tell("publisher", PublishFailed(failed_request(message), failure_headers(message)))
-        elif message.status == DELIVERED and message.attempts > 1 and message.last_error != INTERRUPTED:
+        elif message.status == DELIVERED:
+            waited = (self.clock() - message.created_on).total_seconds()
+            provider = message.last_provider or ""
+            metrics.child(metrics.delivery_seconds, provider, message.channel).observe(waited)
+        if message.status == DELIVERED and message.attempts > 1 and message.last_error != INTERRUPTED:
             self.children.tell_quietly("redriver", ProviderRecovered(message.last_provider or ""))
 
     @staticmethod
@@ -273,16 +288,28 @@ class WorkerActor(Supervised):
             )
 
     def _commit(self, changes: list[Change]) -> list[Outcome] | None:
+        began = time.monotonic()
         try:
             result: list[Outcome] = retry_until(
                 lambda: self.store.commit(changes),
                 grace=self.grace,
                 on_retry=lambda exc, delay: log.warning("store_write_retried", error=str(exc), in_s=delay),
             )
+            metrics.store_write_seconds.observe(time.monotonic() - began)
             return result
         except StoreUnavailableError as exc:
             self.on_store_lost(str(exc))
             return None
+
+
+def _outcome(result: Result) -> str:
+    """``smeg_attempts_total``'s outcome label."""
+    if isinstance(result, ProviderReceipt):
+        return "delivered"
+    if isinstance(result, PermanentDeliveryError):
+        return "permanent"
+    reason = str(getattr(result, "reason", ""))
+    return "timeout" if reason.startswith(("timeout", NO_ANSWER)) else "transient"
 
 
 def _finished_level(message: Message) -> int:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from smeg_actors.cli.alerts import alerts
 from smeg_actors.cli.projections import audit_replay, projections, report
 from smeg_actors.cli.providers import providers
 from smeg_actors.cli.schedule import schedule
@@ -161,9 +162,13 @@ def check(ctx: click.Context, as_json: bool) -> int:
 def run(ctx: click.Context, processes: str | None) -> int:
     """Consume send requests from RabbitMQ and deliver them until stopped."""
     from smeg_actors.runtime.config import processes_value
-    from smeg_actors.runtime.serve import serve
+    from smeg_actors.runtime.ops_http import metrics_directory
+    from smeg_actors.runtime.process_group import PARENT_PID_VARIABLE
 
     settings = settings_of(ctx)
+    metrics_directory(settings.metrics_dir, os.environ.get(PARENT_PID_VARIABLE))  # before any metric
+    from smeg_actors.runtime.serve import serve
+
     if processes is not None:
         try:
             settings = settings.model_copy(update={"processes": processes_value(processes)})
@@ -255,6 +260,7 @@ audit.add_command(audit_replay)
 cli.add_command(report)
 cli.add_command(projections)
 cli.add_command(settings_command)
+cli.add_command(alerts)
 cli.add_command(providers)
 cli.add_command(schedule)
 

@@ -23,9 +23,12 @@ from adapters.rabbitmq_failed import RabbitFailurePublisher
 from adapters.rabbitmq_intake import RabbitIntake
 from adapters.status_view import UnfinishedIndex
 from domain.ports import FailedQueue, FailurePublisher, Intake, LogOutbox, Provider
+from smeg_actors.runtime import metrics
+from smeg_actors.runtime.alerting import sensors_for
 from smeg_actors.runtime.clock import Clock, utc_now
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.factory import (
+    alerting,
     build_providers,
     circuit_policies,
     events_outbox,
@@ -35,7 +38,8 @@ from smeg_actors.runtime.factory import (
     rate_limits,
     routing_policy,
 )
-from smeg_actors.runtime.pipeline import Parts, Runtime
+from smeg_actors.runtime.parts import Parts
+from smeg_actors.runtime.pipeline import Runtime
 from smeg_actors.runtime.read_models import ReadModelSet, runners
 
 
@@ -86,12 +90,16 @@ def build_runtime(
     clock: Clock | None = None,
     redrive: bool = True,
     stale_after: float | None = None,
+    alerts: bool | None = None,
 ) -> Runtime:
     """The delivery pipeline; what is not given is built from the settings.
 
     One engine serves every read model, the dead-letter outbox and the events outbox.
     ``redrive=False`` leaves the automatic redriver out even where the broker has a failed queue.
+    ``alerts``: whether the alert evaluator runs (by default where the broker is RabbitMQ, built
+    here: ``smeg run``).
     """
+    alerts = broker is None if alerts is None else alerts
     store = store if store is not None else open_store(settings)
     providers = providers if providers is not None else build_providers(settings)
     broker = broker if broker is not None else rabbitmq_broker(settings, set(providers))
@@ -114,6 +122,17 @@ def build_runtime(
         limits=rate_limits(settings),
         peers=ProcessRegistry(engine),
     )
+    parts.alerting = alerting(settings, store) if alerts else None
     runtime = Runtime(settings, parts, clock=clock or utc_now, stale_after=stale_after)
+    if parts.alerting is not None:
+        parts.alerting.sensors = sensors_for(
+            parts.alerting.rules,
+            view=runtime.gate,
+            engine=engine,
+            amqp_url=settings.amqp_url,
+            prefix=settings.queue_prefix,
+        )
     broker.intake.hold = runtime.hold_intake
+    if hasattr(broker.intake, "on_reject"):
+        broker.intake.on_reject = metrics.rejected.inc
     return runtime

@@ -20,7 +20,7 @@ from domain.routing import DEFAULT_FAILOVER_AFTER
 
 ENV_PREFIX = "SMEG_"
 #: Settings only the TOML file sets (tables, not one value).
-TABLES = frozenset({"providers", "routes"})
+TABLES = frozenset({"providers", "routes", "alerts"})
 
 
 class SettingsError(Exception):
@@ -64,8 +64,12 @@ class Settings(BaseModel):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     failover_after: int = Field(default=DEFAULT_FAILOVER_AFTER, ge=1, le=100)
+    http_host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    http_port: int = Field(default=9464, ge=0, le=65535)
+    metrics_dir: str = ""
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     routes: dict[Literal["sms", "im"], dict[str, Any]] = Field(default_factory=dict)
+    alerts: dict[Literal["rules", "sinks"], dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
     @property
     def projector_mode(self) -> str:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from domain.circuit import CircuitPolicy
     from domain.ports import Provider
     from domain.routing import RoutingPolicy
+    from smeg_actors.runtime.alerting import Alerting
 
 
 def open_store(settings: Settings) -> MessageStore:
@@ -154,6 +155,21 @@ def check_routing(settings: Settings, providers: Iterable[str]) -> None:
     circuit_policies(settings)
     routing_policy(settings, providers)
     rate_limits(settings)
+
+
+def alerting(settings: Settings, store: MessageStore, environ: Mapping[str, str] = os.environ) -> Alerting:
+    """The alert store, the rules with ``[alerts.rules.NAME]`` applied, the log sink and every
+    ``[alerts.sinks.NAME]`` (sensors come with the runtime); a bad table is a SettingsError."""
+    from adapters.alert_sinks import build_sinks
+    from adapters.alert_store import AlertStore
+    from smeg_actors.runtime.alerting import Alerting, rules_from
+
+    try:
+        rules = rules_from(settings.alerts.get("rules", {}))
+        sinks = build_sinks(settings.alerts.get("sinks", {}), environ)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return Alerting(AlertStore(store), rules, sinks)
 
 
 def open_failed_queue(settings: Settings) -> FailedQueueReader:

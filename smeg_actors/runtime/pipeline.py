@@ -15,20 +15,7 @@ from typing import Any
 
 import pykka
 import structlog
-from sqlalchemy import Engine
 
-from domain.circuit import CircuitPolicy
-from domain.ports import (
-    FailedQueue,
-    Intake,
-    LogOutbox,
-    MessageRepository,
-    Peers,
-    Provider,
-    ProviderHealthRepository,
-    ReadModels,
-    UnfinishedMessages,
-)
 from domain.routing import RoutingPolicy
 from smeg_actors.actors.dispatcher import Backlog, DispatcherActor, WorkerRestarted
 from smeg_actors.actors.gateway import GatewayActor
@@ -43,9 +30,11 @@ from smeg_actors.actors.scheduler import SchedulerActor
 from smeg_actors.actors.supervisor import Children, ChildSpec, SupervisorActor
 from smeg_actors.actors.ticker import Ticker
 from smeg_actors.actors.worker import WorkerActor
+from smeg_actors.runtime.alert_specs import alert_specs
 from smeg_actors.runtime.clock import Clock, utc_now
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.exit_codes import EXIT_BROKER_LOST, EXIT_ESCALATED, EXIT_OK, EXIT_STORE_LOST
+from smeg_actors.runtime.parts import Parts
 from smeg_actors.runtime.projector_process import ProjectorProcessActor
 
 log = structlog.get_logger(__name__)
@@ -69,33 +58,6 @@ class Stop:
         if not self.event.is_set():
             self.code, self.reason = code, reason
             self.event.set()
-
-
-@dataclass
-class Parts:
-    """What the actor tree needs from the outside world, built by ``bootstrap.build_runtime``.
-
-    ``engine`` is the read models' database (one engine for all of them); ``status`` is the
-    ``message_status`` read model alone (the scheduler catches it up before it rebuilds its
-    retries); ``events`` is None without an events exchange (the demo), ``open_failed_queue``
-    None without an automatic redriver.
-    """
-
-    store: MessageRepository
-    intake: Intake
-    providers: dict[str, Provider]
-    engine: Engine
-    read_models: ReadModels
-    status: ReadModels
-    unfinished: UnfinishedMessages
-    outbox: LogOutbox
-    events: LogOutbox | None = None
-    open_failed_queue: Callable[[], FailedQueue[Any]] | None = None
-    health: ProviderHealthRepository | None = None
-    policies: dict[str, CircuitPolicy] = field(default_factory=dict)
-    routing: RoutingPolicy | None = None
-    limits: dict[str, float | None] = field(default_factory=dict)
-    peers: Peers | None = None
 
 
 class Runtime:
@@ -158,7 +120,7 @@ class Runtime:
         self.children.set("supervisor", self.supervisor)
         self.supervisor.ask(GetCounts(), timeout=120)
         self._await_read_side()
-        names = ["supervisor", "scheduler", "projector", "publisher", "gateway", "health"]
+        names = ["supervisor", "scheduler", "projector", "publisher", "gateway", "health", "alerts"]
         self.ticker = Ticker(self.children, names, interval=0.1)
         self.ticker.start()
         before_consuming()
@@ -315,6 +277,7 @@ class Runtime:
             *(ChildSpec(name, self._worker_starter(name)) for name in self.workers),
             *(ChildSpec(name, self._intake_starter(name)) for name in self.intakes),
             *self._health_specs(),
+            *alert_specs(self.parts.alerting, self.clock),
             *self._gateway_specs(),
             *self._redriver_specs(),
         ]

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import click
@@ -23,6 +24,7 @@ from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.exit_codes import EXIT_OK, EXIT_UNHEALTHY
 from smeg_actors.runtime.factory import build_providers, check_routing, open_store
 from smeg_actors.runtime.health import dependency_checks, run_checks
+from smeg_actors.runtime.ops_http import ENDPOINTS, MULTIPROC_VARIABLE, OpsServer, Probe, metrics_directory
 from smeg_actors.runtime.process_group import (
     PARENT_PID_VARIABLE,
     ProcessGroup,
@@ -30,6 +32,8 @@ from smeg_actors.runtime.process_group import (
     start_gate,
     watch_parent,
 )
+from smeg_actors.runtime.queue_watch import QueueWatch
+from smeg_actors.runtime.readiness import for_runtime, group_readiness, runtime_alive
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +43,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     processes = cpu_count() if settings.processes == "auto" else settings.processes
     parent = os.environ.get(PARENT_PID_VARIABLE)
     gate = start_gate()
+    metrics = Path(os.environ.get(MULTIPROC_VARIABLE) or metrics_directory(settings.metrics_dir, parent))
     providers = build_providers(settings)
     check_routing(settings, providers)
     stores: list[MessageStore] = []
@@ -58,10 +63,15 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
         store = open_store(settings)
     if processes > 1:
         store.close()
-        return serve_group(settings, processes, config_path)
+        return serve_group(settings, processes, config_path, metrics)
     runtime = build_runtime(settings, store=store, providers=providers)
     if parent is not None:
         watch_parent(int(parent), lambda: runtime.stop_reason.set(EXIT_OK, "parent process gone"))
+    readiness = for_runtime(runtime, write_to=metrics if parent is not None else None)
+    if parent is None:
+        ops = ops_server(settings, alive=lambda: runtime_alive(runtime), ready=readiness.state)
+        if isinstance(ops, int):
+            return ops
 
     def graceful(signum: int, _frame: FrameType | None) -> None:
         log.info("signal_received", signal=signal.Signals(signum).name)
@@ -76,6 +86,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
         click.echo(f"smeg: start failed: {exc}", err=True)
         runtime.stop(timeout=2)
         return exiting(EXIT_UNHEALTHY, f"start failed: {exc}")
+    readiness.start()
     code = runtime.wait()
     exiting(code, runtime.stop_reason.reason)
     if code == EXIT_OK:
@@ -94,18 +105,46 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     os._exit(code)
 
 
-def serve_group(settings: Settings, processes: int, config_path: str | None) -> int:
-    """``processes`` children, each a single ``smeg run``; one projector among them."""
+def serve_group(settings: Settings, processes: int, config_path: str | None, metrics: Path) -> int:
+    """``processes`` children, each a single ``smeg run``; one projector among them. This parent
+    serves the group's ops HTTP endpoints."""
     config = ["--config", config_path] if config_path else []
     command = [sys.executable, "-m", "smeg_actors", *config, "run"]
     env = dict(os.environ, SMEG_PROCESSES="1", **{PARENT_PID_VARIABLE: str(os.getpid())})
     delivery_only = env | {"SMEG_PROJECTOR": "external"}
     commands = [(command, env if index == 0 else delivery_only) for index in range(processes)]
     group = ProcessGroup(commands, stop_timeout=settings.shutdown_timeout + 15)
+
+    def ready() -> tuple[bool, list[str]]:
+        pids = [child.process.pid for child in group.children]
+        if len(pids) < processes:
+            return False, [f"{len(pids)} of {processes} delivery processes started"]
+        return group_readiness(metrics, pids)
+
+    ops = ops_server(settings, alive=lambda: not group.reason, ready=ready)
+    if isinstance(ops, int):
+        return ops
     code = group.run()
     if group.reason:
         click.echo(f"smeg: stopping (exit {code}): {group.reason}", err=True)
     return exiting(code, group.reason or "stopped")
+
+
+def ops_server(settings: Settings, *, alive: Callable[[], bool], ready: Probe) -> OpsServer | int:
+    """The started ops HTTP server, None-like when ``SMEG_HTTP_PORT`` is 0, or exit 3 when its
+    port cannot be had."""
+    server = OpsServer(settings.http_host, settings.http_port, alive=alive, ready=ready)
+    if settings.http_port == 0:
+        return server
+    try:
+        server.start()
+    except OSError as exc:
+        where = f"{settings.http_host}:{settings.http_port}"
+        click.echo(f"smeg: ops HTTP server cannot listen on {where}: {exc.strerror or exc}", err=True)
+        return exiting(EXIT_UNHEALTHY, f"ops HTTP port {where} unavailable")
+    log.info("ops_http_listening", host=settings.http_host, port=server.port, endpoints=ENDPOINTS)
+    QueueWatch(settings.amqp_url, settings.queue_prefix).start()
+    return server
 
 
 #: Seconds a graceful stop may take beyond SMEG_SHUTDOWN_TIMEOUT (closing the store and the

@@ -172,6 +172,7 @@ def smeg_env(**settings: str) -> dict[str, str]:
     env.update(
         SMEG_LOG_FORMAT="json",
         SMEG_AMQP_URL=AMQP_URL,
+        SMEG_HTTP_PORT="0",  # tests run several smeg at once; test_ops_http gives each a port
         SMEG_BACKOFF_INITIAL="0.2",
         SMEG_WORKERS="4",
         PYTHONPATH=str(ROOT),

@@ -100,6 +100,7 @@ def test_help_lists_every_command_with_its_one_line_help() -> None:
     names = [line.split()[0] for line in listed.strip().splitlines()]
     assert names == sorted(
         [
+            "alerts",
             "audit",
             "check",
             "demo",

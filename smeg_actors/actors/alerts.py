@@ -1,0 +1,134 @@
+"""The alert evaluator: every few seconds it asks each sensor what it sees, applies the rules to
+each alert (``domain.alert``) and tells the sinks when one fires or resolves.
+
+Every delivery process runs one; the store's optimistic concurrency lets exactly one of them
+record each transition, and only the process that recorded it tells the sinks. A sink that fails
+is recorded (``AlertNotified(ok=False)``) and never holds up anything but this actor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import pykka
+import structlog
+
+from domain.alert import FIRING, RESOLVED, Alert, AlertRule, Observation
+from domain.ports import AlertRepository, AlertSink
+from smeg_actors.actors.messages import Tick
+from smeg_actors.actors.supervisor import Supervised
+from smeg_actors.runtime.clock import Clock
+
+log = structlog.get_logger(__name__)
+
+#: What a sensor is: the observations of its rule now (one per key it watches).
+Sensor = Callable[[datetime], Sequence[Observation]]
+
+
+class AlertEvaluatorActor(Supervised):
+    """Evaluates every ``every`` seconds of ticks; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        supervisor: pykka.ActorRef[Any] | None,
+        *,
+        repository: AlertRepository,
+        rules: Mapping[str, AlertRule],
+        sensors: Mapping[str, Sensor],
+        sinks: Sequence[AlertSink],
+        clock: Clock,
+        every: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(name, supervisor)
+        self.repository, self.rules, self.sinks, self.clock = repository, rules, sinks, clock
+        self.sensors = {rule: sensor for rule, sensor in sensors.items() if rules[rule].enabled}
+        self.every, self.monotonic = every, monotonic
+        self.next_at = monotonic() + every
+        #: Since when each (rule, key) has been seen clear (this process's memory).
+        self.clear_since: dict[tuple[str, str], datetime] = {}
+        #: The (rule, key) of alerts open (pending or firing) as this process last knew them, and
+        #: those whose recorded state it has read (an alert another process, or an earlier run of
+        #: this one, left open is resolved here too).
+        self.open: set[tuple[str, str]] = set()
+        self.read: set[tuple[str, str]] = set()
+        self.failing: set[str] = set()
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Tick():
+                if self.monotonic() >= self.next_at:
+                    self.next_at = self.monotonic() + self.every
+                    self.evaluate()
+            case _:
+                log.warning("unknown_message_dropped", message=repr(message))
+        return None
+
+    def evaluate(self) -> None:
+        """One round: every sensor, every alert it concerns. A sensor or the store failing skips
+        that rule this round, logged once per outage (the rules that can still see go on)."""
+        now = self.clock()
+        for rule, sensor in self.sensors.items():
+            try:
+                seen = {o.key: o for o in sensor(now)}
+                for key in {k for r, k in self.open if r == rule} - set(seen):
+                    seen[key] = Observation(rule, key, 0.0, False, "no longer seen")
+                for observation in seen.values():
+                    self._apply(observation, now)
+            except Exception as exc:
+                if rule not in self.failing:
+                    log.warning(
+                        "alert_rule_not_evaluated", rule=rule, error=f"{type(exc).__name__}: {exc}"[:300]
+                    )
+                self.failing.add(rule)
+                continue
+            self.failing.discard(rule)
+
+    def _apply(self, seen: Observation, now: datetime) -> None:
+        where = (seen.rule, seen.key)
+        if seen.breached:
+            self.clear_since.pop(where, None)
+        else:
+            self.clear_since.setdefault(where, now)
+            if where not in self.read:
+                self.read.add(where)
+                recorded_alert = self.repository.get(*where)
+                if recorded_alert is not None and recorded_alert.is_open:
+                    self.open.add(where)
+            if where not in self.open:
+                return
+        rule, clear_since = self.rules[seen.rule], self.clear_since.get(where)
+        alert, recorded = self.repository.change(
+            seen.rule,
+            seen.key,
+            lambda a: a.observe(seen, rule, now=now, clear_since=clear_since),
+            now=now,
+        )
+        if alert.is_open:
+            self.open.add(where)
+        else:
+            self.open.discard(where)
+        if recorded and (alert.status == FIRING or (alert.status == RESOLVED and alert.fired)):
+            self._tell(alert, now)
+
+    def _tell(self, alert: Alert, now: datetime) -> None:
+        for sink in self.sinks:
+            error: str | None = None
+            try:
+                sink.notify(alert)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("alert_not_notified", sink=sink.name, alert_id=alert.alert_id, error=error)
+            self.repository.change(alert.rule, alert.key, _notified(sink.name, error, now), now=now)
+
+
+def _notified(sink: str, error: str | None, now: datetime) -> Callable[[Alert], bool]:
+    def record(alert: Alert) -> bool:
+        alert.notified_by(sink, ok=error is None, error=error, now=now)
+        return True
+
+    return record

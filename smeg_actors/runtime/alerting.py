@@ -1,0 +1,141 @@
+"""The built-in alert rules' sensors, and the alerts' part of the actor tree.
+
+Each sensor turns what smeg already keeps into one ``Observation`` per key:
+
+- ``provider_down`` (per provider): seconds its circuit has not been closed, or it has been
+  disabled, from the health view this process obeys;
+- ``failures`` (per provider): Failed messages within ``window``, from the differences of the
+  ``delivery_stats_hourly`` totals this process samples;
+- ``retries_overdue`` (key ``all``): seconds the earliest backed-off retry is past its ``retry_at``
+  (``message_status``);
+- ``backlog_growing`` (key ``send``): seconds since the send queue last had no message waiting
+  (a consumer that keeps up empties it again and again).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+
+from adapters.queue_depth import QueueDepths
+from adapters.rabbitmq import Topology
+from adapters.schedule_view import oldest_backoff_due
+from adapters.stats_view import failed_by_provider
+from domain.alert import DEFAULT_RULES, AlertRule, Observation
+from domain.circuit import CLOSED
+from domain.ports import AlertRepository, AlertSink
+from smeg_actors.actors.alerts import Sensor
+from smeg_actors.actors.provider_health import ProviderHealthView
+
+
+@dataclass
+class Alerting:
+    """What the alert evaluator needs: its store, rules, sensors and sinks."""
+
+    repository: AlertRepository
+    rules: Mapping[str, AlertRule]
+    sinks: list[AlertSink]
+    sensors: dict[str, Sensor] = field(default_factory=dict)
+
+
+def rules_from(tables: Mapping[str, Any]) -> dict[str, AlertRule]:
+    """The built-in rules with ``[alerts.rules.NAME]`` applied; ValueError names a bad one."""
+    unknown = sorted(set(tables) - set(DEFAULT_RULES))
+    if unknown:
+        raise ValueError(f"alert rule {unknown[0]!r} is not one of {', '.join(sorted(DEFAULT_RULES))}")
+    rules = dict(DEFAULT_RULES)
+    for name, table in tables.items():
+        if not isinstance(table, Mapping):
+            raise ValueError(f"alert rule {name}: must be a table")
+        rules[name] = rules[name].configured(dict(table))
+    return rules
+
+
+def provider_down(view: ProviderHealthView, rule: AlertRule) -> Sensor:
+    def see(now: datetime) -> list[Observation]:
+        seen = []
+        for name in view.names:
+            health = view.snapshot.get(name)
+            state = health.state if health is not None else CLOSED
+            since = health.state_since if health is not None else None
+            value = (now - since).total_seconds() if state != CLOSED and since is not None else 0.0
+            summary = f"provider {name} has been {state} for {value:.0f} s"
+            labels = {"provider": name, "state": state}
+            seen.append(Observation(rule.name, name, value, value >= rule.threshold, summary, labels))
+        return seen
+
+    return see
+
+
+@dataclass
+class FailureWindow:
+    """The ``failures`` sensor: totals sampled each round, differenced over the rule's window."""
+
+    engine: Engine
+    rule: AlertRule
+    samples: deque[tuple[datetime, dict[str, int]]] = field(default_factory=deque)
+    started: datetime | None = None
+
+    def __call__(self, now: datetime) -> list[Observation]:
+        self.started = self.started or now
+        totals = failed_by_provider(self.engine, since=self.started - timedelta(hours=1))
+        self.samples.append((now, totals))
+        while len(self.samples) > 1 and self.samples[1][0] <= now - timedelta(seconds=self.rule.window):
+            self.samples.popleft()
+        first = self.samples[0][1]
+        seen = []
+        for provider in sorted(set(totals) | set(first)):
+            count = totals.get(provider, 0) - first.get(provider, 0)
+            summary = f"{count} messages through {provider} failed within {self.rule.window:g} s"
+            breached = count >= self.rule.threshold > 0 or (self.rule.threshold == 0 and count > 0)
+            seen.append(
+                Observation(self.rule.name, provider, float(count), breached, summary, {"provider": provider})
+            )
+        return seen
+
+
+def retries_overdue(engine: Engine, rule: AlertRule) -> Sensor:
+    def see(now: datetime) -> list[Observation]:
+        due = oldest_backoff_due(engine)
+        late = max(0.0, (now - due).total_seconds()) if due is not None else 0.0
+        summary = f"the earliest pending retry is {late:.0f} s past its retry_at"
+        return [Observation(rule.name, "all", late, late >= rule.threshold, summary)]
+
+    return see
+
+
+@dataclass
+class BacklogAge:
+    """The ``backlog_growing`` sensor: seconds since the send queue last held nothing."""
+
+    depths: QueueDepths
+    rule: AlertRule
+    empty_at: datetime | None = None
+
+    def __call__(self, now: datetime) -> list[Observation]:
+        depth = self.depths.read().get("send", 0)
+        if depth == 0 or self.empty_at is None:
+            self.empty_at = now
+        age = (now - self.empty_at).total_seconds()
+        summary = f"the send queue has not been empty for {age:.0f} s ({depth} waiting)"
+        return [
+            Observation(self.rule.name, "send", age, age >= self.rule.threshold, summary, {"queue": "send"})
+        ]
+
+
+def sensors_for(
+    rules: Mapping[str, AlertRule], *, view: ProviderHealthView, engine: Engine, amqp_url: str, prefix: str
+) -> dict[str, Sensor]:
+    """Every enabled built-in rule's sensor."""
+    made: dict[str, Sensor] = {
+        "provider_down": provider_down(view, rules["provider_down"]),
+        "failures": FailureWindow(engine, rules["failures"]),
+        "retries_overdue": retries_overdue(engine, rules["retries_overdue"]),
+        "backlog_growing": BacklogAge(QueueDepths(amqp_url, Topology(prefix)), rules["backlog_growing"]),
+    }
+    return {name: sensor for name, sensor in made.items() if rules[name].enabled}

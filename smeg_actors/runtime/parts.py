@@ -1,0 +1,51 @@
+"""What the actor tree needs from the outside world (``Parts``), built by ``bootstrap``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from domain.circuit import CircuitPolicy
+from domain.ports import (
+    FailedQueue,
+    Intake,
+    LogOutbox,
+    MessageRepository,
+    Peers,
+    Provider,
+    ProviderHealthRepository,
+    ReadModels,
+    UnfinishedMessages,
+)
+from domain.routing import RoutingPolicy
+
+
+@dataclass
+class Parts:
+    """What the actor tree needs from the outside world, built by ``bootstrap.build_runtime``.
+
+    ``engine`` is the read models' database (one engine for all of them); ``status`` is the
+    ``message_status`` read model alone (the scheduler catches it up before it rebuilds its
+    retries); ``events`` is None without an events exchange (the demo), ``open_failed_queue``
+    None without an automatic redriver.
+    """
+
+    store: MessageRepository
+    intake: Intake
+    providers: dict[str, Provider]
+    engine: Engine
+    read_models: ReadModels
+    status: ReadModels
+    unfinished: UnfinishedMessages
+    outbox: LogOutbox
+    events: LogOutbox | None = None
+    open_failed_queue: Callable[[], FailedQueue[Any]] | None = None
+    health: ProviderHealthRepository | None = None
+    policies: dict[str, CircuitPolicy] = field(default_factory=dict)
+    routing: RoutingPolicy | None = None
+    limits: dict[str, float | None] = field(default_factory=dict)
+    peers: Peers | None = None
+    alerting: Any = None

@@ -1,0 +1,62 @@
+"""Alerts in the real store (SQLite and PostgreSQL): two writers deciding at once record one
+transition; the sensors' queries read the read models."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+
+from adapters.alert_store import AlertStore
+from adapters.event_store import Change, MessageStore
+from adapters.schedule_view import oldest_backoff_due
+from adapters.stats_view import failed_by_provider
+from domain.alert import FIRING, AlertRule, Observation
+from domain.backoff import BackoffPolicy
+from domain.message import Message
+from smeg_actors.runtime.read_models import ReadModelSet, runners
+
+T0 = datetime(2026, 12, 7, 7, 0, tzinfo=UTC)
+RULE = AlertRule("provider_down", threshold=1)
+DOWN = Observation("provider_down", "a", 5.0, True, "a is down")
+
+
+def test_two_writers_deciding_at_once_record_one_raise(store_and_engine: tuple[MessageStore, Engine]) -> None:
+    store, _ = store_and_engine
+    first, second = AlertStore(store), AlertStore(store)
+    stale = first.get("provider_down", "a")
+    assert stale is None
+
+    alert, recorded = first.change(
+        "provider_down", "a", lambda a: a.observe(DOWN, RULE, now=T0, clear_since=None), now=T0
+    )
+    assert recorded and alert.status == FIRING
+    # the second decided on what it read before: reloaded, it finds nothing left to record
+    again, recorded_again = second.change(
+        "provider_down", "a", lambda a: a.observe(DOWN, RULE, now=T0, clear_since=None), now=T0
+    )
+    assert not recorded_again and again.episode == 1
+    names = [type(e).__name__ for e in store.history(alert.id)]
+    assert names == ["Opened", "AlertRaised"]
+    assert store.read_events(0, 100)[0] == []  # the messages' followers never see alerts
+
+
+def test_the_sensors_queries_read_failures_and_overdue_retries(
+    store_and_engine: tuple[MessageStore, Engine],
+) -> None:
+    store, engine = store_and_engine
+    now = datetime.now(UTC)
+    for message_id, outcome in (("f1", "fail"), ("b1", "back_off")):
+        message = Message.receive(
+            message_id=message_id, channel="sms", to="+15550000000", body="x", correlation_id="c", now=now
+        )
+        message.start_attempt("sms-eu", now=now)
+        if outcome == "fail":
+            message.record_permanent_failure("400", error="Rejected", now=now, status_code=400)
+        else:
+            message.record_transient_failure("503", error="T", policy=BackoffPolicy(initial=30), now=now)
+        store.commit([Change(load=lambda m=message: m)])
+    ReadModelSet(store, runners(store, engine)).catch_up()
+    assert failed_by_provider(engine, since=now - timedelta(hours=1)) == {"sms-eu": 1}
+    due = oldest_backoff_due(engine)
+    assert due is not None and abs((due - (now + timedelta(seconds=30))).total_seconds()) < 1

@@ -1,0 +1,157 @@
+"""The alert evaluator: one alert per rule and key, raised once after ``for``, resolved once
+healed, each sink told of both; two processes evaluating at once record each transition once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from domain.alert import FIRING, RESOLVED, Alert, AlertRule, Observation
+from smeg_actors.actors.alerts import AlertEvaluatorActor
+from tests.fakes import FakeClock, InMemoryAlerts
+
+T0 = datetime(2026, 12, 7, 7, 0, tzinfo=UTC)
+RULES = {
+    "provider_down": AlertRule("provider_down", threshold=60, for_=0, clear_for=30, severity="critical"),
+    "retries_overdue": AlertRule("retries_overdue", threshold=120, for_=60, clear_for=60),
+}
+
+
+class Sink:
+    def __init__(self, name: str = "hook", fail: bool = False) -> None:
+        self.name, self.fail = name, fail
+        self.told: list[tuple[str, str, str]] = []
+
+    def notify(self, alert: Alert) -> None:
+        self.told.append((alert.rule, alert.key, alert.status))
+        if self.fail:
+            raise ConnectionError("refused")
+
+
+class World:
+    """What the sensors see: provider a down since ``down_at`` (None: up), a retry ``late`` s late."""
+
+    def __init__(self) -> None:
+        self.down_at: datetime | None = None
+        self.late = 0.0
+
+    def provider_down(self, now: datetime) -> list[Observation]:
+        value = (now - self.down_at).total_seconds() if self.down_at else 0.0
+        return [
+            Observation("provider_down", "a", value, value >= 60, f"a down {value:.0f} s", {"provider": "a"})
+        ]
+
+    def retries_overdue(self, now: datetime) -> list[Observation]:
+        return [Observation("retries_overdue", "all", self.late, self.late >= 120, f"{self.late:.0f} s late")]
+
+
+def evaluator(repository: InMemoryAlerts, world: World, clock: FakeClock[datetime], *sinks: Any) -> Any:
+    actor = AlertEvaluatorActor(
+        "alerts",
+        None,
+        repository=repository,
+        rules=RULES,
+        sensors={"provider_down": world.provider_down, "retries_overdue": world.retries_overdue},
+        sinks=list(sinks),
+        clock=clock,
+    )
+    return actor
+
+
+def run_for(actors: list[Any], clock: FakeClock[datetime], seconds: int, step: int = 5) -> None:
+    for _ in range(seconds // step):
+        clock.now += timedelta(seconds=step)
+        for actor in actors:
+            actor.evaluate()
+
+
+def test_each_rule_raises_one_alert_after_its_for_and_resolves_once_healed() -> None:
+    repository, world, clock, sink = InMemoryAlerts(), World(), FakeClock(T0), Sink()
+    actor = evaluator(repository, world, clock, sink)
+    run_for([actor], clock, 60)
+    assert repository.events == {}  # a healthy system: nothing recorded at all
+
+    world.down_at, world.late = clock.now, 200.0
+    run_for([actor], clock, 55)
+    assert repository.names("provider_down", "a") == []  # 55 s < threshold 60
+    assert repository.names("retries_overdue", "all") == ["Opened", "AlertPending"]
+    run_for([actor], clock, 10)  # provider down 65 s; overdue for 65 s (> for 60)
+    assert repository.names("provider_down", "a")[-1] == "AlertNotified"
+    assert repository.get("provider_down", "a").status == FIRING  # type: ignore[union-attr]
+    assert repository.get("retries_overdue", "all").status == FIRING  # type: ignore[union-attr]
+    run_for([actor], clock, 120)  # still broken: no second raise
+    assert repository.names("provider_down", "a").count("AlertRaised") == 1
+
+    world.down_at, world.late = None, 0.0
+    run_for([actor], clock, 25)
+    assert repository.get("provider_down", "a").status == FIRING  # type: ignore[union-attr]  # < clear_for 30
+    run_for([actor], clock, 60)
+    assert repository.get("provider_down", "a").status == RESOLVED  # type: ignore[union-attr]
+    assert repository.get("retries_overdue", "all").status == RESOLVED  # type: ignore[union-attr]
+    assert sorted(sink.told) == sorted(
+        [
+            ("provider_down", "a", FIRING),
+            ("provider_down", "a", RESOLVED),
+            ("retries_overdue", "all", FIRING),
+            ("retries_overdue", "all", RESOLVED),
+        ]
+    )
+
+
+def test_two_processes_evaluating_record_each_transition_once_and_tell_once() -> None:
+    repository, world, clock = InMemoryAlerts(), World(), FakeClock(T0)
+    sinks = [Sink(), Sink()]
+    actors = [evaluator(repository, world, clock, sinks[0]), evaluator(repository, world, clock, sinks[1])]
+    world.down_at = clock.now
+    run_for(actors, clock, 70)
+    world.down_at = None
+    run_for(actors, clock, 40)
+    names = repository.names("provider_down", "a")
+    assert names.count("AlertRaised") == 1 and names.count("AlertResolved") == 1
+    assert sorted(sinks[0].told + sinks[1].told) == [
+        ("provider_down", "a", FIRING),
+        ("provider_down", "a", RESOLVED),
+    ]
+
+
+def test_a_failing_sink_is_recorded_and_the_others_are_still_told() -> None:
+    repository, world, clock = InMemoryAlerts(), World(), FakeClock(T0)
+    broken, good = Sink("broken", fail=True), Sink("good")
+    actor = evaluator(repository, world, clock, broken, good)
+    world.down_at = clock.now
+    run_for([actor], clock, 65)
+    alert = repository.get("provider_down", "a")
+    assert alert is not None and alert.notified == {"broken": False, "good": True}
+    assert good.told == [("provider_down", "a", FIRING)]
+
+
+def test_a_restarted_evaluator_resolves_what_an_earlier_one_left_firing() -> None:
+    repository, world, clock = InMemoryAlerts(), World(), FakeClock(T0)
+    first = evaluator(repository, world, clock)
+    world.down_at = clock.now
+    run_for([first], clock, 65)
+    world.down_at = None
+    second = evaluator(repository, world, clock)  # a new process: it knows nothing of it
+    run_for([second], clock, 40)
+    assert repository.get("provider_down", "a").status == RESOLVED  # type: ignore[union-attr]
+
+
+def test_a_sensor_that_fails_skips_its_rule_only() -> None:
+    repository, world, clock = InMemoryAlerts(), World(), FakeClock(T0)
+
+    def broken(now: datetime) -> list[Observation]:
+        raise ConnectionError("broker down")
+
+    actor = AlertEvaluatorActor(
+        "alerts",
+        None,
+        repository=repository,
+        rules=RULES,
+        sensors={"provider_down": world.provider_down, "retries_overdue": broken},
+        sinks=[],
+        clock=clock,
+    )
+    world.down_at = clock.now
+    run_for([actor], clock, 65)
+    assert repository.get("provider_down", "a").status == FIRING  # type: ignore[union-attr]
+    assert actor.failing == {"retries_overdue"}
