@@ -11,7 +11,7 @@ from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from adapters.event_store import MessageStore
 from adapters.store_connection import one_line
-from domain.alert import Alert
+from domain.alert import Alert, AlertIndex
 from domain.ports import ConflictError, StoreUnavailableError
 
 #: Tries of one change before another writer's conflicting writes make it give up.
@@ -23,6 +23,16 @@ class AlertStore:
 
     def __init__(self, store: MessageStore) -> None:
         self.store, self.app = store, store.app
+
+    def index(self) -> AlertIndex | None:
+        """Every (rule, key) an alert was opened for; None before the first."""
+        try:
+            index: AlertIndex = self.app.repository.get(AlertIndex.create_id())
+        except AggregateNotFoundError:
+            return None
+        except PersistenceError as exc:
+            raise StoreUnavailableError(one_line(exc)) from None
+        return index
 
     def get(self, rule: str, key: str) -> Alert | None:
         try:
@@ -40,11 +50,16 @@ class AlertStore:
         this writer recorded a change (False: nothing to record, or another writer got there
         first and ``apply`` found nothing left to do on what it wrote)."""
         for _ in range(TRIES):
-            alert = self.get(rule, key) or Alert.open(rule, key, now=now)
+            known = self.get(rule, key)
+            alert = known or Alert.open(rule, key, now=now)
             if not apply(alert):
                 return alert, False
+            index = None
+            if known is None:  # a new alert: the index learns its key in the same write
+                index = self.index() or AlertIndex.start(now=now)
+                index.add(rule, key, now=now)
             try:
-                self.app.save(alert)
+                self.app.save(alert, *([index] if index is not None else []))
             except IntegrityError:
                 continue
             except PersistenceError as exc:

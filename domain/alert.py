@@ -235,6 +235,38 @@ class Alert(Aggregate):
         self.trigger_event(self.AlertResolved, timestamp=now, value=value, duration=duration, fired=fired)
 
 
+class AlertIndex(Aggregate):
+    """Every (rule, key) an alert was ever opened for: how ``smeg alerts`` finds them all
+    (keys such as a process's ``host/pid`` cannot be known in advance)."""
+
+    class Created(Aggregate.Created):
+        """The first alert was opened."""
+
+    class KeyAdded(Aggregate.Event):
+        """An alert was opened for ``rule`` and ``key``."""
+
+        rule: str
+        key: str
+
+        def apply(self, index: AlertIndex) -> None:
+            index.keys.append((self.rule, self.key))
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[str, str]] = []
+
+    @staticmethod
+    def create_id() -> UUID:
+        return uuid5(ALERT_NAMESPACE, "index")
+
+    @classmethod
+    def start(cls, *, now: datetime) -> AlertIndex:
+        return cls._create(cls.Created, id=cls.create_id(), timestamp=now)
+
+    def add(self, rule: str, key: str, *, now: datetime) -> None:
+        if (rule, key) not in self.keys:
+            self.trigger_event(self.KeyAdded, timestamp=now, rule=rule, key=key)
+
+
 #: The built-in rules and their defaults: quiet on a healthy system.
 DEFAULT_RULES = {
     rule.name: rule
@@ -243,5 +275,6 @@ DEFAULT_RULES = {
         AlertRule("failures", threshold=1.0, window=900.0, clear_for=900.0),
         AlertRule("retries_overdue", threshold=120.0, window=0.0, for_=60.0, clear_for=60.0),
         AlertRule("backlog_growing", threshold=300.0, window=0.0, for_=60.0, clear_for=120.0),
+        AlertRule("restart_storm", threshold=5.0, window=600.0, clear_for=60.0, severity="critical"),
     )
 }

@@ -29,6 +29,24 @@ from smeg_actors.runtime import metrics
 
 log = structlog.get_logger(__name__)
 
+
+class RestartLog:
+    """When this process's supervisors restarted a child (monotonic seconds; the latest 1,000),
+    for the ``restart_storm`` alert."""
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque(maxlen=1000)
+
+    def record(self, at: float) -> None:
+        self.times.append(at)
+
+    def since(self, at: float) -> int:
+        return sum(1 for t in list(self.times) if t >= at)
+
+
+#: This process's restarts.
+RESTARTS = RestartLog()
+
 #: The longest pause before restarting a child that keeps crashing, seconds.
 RESTART_BACKOFF_MAX = 0.5
 
@@ -256,6 +274,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.restart_counts[name] = self.restart_counts.get(name, 0) + 1
         log.warning("child_restarted", child=name, error=error, restarts=self.restart_counts[name])
         metrics.restarts.labels(name.split("-")[0]).inc()
+        RESTARTS.record(time.monotonic())
         self.on_restart(name)
 
     def _backoff(self, name: str, now: float) -> float:

@@ -21,24 +21,15 @@ if TYPE_CHECKING:
     from smeg_actors.runtime.config import Settings
 
 
-def _keys(settings: Settings) -> list[tuple[str, str]]:
-    """Every (rule, key) an alert can have with these settings."""
-    providers = sorted(settings.provider_configs())
-    return [
-        *(("provider_down", p) for p in providers),
-        *(("failures", p) for p in providers),
-        ("retries_overdue", "all"),
-        ("backlog_growing", "send"),
-    ]
-
-
 def _recorded(settings: Settings) -> list[Alert]:
     from adapters.alert_store import AlertStore
 
     store = open_store(settings)
     try:
         alerts = AlertStore(store)
-        return [a for rule, key in _keys(settings) if (a := alerts.get(rule, key)) is not None and a.episode]
+        index = alerts.index()
+        keys = index.keys if index is not None else []
+        return [a for rule, key in keys if (a := alerts.get(rule, key)) is not None and a.episode]
     finally:
         store.close()
 
@@ -77,7 +68,8 @@ def ack(ctx: click.Context, alert_id: str, by: str | None) -> None:
     store = open_store(settings)
     try:
         repository = AlertStore(store)
-        for rule, key in _keys(settings):
+        index = repository.index()
+        for rule, key in index.keys if index is not None else []:
             alert = repository.get(rule, key)
             if alert is not None and alert.episode and alert.alert_id == alert_id:
                 now = utc_now()

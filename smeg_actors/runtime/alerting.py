@@ -9,11 +9,15 @@ Each sensor turns what smeg already keeps into one ``Observation`` per key:
 - ``retries_overdue`` (key ``all``): seconds the earliest backed-off retry is past its ``retry_at``
   (``message_status``);
 - ``backlog_growing`` (key ``send``): seconds since the send queue last had no message waiting
-  (a consumer that keeps up empties it again and again).
+  (a consumer that keeps up empties it again and again);
+- ``restart_storm`` (key ``host/pid``): this process's actor restarts within ``window``.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ from domain.circuit import CLOSED
 from domain.ports import AlertRepository, AlertSink
 from smeg_actors.actors.alerts import Sensor
 from smeg_actors.actors.provider_health import ProviderHealthView
+from smeg_actors.actors.supervisor import RESTARTS, RestartLog
 
 
 @dataclass
@@ -128,6 +133,18 @@ class BacklogAge:
         ]
 
 
+def restart_storm(rule: AlertRule, log: RestartLog = RESTARTS, *, process: str = "") -> Sensor:
+    """Per process (its own restarts; key ``host/pid``): another process's count is not this one's."""
+    key = process or f"{socket.gethostname()}/{os.getpid()}"
+
+    def see(now: datetime) -> list[Observation]:
+        count = log.since(time.monotonic() - rule.window)
+        summary = f"{count} actors restarted in {key} within {rule.window:g} s"
+        return [Observation(rule.name, key, float(count), count >= rule.threshold, summary, {"process": key})]
+
+    return see
+
+
 def sensors_for(
     rules: Mapping[str, AlertRule], *, view: ProviderHealthView, engine: Engine, amqp_url: str, prefix: str
 ) -> dict[str, Sensor]:
@@ -137,5 +154,6 @@ def sensors_for(
         "failures": FailureWindow(engine, rules["failures"]),
         "retries_overdue": retries_overdue(engine, rules["retries_overdue"]),
         "backlog_growing": BacklogAge(QueueDepths(amqp_url, Topology(prefix)), rules["backlog_growing"]),
+        "restart_storm": restart_storm(rules["restart_storm"]),
     }
     return {name: sensor for name, sensor in made.items() if rules[name].enabled}

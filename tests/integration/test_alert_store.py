@@ -60,3 +60,24 @@ def test_the_sensors_queries_read_failures_and_overdue_retries(
     assert failed_by_provider(engine, since=now - timedelta(hours=1)) == {"sms-eu": 1}
     due = oldest_backoff_due(engine)
     assert due is not None and abs((due - (now + timedelta(seconds=30))).total_seconds()) < 1
+
+
+def test_the_index_learns_every_key_an_alert_was_opened_for(
+    store_and_engine: tuple[MessageStore, Engine],
+) -> None:
+    store, _ = store_and_engine
+    alerts = AlertStore(store)
+    assert alerts.index() is None
+    for key in ("a", "b", "a"):
+        seen = Observation("provider_down", key, 5.0, True, f"{key} is down")
+        alerts.change(
+            "provider_down", key, lambda x, s=seen: x.observe(s, RULE, now=T0, clear_since=None), now=T0
+        )
+    restarts = Observation("restart_storm", "host/42", 6.0, True, "6 restarts")
+    storm = AlertRule("restart_storm", threshold=5)
+    alerts.change(
+        "restart_storm", "host/42", lambda x: x.observe(restarts, storm, now=T0, clear_since=None), now=T0
+    )
+    index = alerts.index()
+    assert index is not None
+    assert index.keys == [("provider_down", "a"), ("provider_down", "b"), ("restart_storm", "host/42")]

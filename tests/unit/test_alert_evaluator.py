@@ -3,6 +3,7 @@ healed, each sink told of both; two processes evaluating at once record each tra
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -155,3 +156,17 @@ def test_a_sensor_that_fails_skips_its_rule_only() -> None:
     run_for([actor], clock, 65)
     assert repository.get("provider_down", "a").status == FIRING  # type: ignore[union-attr]
     assert actor.failing == {"retries_overdue"}
+
+
+def test_the_restart_storm_sensor_counts_this_process_s_restarts_within_its_window() -> None:
+    from smeg_actors.actors.supervisor import RestartLog
+    from smeg_actors.runtime.alerting import restart_storm
+
+    log = RestartLog()
+    sensor = restart_storm(AlertRule("restart_storm", threshold=3, window=60), log, process="h/1")
+    assert sensor(T0)[0].breached is False
+    now = time.monotonic()
+    for at in (now - 120, now - 30, now - 20, now - 1):
+        log.record(at)
+    [seen] = sensor(T0)
+    assert (seen.key, seen.value, seen.breached) == ("h/1", 3.0, True)
