@@ -56,6 +56,10 @@ def alertmanager_body(alert: Alert) -> list[dict[str, Any]]:
     return [item]
 
 
+class SinkError(Exception):
+    """A sink could not be told; the text is safe to log and record."""
+
+
 class LogSink:
     """A firing alert at warning (error when critical); a resolve at info."""
 
@@ -84,13 +88,22 @@ class HttpSink:
         if kind not in ("webhook", "alertmanager"):
             raise ValueError(f"alert sink {name}: type must be webhook or alertmanager")
         self.name, self.kind = name, kind
+        #: Alertmanager forgets an alert not re-sent within its resolve_timeout (5 min).
+        self.repeats = kind == "alertmanager"
         self.url = url.rstrip("/") + "/api/v2/alerts" if kind == "alertmanager" else url
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(timeout=TIMEOUT, headers=headers)
 
     def notify(self, alert: Alert) -> None:
+        """Raises SinkError, whose text names the host and never the URL (it may hold a secret)."""
         body: Any = webhook_body(alert) if self.kind == "webhook" else alertmanager_body(alert)
-        self._post(body)
+        host = httpx.URL(self.url).host
+        try:
+            self._post(body)
+        except httpx.HTTPStatusError as exc:
+            raise SinkError(f"HTTP {exc.response.status_code} from {host}") from None
+        except httpx.HTTPError as exc:
+            raise SinkError(f"{type(exc).__name__} reaching {host}") from None
 
     @retry(stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.5, max=4), reraise=True)
     def _post(self, body: Any) -> None:

@@ -34,6 +34,10 @@ class AlertStore:
             raise StoreUnavailableError(one_line(exc)) from None
         return index
 
+    def opened(self) -> list[tuple[str, str]]:
+        index = self.index()
+        return list(index.keys) if index is not None else []
+
     def get(self, rule: str, key: str) -> Alert | None:
         try:
             alert: Alert = self.app.repository.get(Alert.create_id(rule, key))

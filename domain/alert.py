@@ -10,6 +10,7 @@ is resolved without having fired. The next breach begins a new episode on the sa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,8 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate
 
 PENDING, FIRING, RESOLVED = "pending", "firing", "resolved"
+#: The largest threshold, window, for or clear_for accepted (a year of seconds).
+MAX_SETTING = 366 * 86400.0
 SEVERITIES = ("info", "warning", "critical")
 ALERT_NAMESPACE = uuid5(NAMESPACE_URL, "smeg:alert")
 
@@ -35,8 +38,11 @@ class AlertRule:
     severity: str = "warning"
 
     def __post_init__(self) -> None:
-        if self.threshold < 0 or self.window < 0 or self.for_ < 0 or self.clear_for < 0:
-            raise ValueError(f"alert rule {self.name}: threshold, window, for and clear_for must be >= 0")
+        values = (self.threshold, self.window, self.for_, self.clear_for)
+        if not all(math.isfinite(v) and 0 <= v <= MAX_SETTING for v in values):
+            raise ValueError(
+                f"alert rule {self.name}: threshold, window, for and clear_for must be 0 to {MAX_SETTING:g}"
+            )
         if self.severity not in SEVERITIES:
             raise ValueError(f"alert rule {self.name}: severity must be one of {', '.join(SEVERITIES)}")
 
@@ -56,12 +62,13 @@ class AlertRule:
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """What a rule sees now for one key: its measure, and whether it breaches the threshold."""
+    """What a rule sees now for one key: its measure, and whether it breaches the threshold
+    (None: this process cannot judge yet; the alert is left as it is)."""
 
     rule: str
     key: str
     value: float
-    breached: bool
+    breached: bool | None
     summary: str
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -181,6 +188,8 @@ class Alert(Aggregate):
 
         ``clear_since``: since when the caller has seen the condition clear (this process's
         memory: a clearing is not an event, only its end is)."""
+        if seen.breached is None:
+            return False
         if seen.breached and self.status == RESOLVED:
             if rule.for_ > 0:
                 self._pend(seen, rule, now)

@@ -153,6 +153,10 @@ class AlertRepository(Protocol):
         writer's change first: reloaded and applied again)."""
         ...
 
+    def opened(self) -> list[tuple[str, str]]:
+        """Every (rule, key) an alert was ever opened for."""
+        ...
+
 
 class AlertSink(Protocol):
     """Where a firing or resolved alert is told (the log, a webhook, Alertmanager)."""

@@ -326,5 +326,9 @@ class InMemoryAlerts:
                 stored.extend(new)
             return alert, True
 
+    def opened(self) -> list[tuple[str, str]]:
+        with self.lock:
+            return list(self.events)
+
     def names(self, rule: str, key: str) -> list[str]:
         return [type(e).__name__ for e in self.events.get((rule, key), [])]

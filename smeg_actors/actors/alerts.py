@@ -24,8 +24,15 @@ from smeg_actors.runtime.clock import Clock
 
 log = structlog.get_logger(__name__)
 
-#: What a sensor is: the observations of its rule now (one per key it watches).
+#: What a sensor is: the observations of its rule now (one per key it watches; a key it cannot
+#: judge yet, it leaves out).
 Sensor = Callable[[datetime], Sequence[Observation]]
+
+#: How often the recorded alerts are read again (an alert whose key no sensor sees any more, or
+#: that another process raised, is resolved here too), and a firing alert is re-sent to sinks
+#: that forget one not re-sent (Alertmanager's ``resolve_timeout``).
+RESCAN_EVERY = 60.0
+REPEAT_EVERY = 60.0
 
 
 class AlertEvaluatorActor(Supervised):
@@ -57,6 +64,8 @@ class AlertEvaluatorActor(Supervised):
         self.open: set[tuple[str, str]] = set()
         self.read: set[tuple[str, str]] = set()
         self.failing: set[str] = set()
+        self.next_rescan = 0.0
+        self.repeated: dict[tuple[str, str], float] = {}
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -72,6 +81,8 @@ class AlertEvaluatorActor(Supervised):
         """One round: every sensor, every alert it concerns. A sensor or the store failing skips
         that rule this round, logged once per outage (the rules that can still see go on)."""
         now = self.clock()
+        if self.monotonic() >= self.next_rescan:
+            self._rescan()
         for rule, sensor in self.sensors.items():
             try:
                 seen = {o.key: o for o in sensor(now)}
@@ -87,9 +98,49 @@ class AlertEvaluatorActor(Supervised):
                 self.failing.add(rule)
                 continue
             self.failing.discard(rule)
+        self._repeat()
+
+    def _rescan(self) -> None:
+        self.next_rescan = self.monotonic() + RESCAN_EVERY
+        try:
+            for where in self.repository.opened():
+                if where[0] not in self.sensors:
+                    continue
+                alert = self.repository.get(*where)
+                self.read.add(where)
+                self._know(where, alert is not None and alert.is_open)
+        except Exception as exc:
+            log.warning("alerts_not_read", error=f"{type(exc).__name__}: {exc}"[:300])
+
+    def _know(self, where: tuple[str, str], is_open: bool) -> None:
+        """Note an alert open or not; a newly open one is first re-sent ``REPEAT_EVERY`` later."""
+        if is_open:
+            if where not in self.open:
+                self.repeated.setdefault(where, self.monotonic())
+            self.open.add(where)
+        else:
+            self.open.discard(where)
+            self.repeated.pop(where, None)
+
+    def _repeat(self) -> None:
+        """Re-send firing alerts to the sinks that want it, every ``REPEAT_EVERY`` seconds."""
+        sinks = [sink for sink in self.sinks if getattr(sink, "repeats", False)]
+        for where in list(self.open) if sinks else []:
+            if self.monotonic() - self.repeated.get(where, 0.0) < REPEAT_EVERY:
+                continue
+            self.repeated[where] = self.monotonic()
+            try:
+                alert = self.repository.get(*where)
+                if alert is not None and alert.status == FIRING:
+                    for sink in sinks:
+                        sink.notify(alert)
+            except Exception as exc:
+                log.warning("alert_not_repeated", rule=where[0], key=where[1], error=str(exc)[:300])
 
     def _apply(self, seen: Observation, now: datetime) -> None:
         where = (seen.rule, seen.key)
+        if seen.breached is None:  # the sensor cannot judge it yet: leave it as it is
+            return
         if seen.breached:
             self.clear_since.pop(where, None)
         else:
@@ -97,8 +148,7 @@ class AlertEvaluatorActor(Supervised):
             if where not in self.read:
                 self.read.add(where)
                 recorded_alert = self.repository.get(*where)
-                if recorded_alert is not None and recorded_alert.is_open:
-                    self.open.add(where)
+                self._know(where, recorded_alert is not None and recorded_alert.is_open)
             if where not in self.open:
                 return
         rule, clear_since = self.rules[seen.rule], self.clear_since.get(where)
@@ -108,10 +158,7 @@ class AlertEvaluatorActor(Supervised):
             lambda a: a.observe(seen, rule, now=now, clear_since=clear_since),
             now=now,
         )
-        if alert.is_open:
-            self.open.add(where)
-        else:
-            self.open.discard(where)
+        self._know(where, alert.is_open)
         if recorded and (alert.status == FIRING or (alert.status == RESOLVED and alert.fired)):
             self._tell(alert, now)
 
@@ -123,7 +170,13 @@ class AlertEvaluatorActor(Supervised):
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("alert_not_notified", sink=sink.name, alert_id=alert.alert_id, error=error)
-            self.repository.change(alert.rule, alert.key, _notified(sink.name, error, now), now=now)
+            try:
+                self.repository.change(alert.rule, alert.key, _notified(sink.name, error, now), now=now)
+            except Exception as exc:  # the next sinks are told all the same
+                log.warning(
+                    "alert_notice_not_recorded", sink=sink.name, error=f"{type(exc).__name__}: {exc}"[:300]
+                )
+        self.repeated[(alert.rule, alert.key)] = self.monotonic()
 
 
 def _notified(sink: str, error: str | None, now: datetime) -> Callable[[Alert], bool]:

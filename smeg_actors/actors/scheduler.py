@@ -90,8 +90,8 @@ class SchedulerActor(Supervised):
                 for aggregate_id in ids:
                     self._recover(aggregate_id)
             case Tick():
+                self._measure()  # before the release: what is overdue now, not what is left
                 self._release()
-                self._measure()
                 if self.clock() >= self.next_sweep:
                     self._adopt(before=self.clock() - self.orphan_margin)
             case GetPending():

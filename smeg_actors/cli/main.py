@@ -166,7 +166,8 @@ def run(ctx: click.Context, processes: str | None) -> int:
     from smeg_actors.runtime.process_group import PARENT_PID_VARIABLE
 
     settings = settings_of(ctx)
-    metrics_directory(settings.metrics_dir, os.environ.get(PARENT_PID_VARIABLE))  # before any metric
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    metrics_directory(settings.metrics_dir, parent, settings.http_port)  # before any metric
     from smeg_actors.runtime.serve import serve
 
     if processes is not None:

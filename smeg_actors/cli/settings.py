@@ -44,12 +44,25 @@ def setting_rows(settings: Settings) -> list[dict[str, Any]]:
         value, default = getattr(settings, name), _default(info)
         if name == "providers":
             value = {key: {"type": config.get("type", "?")} for key, config in value.items()}
+        elif name == "alerts":  # a sink's URL may be its secret (a Slack webhook): its host only
+            value = {**value, "sinks": {key: _sink(config) for key, config in value.get("sinks", {}).items()}}
         elif name in URL_SETTINGS:
             value, default = masked(value), masked(default)
         rows.append(
             {"setting": name, "variable": f"{ENV_PREFIX}{name.upper()}", "value": value, "default": default}
         )
     return rows
+
+
+def _sink(config: Any) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    url = config.get("url") if isinstance(config, dict) else None
+    try:
+        host = urlsplit(url).hostname if isinstance(url, str) else None
+    except ValueError:
+        host = None
+    return {"type": config.get("type", "?") if isinstance(config, dict) else "?", "host": host}
 
 
 def masked(url: Any) -> Any:

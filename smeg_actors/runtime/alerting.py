@@ -87,8 +87,11 @@ class FailureWindow:
     started: datetime | None = None
 
     def __call__(self, now: datetime) -> list[Observation]:
+        """A provider under the threshold is judged only once a whole window has been sampled:
+        before, this process cannot say it is clear (another process may have seen more)."""
         self.started = self.started or now
         totals = failed_by_provider(self.engine, since=self.started - timedelta(hours=1))
+        whole = (now - self.started).total_seconds() >= self.rule.window
         self.samples.append((now, totals))
         while len(self.samples) > 1 and self.samples[1][0] <= now - timedelta(seconds=self.rule.window):
             self.samples.popleft()
@@ -98,9 +101,9 @@ class FailureWindow:
             count = totals.get(provider, 0) - first.get(provider, 0)
             summary = f"{count} messages through {provider} failed within {self.rule.window:g} s"
             breached = count >= self.rule.threshold > 0 or (self.rule.threshold == 0 and count > 0)
-            seen.append(
-                Observation(self.rule.name, provider, float(count), breached, summary, {"provider": provider})
-            )
+            judged = breached if breached or whole else None
+            labels = {"provider": provider}
+            seen.append(Observation(self.rule.name, provider, float(count), judged, summary, labels))
         return seen
 
 
@@ -121,16 +124,20 @@ class BacklogAge:
     depths: QueueDepths
     rule: AlertRule
     empty_at: datetime | None = None
+    first: datetime | None = None
 
     def __call__(self, now: datetime) -> list[Observation]:
+        """Clear only once it has seen the queue empty (a process started during a backlog cannot
+        tell how old it is); breached once the age it can vouch for passes the threshold."""
         depth = self.depths.read().get("send", 0)
-        if depth == 0 or self.empty_at is None:
+        self.first = self.first or now
+        if depth == 0:
             self.empty_at = now
-        age = (now - self.empty_at).total_seconds()
+        age = (now - (self.empty_at or self.first)).total_seconds()
+        breached = age >= self.rule.threshold
+        judged = breached if breached or self.empty_at is not None else None
         summary = f"the send queue has not been empty for {age:.0f} s ({depth} waiting)"
-        return [
-            Observation(self.rule.name, "send", age, age >= self.rule.threshold, summary, {"queue": "send"})
-        ]
+        return [Observation(self.rule.name, "send", age, judged, summary, {"queue": "send"})]
 
 
 def restart_storm(rule: AlertRule, log: RestartLog = RESTARTS, *, process: str = "") -> Sensor:

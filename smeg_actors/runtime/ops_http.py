@@ -26,27 +26,53 @@ MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 Probe = Callable[[], tuple[bool, list[str]]]
 
 
-def use_directory(directory: Path, *, clean: bool) -> None:
-    """Write this process's (and its children's) samples to ``directory``; ``clean``: the parent
-    of the group starts it empty, so no sample of an earlier run is added in. Must run before
-    prometheus_client is imported."""
-    if clean and directory.exists():
-        shutil.rmtree(directory)
+#: The name of a group's own directory under ``SMEG_METRICS_DIR`` (or the temporary directory).
+GROUP_PREFIX = "smeg-metrics-"
+
+
+def metrics_directory(configured: str, parent: str | None, port: int) -> Path | None:
+    """Where this process group's samples go: a directory of its own, ``smeg-metrics-PID`` under
+    ``SMEG_METRICS_DIR`` (else the system's temporary directory), made by the group's parent (or
+    a lone ``smeg run``); a child uses its parent's. None when the ops server is off (port 0):
+    metrics stay in memory. ``smeg run`` calls this before anything imports the metrics.
+
+    Only directories of this name whose process is gone are removed (a crashed run's), never
+    the configured directory itself nor anything else in it."""
+    if parent is not None:
+        inherited = os.environ.get(MULTIPROC_VARIABLE)
+        return Path(inherited) if inherited else None
+    if port == 0:
+        os.environ.pop(MULTIPROC_VARIABLE, None)
+        return None
+    base = Path(configured) if configured else Path(tempfile.gettempdir())
+    _remove_dead_groups(base)
+    directory = base / f"{GROUP_PREFIX}{os.getpid()}"
     directory.mkdir(parents=True, exist_ok=True)
     os.environ[MULTIPROC_VARIABLE] = str(directory)
-
-
-def metrics_directory(configured: str, parent: str | None) -> Path:
-    """Where this process group's samples go: ``SMEG_METRICS_DIR``, else a directory of its own
-    under the system's temporary directory. The group's parent (or a lone ``smeg run``) empties
-    it; a child uses its parent's. ``smeg run`` calls this before anything imports the metrics."""
-    if parent is not None and os.environ.get(MULTIPROC_VARIABLE):
-        return Path(os.environ[MULTIPROC_VARIABLE])
-    directory = (
-        Path(configured) if configured else Path(tempfile.gettempdir()) / f"smeg-metrics-{os.getpid()}"
-    )
-    use_directory(directory, clean=parent is None)
     return directory
+
+
+def remove_directory(directory: Path | None) -> None:
+    """At the group's exit: its samples are of no use to anyone after it."""
+    if directory is not None and directory.name.startswith(GROUP_PREFIX):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _remove_dead_groups(base: Path) -> None:
+    for old in base.glob(f"{GROUP_PREFIX}*"):
+        pid = old.name.removeprefix(GROUP_PREFIX)
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Quiet(WSGIRequestHandler):

@@ -24,7 +24,14 @@ from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.exit_codes import EXIT_OK, EXIT_UNHEALTHY
 from smeg_actors.runtime.factory import build_providers, check_routing, open_store
 from smeg_actors.runtime.health import dependency_checks, run_checks
-from smeg_actors.runtime.ops_http import ENDPOINTS, MULTIPROC_VARIABLE, OpsServer, Probe, metrics_directory
+from smeg_actors.runtime.ops_http import (
+    ENDPOINTS,
+    MULTIPROC_VARIABLE,
+    OpsServer,
+    Probe,
+    metrics_directory,
+    remove_directory,
+)
 from smeg_actors.runtime.process_group import (
     PARENT_PID_VARIABLE,
     ProcessGroup,
@@ -43,7 +50,10 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     processes = cpu_count() if settings.processes == "auto" else settings.processes
     parent = os.environ.get(PARENT_PID_VARIABLE)
     gate = start_gate()
-    metrics = Path(os.environ.get(MULTIPROC_VARIABLE) or metrics_directory(settings.metrics_dir, parent))
+    inherited = os.environ.get(MULTIPROC_VARIABLE)
+    metrics = (
+        Path(inherited) if inherited else metrics_directory(settings.metrics_dir, parent, settings.http_port)
+    )
     providers = build_providers(settings)
     check_routing(settings, providers)
     stores: list[MessageStore] = []
@@ -100,12 +110,14 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
         # A lost dependency: stopping actors blocked on it could take long. Exit now; the broker
         # requeues every unacked request, and the store holds every recorded step.
         click.echo(f"smeg: stopping (exit {code}): {runtime.stop_reason.reason}", err=True)
+    if parent is None:
+        remove_directory(metrics)
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)
 
 
-def serve_group(settings: Settings, processes: int, config_path: str | None, metrics: Path) -> int:
+def serve_group(settings: Settings, processes: int, config_path: str | None, metrics: Path | None) -> int:
     """``processes`` children, each a single ``smeg run``; one projector among them. This parent
     serves the group's ops HTTP endpoints."""
     config = ["--config", config_path] if config_path else []
@@ -119,12 +131,16 @@ def serve_group(settings: Settings, processes: int, config_path: str | None, met
         pids = [child.process.pid for child in group.children]
         if len(pids) < processes:
             return False, [f"{len(pids)} of {processes} delivery processes started"]
+        assert metrics is not None  # the server is on, so is the directory
         return group_readiness(metrics, pids)
 
     ops = ops_server(settings, alive=lambda: not group.reason, ready=ready)
     if isinstance(ops, int):
         return ops
-    code = group.run()
+    try:
+        code = group.run()
+    finally:
+        remove_directory(metrics)
     if group.reason:
         click.echo(f"smeg: stopping (exit {code}): {group.reason}", err=True)
     return exiting(code, group.reason or "stopped")

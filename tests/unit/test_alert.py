@@ -110,7 +110,9 @@ def test_rules_take_their_table_with_for_spelt_as_in_prometheus() -> None:
         ({"enabled": 1}, "enabled has the wrong type"),
         ({"for": True}, "for has the wrong type"),
         ({"severity": "page"}, "severity must be one of"),
-        ({"window": -1}, "must be >= 0"),
+        ({"window": -1}, "must be 0 to"),
+        ({"clear_for": float("nan")}, "must be 0 to"),
+        ({"window": 1e308}, "must be 0 to"),
     ],
 )
 def test_a_bad_rule_table_is_refused_naming_it(table: dict, error: str) -> None:  # type: ignore[type-arg]

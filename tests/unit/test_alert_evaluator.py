@@ -170,3 +170,84 @@ def test_the_restart_storm_sensor_counts_this_process_s_restarts_within_its_wind
         log.record(at)
     [seen] = sensor(T0)
     assert (seen.key, seen.value, seen.breached) == ("h/1", 3.0, True)
+
+
+class Repeating(Sink):
+    repeats = True
+
+
+def test_an_open_alert_no_sensor_sees_any_more_is_resolved_after_a_rescan() -> None:
+    repository, world, clock = InMemoryAlerts(), World(), FakeClock(T0)
+    now = [0.0]
+    first = evaluator(repository, world, clock)
+    world.down_at = clock.now
+    run_for([first], clock, 65)
+
+    def nothing(_now: datetime) -> list[Observation]:
+        return []  # the provider was removed from the configuration
+
+    later = AlertEvaluatorActor(
+        "alerts",
+        None,
+        repository=repository,
+        rules=RULES,
+        sensors={"provider_down": nothing},
+        sinks=[],
+        clock=clock,
+        monotonic=lambda: now[0],
+    )
+    run_for([later], clock, 40)
+    assert repository.get("provider_down", "a").status == RESOLVED  # type: ignore[union-attr]
+
+
+def test_a_sensor_that_cannot_judge_leaves_the_alert_as_it_is() -> None:
+    repository, world, clock = InMemoryAlerts(), World(), FakeClock(T0)
+    actor = evaluator(repository, world, clock)
+    world.down_at = clock.now
+    run_for([actor], clock, 65)
+    unknown = Observation("provider_down", "a", 0.0, None, "cannot tell yet")
+    actor.sensors["provider_down"] = lambda _now: [unknown]
+    run_for([actor], clock, 120)
+    assert repository.get("provider_down", "a").status == FIRING  # type: ignore[union-attr]
+
+
+def test_a_firing_alert_is_re_sent_to_a_sink_that_forgets_it() -> None:
+    repository, world, clock = InMemoryAlerts(), World(), FakeClock(T0)
+    mono = [0.0]
+    forgetful, plain = Repeating("am"), Sink("hook")
+    actor = AlertEvaluatorActor(
+        "alerts",
+        None,
+        repository=repository,
+        rules=RULES,
+        sensors={"provider_down": world.provider_down},
+        sinks=[forgetful, plain],
+        clock=clock,
+        monotonic=lambda: mono[0],
+    )
+    world.down_at = clock.now
+    for _ in range(40):  # 200 s, the monotonic clock with it
+        clock.now += timedelta(seconds=5)
+        mono[0] += 5
+        actor.evaluate()
+    assert len(plain.told) == 1
+    assert 3 <= len(forgetful.told) <= 4  # once when it fired, then every 60 s while firing
+
+
+def test_the_backlog_sensor_judges_only_what_it_has_seen() -> None:
+    from smeg_actors.runtime.alerting import BacklogAge
+
+    class Depths:
+        depth = 50
+
+        def read(self) -> dict[str, int]:
+            return {"send": self.depth}
+
+    depths = Depths()
+    sensor = BacklogAge(depths, AlertRule("backlog_growing", threshold=300))  # type: ignore[arg-type]
+    assert sensor(T0)[0].breached is None  # started during a backlog: cannot tell its age
+    assert sensor(T0 + timedelta(seconds=301))[0].breached is True  # 301 s it can vouch for
+    depths.depth = 0
+    assert sensor(T0 + timedelta(seconds=302))[0].breached is False
+    depths.depth = 10
+    assert sensor(T0 + timedelta(seconds=400))[0].breached is False

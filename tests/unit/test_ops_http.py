@@ -102,3 +102,35 @@ def test_a_child_writes_its_answer_where_the_parent_reads_it(tmp_path: Path) -> 
         assert group_readiness(tmp_path, [os.getpid()]) == (True, [])
     finally:
         child.stop()
+
+
+def test_a_sink_failure_names_the_host_never_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from adapters.alert_sinks import HttpSink, SinkError
+    from domain.alert import Alert
+
+    sink = HttpSink("hook", "webhook", "https://user:pw@hooks.example.com/T000/SECRET")
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, request=request)
+
+    sink.client = httpx.Client(transport=httpx.MockTransport(refuse))
+    alert = Alert.open(
+        "provider_down", "a", now=__import__("datetime").datetime.now(__import__("datetime").UTC)
+    )
+    with pytest.raises(SinkError) as raised:
+        sink.notify(alert)
+    assert str(raised.value) == "HTTP 403 from hooks.example.com"
+    assert "SECRET" not in str(raised.value) and "pw" not in str(raised.value)
+
+
+def test_settings_show_a_sink_s_host_only() -> None:
+    from smeg_actors.cli.settings import setting_rows
+    from smeg_actors.runtime.config import Settings
+
+    settings = Settings(
+        alerts={"sinks": {"hook": {"type": "webhook", "url": "https://hooks.example.com/T0/SECRET"}}}
+    )
+    [row] = [r for r in setting_rows(settings) if r["setting"] == "alerts"]
+    assert row["value"] == {"sinks": {"hook": {"type": "webhook", "host": "hooks.example.com"}}}
