@@ -48,6 +48,8 @@ class ProviderHealth(Aggregate):
         reopenings: int
 
         def apply(self, aggregate: ProviderHealth) -> None:
+            if aggregate.circuit == CLOSED:
+                aggregate.down_since = self.timestamp
             aggregate.circuit = OPEN
             aggregate.open_until = self.open_until
             aggregate.reopenings = self.reopenings
@@ -68,6 +70,7 @@ class ProviderHealth(Aggregate):
 
         def apply(self, aggregate: ProviderHealth) -> None:
             aggregate.circuit = CLOSED
+            aggregate.down_since = None
             aggregate.open_until = None
             aggregate.reopenings = 0
             aggregate.failure_ratio = 0.0
@@ -98,6 +101,8 @@ class ProviderHealth(Aggregate):
         self.reopenings = 0
         self.failure_ratio = 0.0
         self.since: datetime | None = None
+        #: When the circuit last left closed (re-opens and half-opens in between do not move it).
+        self.down_since: datetime | None = None
         self.disabled_by: str | None = None
         self.disabled_reason: str | None = None
         self.disabled_at: datetime | None = None
@@ -123,6 +128,14 @@ class ProviderHealth(Aggregate):
     def state_since(self) -> datetime | None:
         """When the state ``state`` names began (None: closed since it was first seen)."""
         return self.disabled_at if self.disabled else self.since
+
+    @property
+    def unavailable_since(self) -> datetime | None:
+        """Since when the provider has not taken every attempt (disabled, or its circuit not
+        closed through open and half-open periods alike); None while it does."""
+        if self.disabled:
+            return self.disabled_at
+        return self.down_since if self.circuit != CLOSED else None
 
     def accepts_attempts(self) -> bool:
         """Whether an attempt may be sent (half-open: only trials, which the caller limits)."""

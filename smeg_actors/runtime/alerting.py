@@ -2,8 +2,8 @@
 
 Each sensor turns what smeg already keeps into one ``Observation`` per key:
 
-- ``provider_down`` (per provider): seconds its circuit has not been closed, or it has been
-  disabled, from the health view this process obeys;
+- ``provider_down`` (per provider): seconds since its circuit left closed (however often it
+  re-opened since), or since it was disabled, from the health view this process obeys;
 - ``failures`` (per provider): Failed messages within ``window``, from the differences of the
   ``delivery_stats_hourly`` totals this process samples;
 - ``retries_overdue`` (key ``all``): seconds the earliest backed-off retry is past its ``retry_at``
@@ -67,9 +67,9 @@ def provider_down(view: ProviderHealthView, rule: AlertRule) -> Sensor:
         for name in view.names:
             health = view.snapshot.get(name)
             state = health.state if health is not None else CLOSED
-            since = health.state_since if health is not None else None
-            value = (now - since).total_seconds() if state != CLOSED and since is not None else 0.0
-            summary = f"provider {name} has been {state} for {value:.0f} s"
+            since = health.unavailable_since if health is not None else None
+            value = (now - since).total_seconds() if since is not None else 0.0
+            summary = f"provider {name} has been unavailable ({state}) for {value:.0f} s"
             labels = {"provider": name, "state": state}
             seen.append(Observation(rule.name, name, value, value >= rule.threshold, summary, labels))
         return seen

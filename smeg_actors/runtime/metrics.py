@@ -65,6 +65,29 @@ queue_messages = Gauge(
     ["queue"],
     multiprocess_mode="mostrecent",
 )
+messages_in_flight = Gauge(
+    "smeg_messages_in_flight",
+    "Provider calls under way (an attempt sent, its answer not yet back).",
+    multiprocess_mode="livesum",
+)
+send_queue_oldest = Gauge(
+    "smeg_send_queue_oldest_seconds",
+    "An upper bound on the oldest waiting send request's age: seconds since the send queue was "
+    "last seen empty (0 while it is).",
+    multiprocess_mode="mostrecent",
+)
+projection_lag_events = Gauge(
+    "smeg_projection_lag_events",
+    "Events in the store a read model (or the events exchange) has not applied yet.",
+    ["projection"],
+    multiprocess_mode="mostrecent",
+)
+projection_lag_seconds = Gauge(
+    "smeg_projection_lag_seconds",
+    "Age of the oldest event a read model (or the events exchange) has not applied yet.",
+    ["projection"],
+    multiprocess_mode="mostrecent",
+)
 circuit_state = Gauge(
     "smeg_circuit_state",
     "Each provider's state as this process obeys it: 0 closed, 1 half-open, 2 open, 3 disabled.",

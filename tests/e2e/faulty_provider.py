@@ -1,5 +1,5 @@
 """A local HTTP provider whose faults a test switches at will: down (503), flaky (20 % 503),
-slow (half the calls take a second), throttling (429 with Retry-After) or fine."""
+slow (half the calls take a second), throttling (429 with Retry-After), refusing (400) or fine."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-OK, DOWN, FLAKY, SLOW, THROTTLING = "ok", "down", "flaky", "slow", "throttling"
+OK, DOWN, FLAKY, SLOW, THROTTLING, REFUSING = "ok", "down", "flaky", "slow", "throttling", "refusing"
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class FaultyProvider:
             status = 503
         elif mode == THROTTLING:
             status, headers = 429, {"Retry-After": "1"}
+        elif mode == REFUSING:
+            status = 400  # a permanent refusal: the message fails at once
         elif mode == SLOW and roll < 0.5:
             time.sleep(1.0)
         with self.lock:

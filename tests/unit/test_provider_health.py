@@ -180,3 +180,21 @@ class ProviderHealthMachine(RuleBasedStateMachine):
 
 
 TestProviderHealthMachine = ProviderHealthMachine.TestCase
+
+
+def test_unavailable_since_spans_every_re_open_and_half_open_until_it_closes() -> None:
+    health = ProviderHealth.register("a", now=T0)
+    assert health.unavailable_since is None
+    now = T0
+    for _ in range(3):  # an outage outlasting several open periods
+        opened(health, now)
+        assert health.open_until is not None
+        now = health.open_until
+        health.half_open(now=now)
+        assert health.unavailable_since == T0  # state_since moves; this does not
+    assert health.state_since == now
+    health.close_circuit(probe_latency_ms=None, now=now)
+    assert health.unavailable_since is None
+    assert replayed(health).unavailable_since is None
+    health.disable(by="ops", reason="x", now=now)
+    assert health.unavailable_since == now
