@@ -73,18 +73,14 @@ from sqlalchemy import (
     Connection,
     Date,
     DateTime,
-    Engine,
     Integer,
     String,
     Table,
-    func,
-    inspect,
-    select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.projections import History, Projection, Write
-from adapters.sql import execute_many, metadata, translated_schema
+from adapters.sql import execute_many, metadata
 from domain.message import Message
 
 #: Histogram columns and their upper bounds in ms (the last bucket is unbounded).
@@ -355,17 +351,3 @@ def _insert(connection: Connection, table: Table) -> Any:
 
 def _utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-def failed_by_provider(engine: Engine, *, since: datetime) -> dict[str, int]:
-    """Failed messages (permanent and exhausted) per provider in the hours from ``since``'s hour
-    on (the alert evaluator takes differences of these totals over its window)."""
-    table = delivery_stats_hourly
-    hour = since.replace(minute=0, second=0, microsecond=0)
-    failed = func.sum(table.c.failed_permanent + table.c.failed_exhausted)
-    rows = select(table.c.provider, failed).where(table.c.hour >= hour, table.c.provider != "")
-    query = rows.group_by(table.c.provider)
-    with engine.connect() as connection:
-        if not inspect(connection).has_table(table.name, schema=translated_schema(connection, table)):
-            return {}
-        return {str(provider): int(count or 0) for provider, count in connection.execute(query)}

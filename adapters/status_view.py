@@ -71,13 +71,18 @@ _unfinished = message_status.c.status.in_(UNFINISHED)
 unfinished_index = Index(
     UNFINISHED_INDEX, message_status.c.status, postgresql_where=_unfinished, sqlite_where=_unfinished
 )
+#: Failed messages by when they failed: the ``failures`` alert counts those of its window (failures
+#: are rare, so the index costs the writes that finish a message nothing but theirs).
+FAILED_INDEX = "ix_message_status_failed"
+_failed = message_status.c.status == FAILED
+failed_index = Index(FAILED_INDEX, message_status.c.failed_at, postgresql_where=_failed, sqlite_where=_failed)
 _LEGACY_INDEXED = frozenset({"message_id", "status", "retry_at"})
 
 
 def upgrade_indexes(connection: Connection) -> None:
     """Give an older ``message_status`` today's index: drop its single-column indexes (before
     2026-11-27; whatever a rebuild renamed them) and a partial one whose predicate misses a status
-    of ``UNFINISHED`` (``held``, 2026-12-07); create the partial one. Idempotent; run with every
+    of ``UNFINISHED`` (``held``, 2026-12-07); create the partial ones. Idempotent; run with every
     ``create_tables``."""
     schema = translated_schema(connection, message_status)
     indexes = inspect(connection).get_indexes(message_status.name, schema=schema)
@@ -91,6 +96,8 @@ def upgrade_indexes(connection: Connection) -> None:
     indexes = inspect(connection).get_indexes(message_status.name, schema=schema)
     if not any(str(index["name"]).startswith(UNFINISHED_INDEX) for index in indexes):
         unfinished_index.create(connection, checkfirst=True)
+    if not any(str(index["name"]).startswith(FAILED_INDEX) for index in indexes):
+        failed_index.create(connection, checkfirst=True)
 
 
 def _covers_unfinished(index: Any) -> bool:
@@ -367,3 +374,14 @@ def held_counts(engine: Engine) -> dict[str, int]:
     with engine.connect() as connection:
         rows = connection.execute(query.group_by(table.c.last_provider)).all()
     return {str(provider): int(count) for provider, count in rows}
+
+
+def failed_since(engine: Engine, since: datetime) -> dict[str, int]:
+    """Messages that failed from ``since`` on, per provider they last tried (``failed_index``)."""
+    table = message_status
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(table.name, schema=translated_schema(connection, table)):
+            return {}
+        query = select(table.c.last_provider, func.count()).where(_failed, table.c.failed_at >= since)
+        rows = connection.execute(query.group_by(table.c.last_provider)).all()
+    return {str(provider or "(none)"): int(count) for provider, count in rows}

@@ -4,8 +4,8 @@ Each sensor turns what smeg already keeps into one ``Observation`` per key:
 
 - ``provider_down`` (per provider): seconds since its circuit left closed (however often it
   re-opened since), or since it was disabled, from the health view this process obeys;
-- ``failures`` (per provider): Failed messages within ``window``, from the differences of the
-  ``delivery_stats_hourly`` totals this process samples;
+- ``failures`` (per provider): messages that failed within ``window`` (``message_status``, whose
+  failed rows are indexed by when they failed);
 - ``retries_overdue`` (key ``all``): seconds the earliest backed-off retry is past its ``retry_at``
   (``message_status``);
 - ``backlog_growing`` (key ``send``): seconds since the send queue last had no message waiting
@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,7 +28,7 @@ from sqlalchemy import Engine
 from adapters.queue_depth import QueueDepths
 from adapters.rabbitmq import Topology
 from adapters.schedule_view import oldest_backoff_due
-from adapters.stats_view import failed_by_provider
+from adapters.status_view import failed_since
 from domain.alert import DEFAULT_RULES, AlertRule, Observation
 from domain.circuit import CLOSED
 from domain.ports import AlertRepository, AlertSink
@@ -77,34 +76,19 @@ def provider_down(view: ProviderHealthView, rule: AlertRule) -> Sensor:
     return see
 
 
-@dataclass
-class FailureWindow:
-    """The ``failures`` sensor: totals sampled each round, differenced over the rule's window."""
-
-    engine: Engine
-    rule: AlertRule
-    samples: deque[tuple[datetime, dict[str, int]]] = field(default_factory=deque)
-    started: datetime | None = None
-
-    def __call__(self, now: datetime) -> list[Observation]:
-        """A provider under the threshold is judged only once a whole window has been sampled:
-        before, this process cannot say it is clear (another process may have seen more)."""
-        self.started = self.started or now
-        totals = failed_by_provider(self.engine, since=self.started - timedelta(hours=1))
-        whole = (now - self.started).total_seconds() >= self.rule.window
-        self.samples.append((now, totals))
-        while len(self.samples) > 1 and self.samples[1][0] <= now - timedelta(seconds=self.rule.window):
-            self.samples.popleft()
-        first = self.samples[0][1]
+def failures(engine: Engine, rule: AlertRule) -> Sensor:
+    def see(now: datetime) -> list[Observation]:
+        counts = failed_since(engine, now - timedelta(seconds=rule.window))
         seen = []
-        for provider in sorted(set(totals) | set(first)):
-            count = totals.get(provider, 0) - first.get(provider, 0)
-            summary = f"{count} messages through {provider} failed within {self.rule.window:g} s"
-            breached = count >= self.rule.threshold > 0 or (self.rule.threshold == 0 and count > 0)
-            judged = breached if breached or whole else None
-            labels = {"provider": provider}
-            seen.append(Observation(self.rule.name, provider, float(count), judged, summary, labels))
+        for provider, count in sorted(counts.items()):
+            summary = f"{count} messages through {provider} failed within {rule.window:g} s"
+            breached = count >= max(rule.threshold, 1)
+            seen.append(
+                Observation(rule.name, provider, float(count), breached, summary, {"provider": provider})
+            )
         return seen
+
+    return see
 
 
 def retries_overdue(engine: Engine, rule: AlertRule) -> Sensor:
@@ -158,7 +142,7 @@ def sensors_for(
     """Every enabled built-in rule's sensor."""
     made: dict[str, Sensor] = {
         "provider_down": provider_down(view, rules["provider_down"]),
-        "failures": FailureWindow(engine, rules["failures"]),
+        "failures": failures(engine, rules["failures"]),
         "retries_overdue": retries_overdue(engine, rules["retries_overdue"]),
         "backlog_growing": BacklogAge(QueueDepths(amqp_url, Topology(prefix)), rules["backlog_growing"]),
         "restart_storm": restart_storm(rules["restart_storm"]),

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from adapters.alert_store import AlertStore
 from adapters.event_store import Change, MessageStore
 from adapters.schedule_view import oldest_backoff_due
-from adapters.stats_view import failed_by_provider
+from adapters.status_view import failed_since
 from domain.alert import FIRING, AlertRule, Observation
 from domain.backoff import BackoffPolicy
 from domain.message import Message
@@ -57,7 +57,8 @@ def test_the_sensors_queries_read_failures_and_overdue_retries(
             message.record_transient_failure("503", error="T", policy=BackoffPolicy(initial=30), now=now)
         store.commit([Change(load=lambda m=message: m)])
     ReadModelSet(store, runners(store, engine)).catch_up()
-    assert failed_by_provider(engine, since=now - timedelta(hours=1)) == {"sms-eu": 1}
+    assert failed_since(engine, now - timedelta(seconds=1)) == {"sms-eu": 1}
+    assert failed_since(engine, now + timedelta(seconds=1)) == {}
     due = oldest_backoff_due(engine)
     assert due is not None and abs((due - (now + timedelta(seconds=30))).total_seconds()) < 1
 

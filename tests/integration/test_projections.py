@@ -18,8 +18,10 @@ from adapters.event_store import Change, MessageStore
 from adapters.projections import History, ProjectionRunner, ShadowRebuild, Write, read_position, tracking
 from adapters.sql import make_engine
 from adapters.status_view import (
+    FAILED_INDEX,
     UNFINISHED_INDEX,
     MessageStatusProjection,
+    failed_index,
     message_status,
     unfinished,
     unfinished_index,
@@ -451,15 +453,19 @@ def status_indexes(engine: Engine) -> dict[str, tuple[list[str], bool]]:
     return {str(ix["name"]): (list(ix["column_names"]), bool(ix.get("dialect_options", {}))) for ix in found}
 
 
-def test_message_status_has_one_partial_index_of_unfinished_messages(
+#: message_status's secondary indexes: both partial (unfinished messages; failed ones by when).
+TODAYS = {UNFINISHED_INDEX: (["status"], True), FAILED_INDEX: (["failed_at"], True)}
+
+
+def test_message_status_has_partial_indexes_of_unfinished_and_failed_messages(
     backend: tuple[MessageStore, Engine],
 ) -> None:
     # Given
     store, engine = backend
     ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status")
 
-    # Then: finished rows are in no secondary index
-    assert status_indexes(engine) == {UNFINISHED_INDEX: (["status"], True)}
+    # Then: delivered rows are in no secondary index
+    assert status_indexes(engine) == TODAYS
 
 
 def test_an_older_message_status_gets_todays_index_and_keeps_its_rows(
@@ -475,6 +481,7 @@ def test_an_older_message_status_gets_todays_index_and_keeps_its_rows(
     table = f'"{schema}".message_status' if schema else "message_status"
     with engine.begin() as connection:
         unfinished_index.drop(connection)
+        failed_index.drop(connection)
         for column in ("message_id", "status", "retry_at"):  # (SQL: an Index object would join the Table)
             connection.execute(text(f"CREATE INDEX ix_message_status_{column} ON {table} ({column})"))
     assert len(status_indexes(engine)) == 3
@@ -483,7 +490,7 @@ def test_an_older_message_status_gets_todays_index_and_keeps_its_rows(
     ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status").catch_up()
 
     # Then
-    assert status_indexes(engine) == {UNFINISHED_INDEX: (["status"], True)}
+    assert status_indexes(engine) == TODAYS
     assert rows(engine) == before
 
 
@@ -509,7 +516,7 @@ def test_an_index_of_before_held_is_replaced_by_one_that_covers_held(
     ProjectionRunner(store, engine, [MessageStatusProjection()], name="message_status").catch_up()
 
     # Then the scheduler's query of held messages can use the index
-    assert status_indexes(engine) == {UNFINISHED_INDEX: (["status"], True)}
+    assert status_indexes(engine) == TODAYS
     assert all(
         f"'{s}'" in unfinished_predicate(engine) for s in ("received", "in_flight", "backed_off", "held")
     )
@@ -517,7 +524,11 @@ def test_an_index_of_before_held_is_replaced_by_one_that_covers_held(
 
 def unfinished_predicate(engine: Engine) -> str:
     schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
-    [index] = inspect(engine).get_indexes("message_status", schema=schema)
+    [index] = [
+        ix
+        for ix in inspect(engine).get_indexes("message_status", schema=schema)
+        if str(ix["name"]).startswith(UNFINISHED_INDEX)
+    ]
     options = index.get("dialect_options", {})
     where = options.get("postgresql_where", options.get("sqlite_where"))
     return str(getattr(where, "text", where))
@@ -531,7 +542,8 @@ def test_a_rebuild_keeps_the_index_partial(backend: tuple[MessageStore, Engine])
     # When
     ShadowRebuild(store, engine, [MessageStatusProjection()], name="message_status").run()
 
-    # Then: the swapped-in table's index is the same partial one (under the rebuild's name)
-    [(name, (columns, partial))] = status_indexes(engine).items()
-    assert name.startswith(UNFINISHED_INDEX)
-    assert (columns, partial) == (["status"], True)
+    # Then: the swapped-in table's indexes are the same partial ones (under the rebuild's names)
+    found = status_indexes(engine)
+    assert len(found) == len(TODAYS)
+    for prefix, shape in TODAYS.items():
+        assert [s for name, s in found.items() if name.startswith(prefix)] == [shape]
