@@ -81,6 +81,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.projections import History, Projection, Write
 from adapters.sql import execute_many, metadata
+from domain.canary import is_canary
 from domain.message import Message
 
 #: Histogram columns and their upper bounds in ms (the last bucket is unbounded).
@@ -173,6 +174,8 @@ class DeliveryStatsProjection(_CountingProjection):
         sums: dict[tuple[datetime, str, str], Counter[str]] = defaultdict(Counter)
         for event in events:
             row = self.facts.observe(event)
+            if row.canary:
+                continue
             hour = _utc(event.timestamp).replace(minute=0, second=0, microsecond=0)
             if isinstance(event, Message.Received):
                 sums[hour, event.provider or "", event.channel]["received"] += 1
@@ -212,6 +215,8 @@ class FailureReasonsProjection(_CountingProjection):
         sums: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
         for event in events:
             row = self.facts.observe(event)
+            if row.canary:
+                continue
             if isinstance(event, Message.Failed | Message.BackedOff):
                 key = (_utc(event.timestamp).date(), row.provider, event.reason[:REASON_LENGTH])
                 if isinstance(event, Message.BackedOff):
@@ -241,6 +246,8 @@ class _Facts:
     received_at: datetime | None
     provider: str
     ended: bool = False
+    #: A synthetic request of the canary: the reports leave it out.
+    canary: bool = False
 
 
 class _MessageFacts:
@@ -284,7 +291,13 @@ class _MessageFacts:
         """Fold the event into its message's facts; return them as of that event."""
         key = event.originator_id
         if isinstance(event, Message.Received):
-            received = _Facts(event.originator_version, event.channel, _utc(event.timestamp), "")
+            received = _Facts(
+                event.originator_version,
+                event.channel,
+                _utc(event.timestamp),
+                "",
+                canary=is_canary(event.metadata),
+            )
             self.known[key] = received
             return received
         facts = self.known.get(key)

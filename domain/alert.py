@@ -276,6 +276,15 @@ class AlertIndex(Aggregate):
             self.trigger_event(self.KeyAdded, timestamp=now, rule=rule, key=key)
 
 
+#: Rules whose condition follows from the broker or the store being away (a backlog builds,
+#: retries and canaries wait, projections fall behind, actors restart): while either is, and for
+#: ``SETTLE_AFTER_OUTAGE`` seconds after, they do not fire (inhibition; the outage is what is
+#: wrong, and the process says so: ``/readyz``, its exit, the log).
+INHIBITED_BY_OUTAGE = frozenset(
+    {"backlog_growing", "retries_overdue", "canary", "projection_lag", "restart_storm"}
+)
+SETTLE_AFTER_OUTAGE = 60.0
+
 #: The built-in rules and their defaults: quiet on a healthy system.
 DEFAULT_RULES = {
     rule.name: rule
@@ -285,5 +294,6 @@ DEFAULT_RULES = {
         AlertRule("retries_overdue", threshold=120.0, window=0.0, for_=60.0, clear_for=60.0),
         AlertRule("backlog_growing", threshold=300.0, window=0.0, for_=60.0, clear_for=120.0),
         AlertRule("restart_storm", threshold=5.0, window=600.0, clear_for=60.0, severity="critical"),
+        AlertRule("canary", threshold=120.0, window=0.0, clear_for=60.0, severity="critical"),
     )
 }

@@ -16,7 +16,15 @@ from typing import Any
 import pykka
 import structlog
 
-from domain.alert import FIRING, RESOLVED, Alert, AlertRule, Observation
+from domain.alert import (
+    FIRING,
+    INHIBITED_BY_OUTAGE,
+    RESOLVED,
+    SETTLE_AFTER_OUTAGE,
+    Alert,
+    AlertRule,
+    Observation,
+)
 from domain.ports import AlertRepository, AlertSink
 from smeg_actors.actors.messages import Tick
 from smeg_actors.actors.supervisor import Supervised
@@ -50,6 +58,7 @@ class AlertEvaluatorActor(Supervised):
         clock: Clock,
         every: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
+        outage: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__(name, supervisor)
         self.repository, self.rules, self.sinks, self.clock = repository, rules, sinks, clock
@@ -66,6 +75,10 @@ class AlertEvaluatorActor(Supervised):
         self.failing: set[str] = set()
         self.next_rescan = 0.0
         self.repeated: dict[tuple[str, str], float] = {}
+        #: Why the broker or the store is away (None: they answer); see ``INHIBITED_BY_OUTAGE``.
+        self.outage = outage or (lambda: None)
+        self.inhibit_until = 0.0
+        self.inhibited_by: str | None = None
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -81,6 +94,7 @@ class AlertEvaluatorActor(Supervised):
         """One round: every sensor, every alert it concerns. A sensor or the store failing skips
         that rule this round, logged once per outage (the rules that can still see go on)."""
         now = self.clock()
+        self._check_outage()
         if self.monotonic() >= self.next_rescan:
             self._rescan()
         for rule, sensor in self.sensors.items():
@@ -99,6 +113,20 @@ class AlertEvaluatorActor(Supervised):
                 continue
             self.failing.discard(rule)
         self._repeat()
+
+    def _check_outage(self) -> None:
+        try:
+            reason = self.outage()
+        except Exception as exc:  # a probe that fails says as much as one that answers "down"
+            reason = f"outage probe failed: {type(exc).__name__}"
+        if reason:
+            self.inhibit_until = self.monotonic() + SETTLE_AFTER_OUTAGE
+            if self.inhibited_by is None:
+                log.warning("alerts_inhibited", reason=reason[:200], rules=sorted(INHIBITED_BY_OUTAGE))
+            self.inhibited_by = reason
+        elif self.inhibited_by is not None and self.monotonic() >= self.inhibit_until:
+            log.info("alerts_no_longer_inhibited")
+            self.inhibited_by = None
 
     def _rescan(self) -> None:
         self.next_rescan = self.monotonic() + RESCAN_EVERY
@@ -141,6 +169,8 @@ class AlertEvaluatorActor(Supervised):
         where = (seen.rule, seen.key)
         if seen.breached is None:  # the sensor cannot judge it yet: leave it as it is
             return
+        if seen.breached and self.inhibited_by is not None and seen.rule in INHIBITED_BY_OUTAGE:
+            return  # it follows from the outage: neither raised nor kept clear
         if seen.breached:
             self.clear_since.pop(where, None)
         else:

@@ -24,6 +24,7 @@ def alert_specs(alerting: Any, clock: Clock) -> list[ChildSpec]:
                 sensors=alerting.sensors,
                 sinks=alerting.sinks,
                 clock=clock,
+                outage=lambda: alerting.outage() if alerting.outage is not None else None,
             ),
         )
     ]

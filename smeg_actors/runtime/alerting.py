@@ -10,7 +10,9 @@ Each sensor turns what smeg already keeps into one ``Observation`` per key:
   (``message_status``);
 - ``backlog_growing`` (key ``send``): seconds since the send queue last had no message waiting
   (a consumer that keeps up empties it again and again);
-- ``restart_storm`` (key ``host/pid``): this process's actor restarts within ``window``.
+- ``restart_storm`` (key ``host/pid``): this process's actor restarts within ``window``;
+- ``canary`` (key ``host/pid``, where this process sends the canary): canaries in a row not
+  delivered within the rule's threshold (the SLO); two breach it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +32,7 @@ from adapters.rabbitmq import Topology
 from adapters.schedule_view import oldest_backoff_due
 from adapters.status_view import failed_since
 from domain.alert import DEFAULT_RULES, AlertRule, Observation
+from domain.canary import MISSES_TO_ALERT, CanaryLog
 from domain.circuit import CLOSED
 from domain.ports import AlertRepository, AlertSink
 from smeg_actors.actors.alerts import Sensor
@@ -45,6 +48,8 @@ class Alerting:
     rules: Mapping[str, AlertRule]
     sinks: list[AlertSink]
     sensors: dict[str, Sensor] = field(default_factory=dict)
+    #: Why the broker or store is away, or None (``runtime.readiness``; set by ``serve``).
+    outage: Callable[[], str | None] | None = None
 
 
 def rules_from(tables: Mapping[str, Any]) -> dict[str, AlertRule]:
@@ -136,10 +141,30 @@ def restart_storm(rule: AlertRule, log: RestartLog = RESTARTS, *, process: str =
     return see
 
 
+def canary_misses(canaries: CanaryLog, rule: AlertRule, *, process: str) -> Sensor:
+    """Where this process sends the canary (key ``host/pid``): misses of the SLO in a row."""
+
+    def see(now: datetime) -> list[Observation]:
+        misses, last = canaries.misses, canaries.last_seconds
+        took = f"; the latest delivered took {last:.1f} s" if last is not None else ""
+        summary = f"{misses} canaries in a row missed the {rule.threshold:g} s SLO{took}"
+        labels = {"process": process}
+        return [Observation(rule.name, process, float(misses), misses >= MISSES_TO_ALERT, summary, labels)]
+
+    return see
+
+
 def sensors_for(
-    rules: Mapping[str, AlertRule], *, view: ProviderHealthView, engine: Engine, amqp_url: str, prefix: str
+    rules: Mapping[str, AlertRule],
+    *,
+    view: ProviderHealthView,
+    engine: Engine,
+    amqp_url: str,
+    prefix: str,
+    canary: Any = None,
 ) -> dict[str, Sensor]:
-    """Every enabled built-in rule's sensor."""
+    """Every enabled built-in rule's sensor (``canary``: a ``runtime.canary.Canary``, where this
+    process sends one)."""
     made: dict[str, Sensor] = {
         "provider_down": provider_down(view, rules["provider_down"]),
         "failures": failures(engine, rules["failures"]),
@@ -147,4 +172,6 @@ def sensors_for(
         "backlog_growing": BacklogAge(QueueDepths(amqp_url, Topology(prefix)), rules["backlog_growing"]),
         "restart_storm": restart_storm(rules["restart_storm"]),
     }
+    if canary is not None:
+        made["canary"] = canary_misses(canary.canaries, rules["canary"], process=canary.node)
     return {name: sensor for name, sensor in made.items() if rules[name].enabled}

@@ -25,6 +25,7 @@ from adapters.status_view import UnfinishedIndex
 from domain.ports import FailedQueue, FailurePublisher, Intake, LogOutbox, Provider
 from smeg_actors.runtime import metrics
 from smeg_actors.runtime.alerting import sensors_for
+from smeg_actors.runtime.canary import build_canary, sends_canary
 from smeg_actors.runtime.clock import Clock, utc_now
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.factory import (
@@ -97,7 +98,7 @@ def build_runtime(
     One engine serves every read model, the dead-letter outbox and the events outbox.
     ``redrive=False`` leaves the automatic redriver out even where the broker has a failed queue.
     ``alerts``: whether the alert evaluator runs (by default where the broker is RabbitMQ, built
-    here: ``smeg run``).
+    here: ``smeg run``), and with it the canary, where ``[canary]`` asks for one.
     """
     alerts = broker is None if alerts is None else alerts
     store = store if store is not None else open_store(settings)
@@ -123,6 +124,8 @@ def build_runtime(
         peers=ProcessRegistry(engine),
     )
     parts.alerting = alerting(settings, store) if alerts else None
+    if parts.alerting is not None and sends_canary(settings):
+        parts.canary = build_canary(settings, store, parts.alerting.rules["canary"].threshold)
     runtime = Runtime(settings, parts, clock=clock or utc_now, stale_after=stale_after)
     if parts.alerting is not None:
         parts.alerting.sensors = sensors_for(
@@ -131,6 +134,7 @@ def build_runtime(
             engine=engine,
             amqp_url=settings.amqp_url,
             prefix=settings.queue_prefix,
+            canary=parts.canary,
         )
     broker.intake.hold = runtime.hold_intake
     if hasattr(broker.intake, "on_reject"):

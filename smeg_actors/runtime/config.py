@@ -20,11 +20,25 @@ from domain.routing import DEFAULT_FAILOVER_AFTER
 
 ENV_PREFIX = "SMEG_"
 #: Settings only the TOML file sets (tables, not one value).
-TABLES = frozenset({"providers", "routes", "alerts"})
+TABLES = frozenset({"providers", "routes", "alerts", "canary"})
 
 
 class SettingsError(Exception):
     """A setting is missing or invalid; the message names it."""
+
+
+class CanarySettings(BaseModel):
+    """``[canary]``: a synthetic request sent through smeg every ``interval`` seconds (its SLO is
+    the ``canary`` alert rule's threshold)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = True
+    interval: float = Field(default=60.0, ge=1, le=86400)
+    channel: Literal["sms", "im"] = "sms"
+    to: str = Field(min_length=1, max_length=256)
+    provider: str | None = None
+    body: str = Field(default="smeg canary", min_length=1, max_length=160)
 
 
 class Settings(BaseModel):
@@ -70,6 +84,7 @@ class Settings(BaseModel):
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     routes: dict[Literal["sms", "im"], dict[str, Any]] = Field(default_factory=dict)
     alerts: dict[Literal["rules", "sinks"], dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    canary: CanarySettings | None = None
 
     @property
     def projector_mode(self) -> str:
@@ -166,7 +181,9 @@ def load_settings(environ: Mapping[str, str], config_path: str | None = None) ->
 
 
 #: ``SMEG_`` variables that are not settings: read by smeg itself, or by its own tooling.
-OTHER_VARIABLES = frozenset({"CONFIG", "DEBUG", "PARENT_PID", "READY_FD", "GO_FD", "STORE_TIMEOUT"})
+OTHER_VARIABLES = frozenset(
+    {"CONFIG", "DEBUG", "PARENT_PID", "GROUP_INDEX", "READY_FD", "GO_FD", "STORE_TIMEOUT"}
+)
 TOOLING_PREFIXES = ("TEST_", "FUZZ_", "BENCH_")
 
 
@@ -201,4 +218,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _describe(exc: ValidationError) -> str:
     error = exc.errors()[0]
     name = str(error["loc"][0]) if error["loc"] else "?"
+    if name == "canary" and len(error["loc"]) > 1:  # a key of the [canary] table
+        return f"invalid setting [canary] {error['loc'][1]}: {error['msg']}"
     return f"invalid setting {ENV_PREFIX}{name.upper()} ({name}): {error['msg']}"

@@ -150,11 +150,15 @@ def rate_limits(settings: Settings) -> dict[str, float | None]:
 
 
 def check_routing(settings: Settings, providers: Iterable[str]) -> None:
-    """Raise the SettingsError of a bad circuit table, route, fallback list or rate limit: before
-    any dependency is checked, so a typo is exit 2, not a half-started process."""
+    """Raise the SettingsError of a bad circuit table, route, fallback list, rate limit or
+    canary: before any dependency is checked, so a typo is exit 2, not a half-started process."""
+    from smeg_actors.runtime.canary import check_canary
+
+    providers = list(providers)
     circuit_policies(settings)
     routing_policy(settings, providers)
     rate_limits(settings)
+    check_canary(settings, providers)
 
 
 def alerting(settings: Settings, store: MessageStore, environ: Mapping[str, str] = os.environ) -> Alerting:

@@ -88,6 +88,12 @@ projection_lag_seconds = Gauge(
     ["projection"],
     multiprocess_mode="mostrecent",
 )
+canary_seconds = Gauge(
+    "smeg_canary_seconds",
+    "The latest canary's publish to Delivered, in seconds (only where a canary is configured).",
+    multiprocess_mode="mostrecent",
+)
+canary_misses = Counter("smeg_canary_misses", "Canaries not delivered within the canary rule's SLO.")
 circuit_state = Gauge(
     "smeg_circuit_state",
     "Each provider's state as this process obeys it: 0 closed, 1 half-open, 2 open, 3 disabled.",

@@ -49,3 +49,5 @@ class Parts:
     limits: dict[str, float | None] = field(default_factory=dict)
     peers: Peers | None = None
     alerting: Any = None
+    #: A ``runtime.canary.Canary`` where this process sends the canary, else None.
+    canary: Any = None

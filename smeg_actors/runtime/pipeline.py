@@ -31,6 +31,7 @@ from smeg_actors.actors.supervisor import Children, ChildSpec, SupervisorActor
 from smeg_actors.actors.ticker import Ticker
 from smeg_actors.actors.worker import WorkerActor
 from smeg_actors.runtime.alert_specs import alert_specs
+from smeg_actors.runtime.canary import canary_specs
 from smeg_actors.runtime.clock import Clock, utc_now
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.exit_codes import EXIT_BROKER_LOST, EXIT_ESCALATED, EXIT_OK, EXIT_STORE_LOST
@@ -278,6 +279,7 @@ class Runtime:
             *(ChildSpec(name, self._intake_starter(name)) for name in self.intakes),
             *self._health_specs(),
             *alert_specs(self.parts.alerting, self.clock),
+            *canary_specs(self.parts.canary, self.clock),
             *self._gateway_specs(),
             *self._redriver_specs(),
         ]

@@ -23,6 +23,7 @@ from adapters.stats_view import (
     stats_projections,
 )
 from domain.backoff import BackoffPolicy
+from domain.canary import CANARY_TAG
 from domain.message import Message
 
 TABLES = (delivery_stats_hourly, failures_by_reason)
@@ -220,6 +221,34 @@ def test_small_history_counts_match_hand_computed(db: Db, batch: int) -> None:
     small_history(db)
     assert db.runners(batch=batch).catch_up() == 2 * 24  # each projection applies every event
 
+    assert nonzero(db.engine, delivery_stats_hourly, ("hour", "provider", "channel")) == EXPECTED_HOURLY
+    assert nonzero(db.engine, failures_by_reason, ("day", "provider", "reason")) == EXPECTED_REASONS
+
+
+def test_canaries_are_left_out_of_the_reports(db: Db) -> None:
+    # Given the small history, and canaries delivered and failed beside it
+    small_history(db)
+    for number, fails in ((1, False), (2, True)):
+        canary = Message.receive(
+            message_id=f"smeg-canary.n.{number}",
+            channel="sms",
+            to="+4411",
+            body="smeg canary",
+            correlation_id="c",
+            metadata={CANARY_TAG: "n/1"},
+            now=at(minutes=5),
+        )
+        canary.start_attempt("alpha", now=at(minutes=5, seconds=1))
+        if fails:
+            canary.record_permanent_failure("invalid_recipient", error="e", now=at(minutes=5, seconds=2))
+        else:
+            canary.record_delivery("p9", now=at(minutes=5, seconds=2))
+        db.save(canary)
+
+    # When
+    db.runners().catch_up()
+
+    # Then the counts are the small history's alone
     assert nonzero(db.engine, delivery_stats_hourly, ("hour", "provider", "channel")) == EXPECTED_HOURLY
     assert nonzero(db.engine, failures_by_reason, ("day", "provider", "reason")) == EXPECTED_REASONS
 

@@ -251,3 +251,38 @@ def test_the_backlog_sensor_judges_only_what_it_has_seen() -> None:
     assert sensor(T0 + timedelta(seconds=302))[0].breached is False
     depths.depth = 10
     assert sensor(T0 + timedelta(seconds=400))[0].breached is False
+
+
+def test_while_the_store_or_broker_is_away_the_alerts_that_follow_from_it_are_held_back() -> None:
+    repository, world, clock, tick = InMemoryAlerts(), World(), FakeClock(T0), FakeClock(0.0)
+    away: list[str] = ["store unavailable: OperationalError"]
+    actor = AlertEvaluatorActor(
+        "alerts",
+        None,
+        repository=repository,
+        rules=RULES,
+        sensors={"provider_down": world.provider_down, "retries_overdue": world.retries_overdue},
+        sinks=[],
+        clock=clock,
+        monotonic=tick,
+        outage=lambda: away[0] if away else None,
+    )
+
+    def run(seconds: int) -> None:
+        for _ in range(seconds // 5):
+            clock.now += timedelta(seconds=5)
+            tick.now += 5
+            actor.evaluate()
+
+    # When the store is away, retries overdue (they follow from it) and a provider down (they do not)
+    world.down_at, world.late = clock.now, 200.0
+    run(90)
+    assert repository.get("retries_overdue", "all") is None  # held back
+    assert repository.get("provider_down", "a").status == FIRING  # type: ignore[union-attr]
+    away.clear()  # the store answers again: still held back while the retries catch up
+    run(55)
+    assert repository.get("retries_overdue", "all") is None
+    run(10)  # 60 s after the outage: the retries are still late, so the rule applies again
+    assert repository.names("retries_overdue", "all") == ["Opened", "AlertPending"]
+    run(60)
+    assert repository.get("retries_overdue", "all").status == FIRING  # type: ignore[union-attr]
