@@ -295,5 +295,6 @@ DEFAULT_RULES = {
         AlertRule("backlog_growing", threshold=300.0, window=0.0, for_=60.0, clear_for=120.0),
         AlertRule("restart_storm", threshold=5.0, window=600.0, clear_for=60.0, severity="critical"),
         AlertRule("canary", threshold=120.0, window=0.0, clear_for=60.0, severity="critical"),
+        AlertRule("projection_lag", threshold=300.0, window=0.0, for_=60.0, clear_for=60.0),
     )
 }

@@ -18,12 +18,13 @@ from smeg_actors.cli.support import (
     progress,
     settings_of,
 )
-from smeg_actors.runtime.exit_codes import EXIT_CONFIG
+from smeg_actors.runtime.exit_codes import EXIT_CONFIG, EXIT_OK
 
 if TYPE_CHECKING:
     from adapters.event_store import MessageStore
     from adapters.parked_events import ParkedEvent
     from smeg_actors.runtime.config import Settings
+    from smeg_actors.runtime.readiness import Pulse, Readiness
 
 
 @click.command("replay")
@@ -219,35 +220,61 @@ def runners_ready(store: MessageStore, engine: Any) -> list[Any]:
 
 @projections.command("run")
 @click.pass_context
-def projections_run(ctx: click.Context) -> None:
+def projections_run(ctx: click.Context) -> int:
     """Keep the read models and the events exchange up to date until SIGTERM/SIGINT.
 
     Pair it with SMEG_PROJECTOR=external on the ``smeg run`` processes to give the delivery
     pipeline a core of its own (SMEG_PROJECTOR=process makes ``smeg run`` start it as a child).
+    Alone, it serves /healthz, /readyz and /metrics on SMEG_HTTP_HOST:SMEG_HTTP_PORT (0: off); as
+    ``smeg run``'s child it serves nothing (its parent does).
     """
     import signal
-    import threading
 
-    from smeg_actors.runtime.factory import events_outbox
-    from smeg_actors.runtime.process_group import PARENT_PID_VARIABLE, announce_ready, watch_parent
-    from smeg_actors.runtime.read_models import run_forever
+    from smeg_actors.runtime.ops_http import metrics_directory, remove_directory
+    from smeg_actors.runtime.process_group import PARENT_PID_VARIABLE
 
     settings = settings_of(ctx)
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    metrics = metrics_directory(settings.metrics_dir, parent, settings.http_port)  # before any metric
+    from smeg_actors.runtime.factory import events_outbox
+    from smeg_actors.runtime.process_group import announce_ready, watch_parent
+    from smeg_actors.runtime.read_models import run_forever
+    from smeg_actors.runtime.readiness import Pulse, for_projector
+
     store, engine = _store_and_engine(settings, must_exist=False)
     events = events_outbox(settings, store, engine)
-    stop = threading.Event()
+    stop = Pulse()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if parent := os.environ.get(PARENT_PID_VARIABLE):
+    if parent:
         watch_parent(int(parent), stop.set)
     try:
         ready = runners_ready(store, engine)
+        if not parent and settings.http_port:
+            code = _serve_ops(settings, stop, for_projector(store, stop))
+            if code is not None:
+                return code
         announce_ready()
         run_forever(store, ready, events, stop)
     finally:
         events.close()
         store.close()
         engine.dispose()
+        if not parent:
+            remove_directory(metrics)
+    return EXIT_OK
+
+
+def _serve_ops(settings: Settings, pulse: Pulse, readiness: Readiness) -> int | None:
+    """The ops endpoints of a lone ``smeg projections run`` (the queues' depths are ``smeg run``'s
+    to read); the exit code when its port cannot be had."""
+    from smeg_actors.runtime.serve import ops_server
+
+    ops = ops_server(settings, alive=lambda: pulse.beat is not None, ready=readiness.state, queues=False)
+    if isinstance(ops, int):
+        return ops
+    readiness.start()
+    return None
 
 
 @projections.command("rebuild")

@@ -10,6 +10,8 @@ Each sensor turns what smeg already keeps into one ``Observation`` per key:
   (``message_status``);
 - ``backlog_growing`` (key ``send``): seconds since the send queue last had no message waiting
   (a consumer that keeps up empties it again and again);
+- ``projection_lag`` (per read model, and the events exchange): the age of the oldest event it
+  has not applied (``read_models.follower_status``);
 - ``restart_storm`` (key ``host/pid``): this process's actor restarts within ``window``;
 - ``canary`` (key ``host/pid``, where this process sends the canary): canaries in a row not
   delivered within the rule's threshold (the SLO); two breach it.
@@ -27,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from adapters.event_store import MessageStore
 from adapters.queue_depth import QueueDepths
 from adapters.rabbitmq import Topology
 from adapters.schedule_view import oldest_backoff_due
@@ -38,6 +41,7 @@ from domain.ports import AlertRepository, AlertSink
 from smeg_actors.actors.alerts import Sensor
 from smeg_actors.actors.provider_health import ProviderHealthView
 from smeg_actors.actors.supervisor import RESTARTS, RestartLog
+from smeg_actors.runtime.read_models import follower_status
 
 
 @dataclass
@@ -141,6 +145,23 @@ def restart_storm(rule: AlertRule, log: RestartLog = RESTARTS, *, process: str =
     return see
 
 
+def projection_lag(store: MessageStore, engine: Engine, rule: AlertRule) -> Sensor:
+    """Per read model (and the events exchange): the age of its oldest unapplied event."""
+
+    def see(now: datetime) -> list[Observation]:
+        seen = []
+        for follower in follower_status(store, engine, latest=0):
+            if not follower.lag_known:
+                continue
+            lag, name = follower.lag_seconds, follower.name
+            summary = f"{name} is {lag:.0f} s ({follower.lag_events} events) behind the event log"
+            labels = {"projection": name}
+            seen.append(Observation(rule.name, name, lag, lag >= rule.threshold, summary, labels))
+        return seen
+
+    return see
+
+
 def canary_misses(canaries: CanaryLog, rule: AlertRule, *, process: str) -> Sensor:
     """Where this process sends the canary (key ``host/pid``): misses of the SLO in a row."""
 
@@ -161,6 +182,7 @@ def sensors_for(
     engine: Engine,
     amqp_url: str,
     prefix: str,
+    store: MessageStore | None = None,
     canary: Any = None,
 ) -> dict[str, Sensor]:
     """Every enabled built-in rule's sensor (``canary``: a ``runtime.canary.Canary``, where this
@@ -172,6 +194,8 @@ def sensors_for(
         "backlog_growing": BacklogAge(QueueDepths(amqp_url, Topology(prefix)), rules["backlog_growing"]),
         "restart_storm": restart_storm(rules["restart_storm"]),
     }
+    if store is not None:
+        made["projection_lag"] = projection_lag(store, engine, rules["projection_lag"])
     if canary is not None:
         made["canary"] = canary_misses(canary.canaries, rules["canary"], process=canary.node)
     return {name: sensor for name, sensor in made.items() if rules[name].enabled}

@@ -134,6 +134,7 @@ def build_runtime(
             engine=engine,
             amqp_url=settings.amqp_url,
             prefix=settings.queue_prefix,
+            store=store,
             canary=parts.canary,
         )
     broker.intake.hold = runtime.hold_intake

@@ -121,7 +121,7 @@ class Runtime:
         self.children.set("supervisor", self.supervisor)
         self.supervisor.ask(GetCounts(), timeout=120)
         self._await_read_side()
-        names = ["supervisor", "scheduler", "projector", "publisher", "gateway", "health", "alerts"]
+        names = ["supervisor", "scheduler", "projector", "publisher", "gateway", "health", "alerts", "canary"]
         self.ticker = Ticker(self.children, names, interval=0.1)
         self.ticker.start()
         before_consuming()

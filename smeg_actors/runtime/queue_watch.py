@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import structlog
 
@@ -26,12 +27,16 @@ class QueueWatch(threading.Thread):
         self.every = every
         self.halt = threading.Event()
         self.failing = False
+        #: When the send queue was last seen empty (monotonic; None: not yet).
+        self.empty_at: float | None = None
 
     def run(self) -> None:
         while not self.halt.is_set():
             try:
-                for queue, count in self.depths.read().items():
+                depths = self.depths.read()
+                for queue, count in depths.items():
                     metrics.child(metrics.queue_messages, queue).set(count)
+                self._oldest(depths.get("send", 0))
                 self.failing = False
             except Exception as exc:
                 if not self.failing:
@@ -39,6 +44,15 @@ class QueueWatch(threading.Thread):
                 self.failing = True
             self.halt.wait(self.every)
         self.depths.close()
+
+    def _oldest(self, waiting: int) -> None:
+        """``smeg_send_queue_oldest_seconds``: RabbitMQ does not tell a message's age without
+        taking it, so the bound is the time since the queue was last seen empty (for a reader
+        started during a backlog: since its first read, the age it can vouch for)."""
+        now = time.monotonic()
+        if waiting == 0 or self.empty_at is None:
+            self.empty_at = now
+        metrics.send_queue_oldest.set(now - self.empty_at if waiting else 0.0)
 
     def stop(self) -> None:
         self.halt.set()

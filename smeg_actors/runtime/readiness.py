@@ -30,7 +30,8 @@ STALE_FILE = 10.0
 
 class Readiness(threading.Thread):
     """Checks every ``EVERY`` s: ``stopping()`` (why the process is ending, or None),
-    ``consuming()``, and ``ping_store()`` (raises when the store does not answer)."""
+    ``consuming()`` (else the reason ``idle()`` gives), and ``ping_store()`` (raises when the store
+    does not answer)."""
 
     def __init__(
         self,
@@ -39,9 +40,11 @@ class Readiness(threading.Thread):
         consuming: Callable[[], bool],
         stopping: Callable[[], str | None],
         write_to: Path | None = None,
+        idle: Callable[[], str] = lambda: "not consuming from the broker",
     ) -> None:
         super().__init__(name="smeg-readiness", daemon=True)
         self.ping_store, self.consuming, self.stopping = ping_store, consuming, stopping
+        self.idle = idle
         self.write_to = write_to
         self.store_error: str | None = "store not checked yet"
         self.pinging_since: float | None = None
@@ -70,7 +73,7 @@ class Readiness(threading.Thread):
         if why:
             reasons.append(f"stopping: {why}")
         if not self.consuming():
-            reasons.append("not consuming from the broker")
+            reasons.append(self.idle())
         since = self.pinging_since
         if since is not None and time.monotonic() - since > SLOW_STORE:
             reasons.append(f"store not answering for {time.monotonic() - since:.0f} s")
@@ -141,3 +144,44 @@ def runtime_alive(runtime: Any) -> bool:
     """The actor tree's root and the ticker that drives it are running (no I/O)."""
     supervisor, ticker = runtime.supervisor, runtime.ticker
     return bool(supervisor is not None and supervisor.is_alive() and ticker is not None and ticker.is_alive())
+
+
+#: A projector loop that has not asked its stop event for this long is stuck: a round is one batch
+#: of at most 2,000 events and one turn of the events exchange, a second or two at worst.
+STALLED = 30.0
+
+
+class Pulse(threading.Event):
+    """The stop event of ``read_models.run_forever``, which asks it once a round: when the loop
+    last asked is its heartbeat. Other threads ask ``stopping()``, which is not a beat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.beat: float | None = None
+
+    def is_set(self) -> bool:
+        self.beat = time.monotonic()
+        return super().is_set()
+
+    def stopping(self) -> bool:
+        return super().is_set()
+
+    def stepping(self) -> bool:
+        beat = self.beat
+        return beat is not None and time.monotonic() - beat <= STALLED
+
+    def why_not(self) -> str:
+        beat = self.beat
+        if beat is None:
+            return "projection loop not started"
+        return f"projection loop: no step for {time.monotonic() - beat:.0f} s"
+
+
+def for_projector(store: Any, pulse: Pulse) -> Readiness:
+    """The readiness of ``smeg projections run``: its loop steps, its store answers."""
+    return Readiness(
+        ping_store=store.ping,
+        consuming=pulse.stepping,
+        stopping=lambda: "signal" if pulse.stopping() else None,
+        idle=pulse.why_not,
+    )

@@ -20,6 +20,7 @@ import structlog
 from adapters.event_store import MessageStore, StoreError
 from adapters.rabbitmq import BrokerUnavailableError
 from smeg_actors.runtime.bootstrap import build_runtime
+from smeg_actors.runtime.canary import GROUP_INDEX_VARIABLE
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.exit_codes import EXIT_OK, EXIT_UNHEALTHY
 from smeg_actors.runtime.factory import build_providers, check_routing, open_store
@@ -39,6 +40,7 @@ from smeg_actors.runtime.process_group import (
     start_gate,
     watch_parent,
 )
+from smeg_actors.runtime.projection_watch import ProjectionWatch
 from smeg_actors.runtime.queue_watch import QueueWatch
 from smeg_actors.runtime.readiness import for_runtime, group_readiness, runtime_alive
 
@@ -78,6 +80,8 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     if parent is not None:
         watch_parent(int(parent), lambda: runtime.stop_reason.set(EXIT_OK, "parent process gone"))
     readiness = for_runtime(runtime, write_to=metrics if parent is not None else None)
+    if runtime.parts.alerting is not None:
+        runtime.parts.alerting.outage = outage_probe(readiness.state)
     if parent is None:
         ops = ops_server(settings, alive=lambda: runtime_alive(runtime), ready=readiness.state)
         if isinstance(ops, int):
@@ -124,7 +128,10 @@ def serve_group(settings: Settings, processes: int, config_path: str | None, met
     command = [sys.executable, "-m", "smeg_actors", *config, "run"]
     env = dict(os.environ, SMEG_PROCESSES="1", **{PARENT_PID_VARIABLE: str(os.getpid())})
     delivery_only = env | {"SMEG_PROJECTOR": "external"}
-    commands = [(command, env if index == 0 else delivery_only) for index in range(processes)]
+    commands = [
+        (command, (env if index == 0 else delivery_only) | {GROUP_INDEX_VARIABLE: str(index)})
+        for index in range(processes)
+    ]
     group = ProcessGroup(commands, stop_timeout=settings.shutdown_timeout + 15)
 
     def ready() -> tuple[bool, list[str]]:
@@ -146,9 +153,26 @@ def serve_group(settings: Settings, processes: int, config_path: str | None, met
     return exiting(code, group.reason or "stopped")
 
 
-def ops_server(settings: Settings, *, alive: Callable[[], bool], ready: Probe) -> OpsServer | int:
+def outage_probe(state: Probe) -> Callable[[], str | None]:
+    """Why this process is no longer ready (its broker or store away), or None; None too before
+    it was first ready (starting is no outage)."""
+    was_ready = False
+
+    def probe() -> str | None:
+        nonlocal was_ready
+        ready, reasons = state()
+        was_ready = was_ready or ready
+        return None if ready or not was_ready else "; ".join(reasons) or "not ready"
+
+    return probe
+
+
+def ops_server(
+    settings: Settings, *, alive: Callable[[], bool], ready: Probe, queues: bool = True
+) -> OpsServer | int:
     """The started ops HTTP server, None-like when ``SMEG_HTTP_PORT`` is 0, or exit 3 when its
-    port cannot be had."""
+    port cannot be had. With it, the readers of the projections' lag and (``queues``) of the
+    queues' depths."""
     server = OpsServer(settings.http_host, settings.http_port, alive=alive, ready=ready)
     if settings.http_port == 0:
         return server
@@ -159,7 +183,9 @@ def ops_server(settings: Settings, *, alive: Callable[[], bool], ready: Probe) -
         click.echo(f"smeg: ops HTTP server cannot listen on {where}: {exc.strerror or exc}", err=True)
         return exiting(EXIT_UNHEALTHY, f"ops HTTP port {where} unavailable")
     log.info("ops_http_listening", host=settings.http_host, port=server.port, endpoints=ENDPOINTS)
-    QueueWatch(settings.amqp_url, settings.queue_prefix).start()
+    if queues:
+        QueueWatch(settings.amqp_url, settings.queue_prefix).start()
+    ProjectionWatch.of(settings).start()
     return server
 
 

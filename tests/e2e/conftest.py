@@ -74,7 +74,9 @@ class StubProvider:
 
 
 class TcpProxy:
-    """Forwards a local port to RabbitMQ; ``stall()`` stops forwarding, ``cut()`` closes everything."""
+    """Forwards a local port to RabbitMQ (or another server); ``stall()`` stops forwarding,
+    ``cut()`` closes everything, ``restart(seconds)`` closes every connection and refuses new ones
+    for that long (a server restarting)."""
 
     def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
         self.target = target
@@ -82,6 +84,7 @@ class TcpProxy:
         self.port = self.listener.getsockname()[1]
         self.stalled = threading.Event()
         self.closed = threading.Event()
+        self.refusing = threading.Event()
         self.sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -100,12 +103,27 @@ class TcpProxy:
             except OSError:
                 pass
 
+    def restart(self, seconds: float) -> None:
+        self.refusing.set()
+        for sock in list(self.sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            except OSError:
+                pass
+        self.sockets.clear()
+        time.sleep(seconds)
+        self.refusing.clear()
+
     def _accept(self) -> None:
         while not self.closed.is_set():
             try:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.refusing.is_set():
+                client.close()
+                continue
             upstream = socket.create_connection(self.target)
             self.sockets += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()

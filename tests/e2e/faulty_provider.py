@@ -1,5 +1,6 @@
 """A local HTTP provider whose faults a test switches at will: down (503), flaky (20 % 503),
-slow (half the calls take a second), throttling (429 with Retry-After), refusing (400) or fine."""
+slow (half the calls take a second), sluggish (every call takes 3 s), throttling (429 with
+Retry-After), refusing (400) or fine."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 OK, DOWN, FLAKY, SLOW, THROTTLING, REFUSING = "ok", "down", "flaky", "slow", "throttling", "refusing"
+SLUGGISH = "sluggish"  # every call takes 3 s, and succeeds
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class FaultyProvider:
             status = 400  # a permanent refusal: the message fails at once
         elif mode == SLOW and roll < 0.5:
             time.sleep(1.0)
+        elif mode == SLUGGISH:
+            time.sleep(3.0)
         with self.lock:
             self.calls.append(Call(time.monotonic(), key, status))
         return status, headers

@@ -14,6 +14,7 @@ from adapters.status_view import failed_since
 from domain.alert import FIRING, AlertRule, Observation
 from domain.backoff import BackoffPolicy
 from domain.message import Message
+from smeg_actors.runtime.alerting import projection_lag
 from smeg_actors.runtime.read_models import ReadModelSet, runners
 
 T0 = datetime(2026, 12, 7, 7, 0, tzinfo=UTC)
@@ -82,3 +83,25 @@ def test_the_index_learns_every_key_an_alert_was_opened_for(
     index = alerts.index()
     assert index is not None
     assert index.keys == [("provider_down", "a"), ("provider_down", "b"), ("restart_storm", "host/42")]
+
+
+def test_the_projection_lag_sensor_names_each_read_model_behind_the_log(
+    store_and_engine: tuple[MessageStore, Engine],
+) -> None:
+    store, engine = store_and_engine
+    read_models = ReadModelSet(store, runners(store, engine))
+    read_models.catch_up()
+    old = datetime.now(UTC) - timedelta(seconds=400)
+    message = Message.receive(
+        message_id="lag", channel="sms", to="+15550000000", body="x", correlation_id="c", now=old
+    )
+    store.commit([Change(load=lambda: message)])
+    sensor = projection_lag(store, engine, AlertRule("projection_lag", threshold=300))
+
+    behind = {o.key: o for o in sensor(datetime.now(UTC))}
+    assert set(behind) >= {"message_status", "delivery_stats_hourly"}
+    assert all(o.breached and o.value >= 400 for k, o in behind.items() if k != "events_exchange")
+
+    read_models.catch_up()
+    caught_up = {o.key: o for o in sensor(datetime.now(UTC)) if o.key != "events_exchange"}
+    assert caught_up and not any(o.breached for o in caught_up.values())
