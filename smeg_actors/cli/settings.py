@@ -62,6 +62,8 @@ def _sink(config: Any) -> dict[str, Any]:
         host = urlsplit(url).hostname if isinstance(url, str) else None
     except ValueError:
         host = None
+    if isinstance(config, dict) and config.get("type") == "smtp" and isinstance(config.get("host"), str):
+        host = config["host"]  # an SMTP sink names its server; recipients and user stay out
     return {"type": config.get("type", "?") if isinstance(config, dict) else "?", "host": host}
 
 

@@ -129,8 +129,16 @@ def test_settings_show_a_sink_s_host_only() -> None:
     from smeg_actors.cli.settings import setting_rows
     from smeg_actors.runtime.config import Settings
 
+    mail = {"type": "smtp", "host": "mail.example.com", "to": ["ops@example.com"], "username": "u"}
     settings = Settings(
-        alerts={"sinks": {"hook": {"type": "webhook", "url": "https://hooks.example.com/T0/SECRET"}}}
+        alerts={
+            "sinks": {"hook": {"type": "webhook", "url": "https://hooks.example.com/T0/SECRET"}, "mail": mail}
+        }
     )
     [row] = [r for r in setting_rows(settings) if r["setting"] == "alerts"]
-    assert row["value"] == {"sinks": {"hook": {"type": "webhook", "host": "hooks.example.com"}}}
+    assert row["value"] == {
+        "sinks": {
+            "hook": {"type": "webhook", "host": "hooks.example.com"},
+            "mail": {"type": "smtp", "host": "mail.example.com"},
+        }
+    }
