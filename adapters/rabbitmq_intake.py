@@ -2,6 +2,9 @@
 
 pika connections are not thread-safe: this thread makes every call on its connection; other threads
 reach it only through ``add_callback_threadsafe`` (acks, releases).
+
+A request whose AMQP headers carry a W3C trace context (``traceparent``, ``tracestate``) is handed
+over as a ``TracedDelivery`` with those headers: the runtime's tracing continues the producer's trace.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -34,6 +38,32 @@ EPOCH = 1 << 48
 #: Connections in a row lost to a frame pika cannot decode before the intake gives up; each loss
 #: counts one delivery of the culprit, which the broker dead-letters after DELIVERY_LIMIT.
 MAX_UNDECODABLE_IN_A_ROW = 30
+
+#: The W3C trace-context headers passed on, each with the longest value kept (the spec's
+#: ``tracestate`` holds 32 members at most; a longer value is client garbage, dropped).
+TRACE_HEADERS = {"traceparent": 128, "tracestate": 1024}
+
+
+@dataclass(frozen=True, slots=True)
+class TracedDelivery(Delivery):
+    """A delivery whose AMQP headers carried a W3C trace context: (name, value) pairs."""
+
+    trace: tuple[tuple[str, str], ...] = ()
+
+
+def trace_headers(headers: Any) -> tuple[tuple[str, str], ...]:
+    """The trace-context headers among a message's AMQP headers (client input: any type, any size;
+    only text of a sane length is kept, and only text the spec allows in it: printable ASCII)."""
+    if not headers or not isinstance(headers, dict):
+        return ()
+    found: list[tuple[str, str]] = []
+    for name, limit in TRACE_HEADERS.items():
+        value = headers.get(name)
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        if isinstance(value, str) and len(value) <= limit and value.isascii() and value.isprintable():
+            found.append((name, value))
+    return tuple(found)
 
 
 class SilenceWatchdog:
@@ -289,7 +319,9 @@ class RabbitIntake(threading.Thread):
             self._reject(channel, tag, body, properties, why)
             return
         self._window.delivered(tag)
-        self._pending.append(Delivery(tag=self._epoch * EPOCH + tag, request=request))
+        trace = trace_headers(properties.headers)
+        tag += self._epoch * EPOCH
+        self._pending.append(TracedDelivery(tag, request, trace) if trace else Delivery(tag, request))
 
     def _reject(
         self,

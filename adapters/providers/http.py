@@ -2,6 +2,8 @@
 
 Every failure is translated into the port's errors here, at the boundary, with a short reason
 that never carries the recipient or the body: reasons end up in logs and in the event store.
+
+While tracing is on, each request carries the provider call's span as W3C ``traceparent``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import math
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC
@@ -33,6 +36,8 @@ from domain.ports import (
 LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=64)
 #: A TCP health probe never waits longer than this, whatever the send timeout.
 MAX_PROBE_TIMEOUT = 5.0
+#: OpenTelemetry's W3C trace-context propagator: looked up among loaded modules, never imported here.
+TRACECONTEXT_MODULE = "opentelemetry.trace.propagation.tracecontext"
 
 
 class Clients:
@@ -108,6 +113,19 @@ def header_safe(value: str) -> str:
     if value.isascii() and value.isprintable():
         return value
     return quote(value, safe="")
+
+
+def with_trace_context(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` plus the current span's ``traceparent`` (and ``tracestate``), if there is one.
+
+    The runtime's tracing makes the provider call's span current around ``send``. This adapter may
+    not import the runtime (layers) and must not import OpenTelemetry while tracing is off, so it
+    looks the propagator up: if OpenTelemetry was never loaded, no span can be current.
+    """
+    tracecontext = sys.modules.get(TRACECONTEXT_MODULE)
+    if tracecontext is not None:
+        tracecontext.TraceContextTextMapPropagator().inject(headers)
+    return headers
 
 
 def transport_failure(exc: httpx.RequestError, timeout: float) -> TransientDeliveryError:
@@ -189,10 +207,12 @@ class HttpProvider:
             "from": message.sender,
             "body": message.body,
         }
-        headers = {
-            "Idempotency-Key": header_safe(message.message_id),
-            "X-Correlation-ID": header_safe(message.correlation_id),
-        }
+        headers = with_trace_context(
+            {
+                "Idempotency-Key": header_safe(message.message_id),
+                "X-Correlation-ID": header_safe(message.correlation_id),
+            }
+        )
         try:
             response = await self._clients.sending.post(self.url, json=payload, headers=headers)
         except httpx.RequestError as exc:

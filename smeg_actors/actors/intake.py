@@ -4,6 +4,9 @@ A request is acked only once its Received event is committed. A request whose ``
 was seen before hits the store's uniqueness, is acked and ignored, and is never delivered twice.
 Anything else that kept a request from being recorded is logged as an error and the request is
 handed back to the broker unacked.
+
+With tracing on, each request has a ``smeg.intake`` span (child of its producer's ``traceparent``)
+until it is durable; its work item carries that span's context to the first attempt.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from domain.request import SendRequest, mask_address
 from smeg_actors.actors.messages import DeliverMessages, GetCounts, RequestsReceived, WorkItem
 from smeg_actors.actors.store_retry import retry_until
 from smeg_actors.actors.supervisor import Children, Supervised
-from smeg_actors.runtime import metrics
+from smeg_actors.runtime import metrics, tracing
 from smeg_actors.runtime.clock import Clock
 from smeg_actors.runtime.logs import message_context
 
@@ -69,6 +72,14 @@ class IntakeActor(Supervised):
         return None
 
     def _record(self, deliveries: tuple[Delivery, ...]) -> None:
+        spans = tracing.intake_spans(deliveries)
+        try:
+            self._record_batch(deliveries, spans)
+        finally:
+            if spans is not None:
+                spans.close()
+
+    def _record_batch(self, deliveries: tuple[Delivery, ...], spans: tracing.IntakeSpans | None) -> None:
         now = self.clock()
         changes = [Change(load=self._receiver(d.request, now)) for d in deliveries]
         try:
@@ -87,12 +98,15 @@ class IntakeActor(Supervised):
         for delivery, outcome in zip(deliveries, outcomes, strict=True):
             request = delivery.request
             if outcome.message is not None:
-                ready.append(WorkItem(outcome.message.id, outcome.message))
+                trace = spans.recorded(delivery) if spans is not None else tracing.NO_TRACE
+                ready.append(WorkItem(outcome.message.id, outcome.message, trace))
                 done.append(delivery.tag)
                 channels[(request.channel,)] += 1
             elif outcome.conflict:
                 self.duplicates += 1
                 done.append(delivery.tag)
+                if spans is not None:
+                    spans.finished(delivery, "duplicate")
                 with message_context(request.message_id, request.correlation_id):
                     log.info("duplicate_request_ignored", to=mask_address(request.to))
             else:

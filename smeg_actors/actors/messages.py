@@ -10,14 +10,20 @@ from uuid import UUID
 from domain.message import Message
 from domain.ports import Delivery
 from domain.request import SendRequest
+from smeg_actors.runtime.tracing import NO_TRACE, Carrier
 
 
 @dataclass(frozen=True, slots=True)
 class WorkItem:
-    """A message to attempt; ``message`` is the caller's up-to-date object, if it has one."""
+    """A message to attempt; ``message`` is the caller's up-to-date object, if it has one.
+
+    ``trace``: the W3C trace context the attempt continues (its intake's span), while tracing is
+    on; empty otherwise, and for retries (the worker remembers those: ``tracing.recall_retry``).
+    """
 
     id: UUID
     message: Message | None = None
+    trace: Carrier = NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)

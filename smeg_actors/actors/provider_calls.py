@@ -7,6 +7,9 @@ on a loop (measured alone on this machine, 64 calls a batch); and more calls in 
 more threads. ``SMEG_PROVIDER_CONCURRENCY`` still bounds the calls in flight, as a semaphore.
 A batch has one deadline: an ``asyncio.timeout`` per call (a timer each) cost more interpreter
 time in the pipeline's profile than the simulated provider's own work.
+
+With tracing on, each call is a ``smeg.provider_call`` span under its attempt's, current in the
+call's task while the provider runs (the HTTP provider sends it on as ``traceparent``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -26,6 +30,10 @@ from domain.ports import (
     ProviderReceipt,
     TransientDeliveryError,
 )
+from smeg_actors.runtime import tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = structlog.get_logger(__name__)
 
@@ -68,11 +76,14 @@ class ProviderCalls:
         finally:
             self.loop.close()
 
-    def run(self, calls: Sequence[Call], timeout: float) -> list[tuple[Result, float]]:
+    def run(
+        self, calls: Sequence[Call], timeout: float, parents: Sequence[Span] | None = None
+    ) -> list[tuple[Result, float]]:
         """Each (provider name, message) called at once; each call's result and latency in ms.
 
         A call still running after ``timeout`` s is cancelled and counts as a transient failure
-        (so do the calls of a batch handed in after ``stop``).
+        (so do the calls of a batch handed in after ``stop``). ``parents``: each call's attempt
+        span, while tracing is on.
         """
         if not calls:
             return []
@@ -82,7 +93,7 @@ class ProviderCalls:
         if self._stopped:
             return no_answer
         try:
-            future = asyncio.run_coroutine_threadsafe(self._all(calls, timeout), self.loop)
+            future = asyncio.run_coroutine_threadsafe(self._all(calls, timeout, parents), self.loop)
         except RuntimeError:  # the loop closed meanwhile
             return no_answer
         try:
@@ -92,9 +103,17 @@ class ProviderCalls:
             log.error("provider_calls_unanswered", calls=len(calls), error=type(exc).__name__)
             return no_answer
 
-    async def _all(self, calls: Sequence[Call], timeout: float) -> list[tuple[Result, float]]:
+    async def _all(
+        self, calls: Sequence[Call], timeout: float, parents: Sequence[Span] | None
+    ) -> list[tuple[Result, float]]:
         """One deadline for the batch (a timer per call cost more than the calls' own work)."""
-        tasks = [self.loop.create_task(self._one(name, message)) for name, message in calls]
+        if parents is None:
+            tasks = [self.loop.create_task(self._one(name, message)) for name, message in calls]
+        else:
+            tasks = [
+                self.loop.create_task(self._one(name, message, parent))
+                for (name, message), parent in zip(calls, parents, strict=True)
+            ]
         try:
             done, _late = await asyncio.wait(tasks, timeout=timeout)
         finally:  # past the deadline, or this batch itself cancelled: no call outlives it
@@ -104,17 +123,32 @@ class ProviderCalls:
         no_answer = (TransientDeliveryError(NO_ANSWER), timeout * 1000)
         return [task.result() if task in done else no_answer for task in tasks]
 
-    async def _one(self, name: str, message: OutboundMessage) -> tuple[Result, float]:
+    async def _one(
+        self, name: str, message: OutboundMessage, parent: Span | None = None
+    ) -> tuple[Result, float]:
         started = time.perf_counter()
         result: Result
+        span: tracing.ProviderCall | None = None
         try:
             async with self._slots:
                 started = time.perf_counter()  # the provider's latency, not the wait for a slot
+                if parent is not None:
+                    span = tracing.provider_call(parent, name, message.channel, message.message_id)
                 result = await self.providers[name].send(message)
         except (TransientDeliveryError, PermanentDeliveryError) as exc:
             result = exc
         except Exception as exc:
             result = TransientDeliveryError(f"provider error: {type(exc).__name__}")
+        except BaseException:  # cancelled: past the batch's deadline
+            if span is not None:
+                span.finish("timeout", error_type="TimeoutError")
+            raise
+        if span is not None:
+            span.finish(
+                outcome_of(result),
+                error_type=_error_type(result),
+                status_code=getattr(result, "status_code", None),
+            )
         return result, round((time.perf_counter() - started) * 1000, 3)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -139,3 +173,17 @@ class ProviderCalls:
                 task.cancel()
         for provider in self.providers.values():
             await provider.aclose()
+
+
+def outcome_of(result: Result) -> str:
+    """A call's outcome: ``smeg_attempts_total``'s label, ``smeg.outcome`` of its span."""
+    if isinstance(result, ProviderReceipt):
+        return "delivered"
+    if isinstance(result, PermanentDeliveryError):
+        return "permanent"
+    reason = str(getattr(result, "reason", ""))
+    return "timeout" if reason.startswith(("timeout", NO_ANSWER)) else "transient"
+
+
+def _error_type(result: Result) -> str | None:
+    return None if isinstance(result, ProviderReceipt) else type(result).__name__

@@ -3,6 +3,9 @@
 For a batch: record every Attempted in one transaction, call the providers concurrently on the
 process's provider-call loop, record every outcome in one transaction. A crash mid-batch is reported
 (``Recover``) so the messages are looked at again; none is lost.
+
+With tracing on, each attempt has a ``smeg.attempt`` span under its intake's; the trace of a message
+not finished is remembered for its next attempt (``tracing.remember_retry``).
 """
 
 from __future__ import annotations
@@ -46,11 +49,11 @@ from smeg_actors.actors.messages import (
     ScheduleRetry,
     WorkItem,
 )
-from smeg_actors.actors.provider_calls import NO_ANSWER, ProviderCalls, Result
+from smeg_actors.actors.provider_calls import ProviderCalls, Result, outcome_of
 from smeg_actors.actors.provider_health import NO_HOLDS
 from smeg_actors.actors.store_retry import retry_until
 from smeg_actors.actors.supervisor import Children, Supervised
-from smeg_actors.runtime import metrics
+from smeg_actors.runtime import metrics, tracing
 from smeg_actors.runtime.clock import Clock
 from smeg_actors.runtime.logs import message_context
 
@@ -105,15 +108,21 @@ class WorkerActor(Supervised):
         #: The holds of the batch being begun, by message (for the scheduler's next look).
         self.holds: dict[UUID, Hold] = {}
         self.current: tuple[WorkItem, ...] = ()
+        #: The attempt spans of the batch being delivered, while tracing is on.
+        self.spans: tracing.AttemptSpans | None = None
 
     def on_receive(self, message: Any) -> None:
         match message:
             case DeliverBatch(items=items):
                 self.current = items
+                self.spans = tracing.attempt_spans(items)
                 try:
                     self._deliver(items)
                 finally:
                     self.current = ()
+                    if self.spans is not None:
+                        self.spans.close()
+                        self.spans = None
                 self.children.tell("dispatcher", BatchFinished(tuple(i.id for i in items)))
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))
@@ -136,7 +145,7 @@ class WorkerActor(Supervised):
         now = self.clock()
         outcomes: Tally[tuple[str, ...]] = Tally()
         for message, (result, ms) in zip(attempts, results, strict=True):
-            outcomes[(message.last_provider or "", _outcome(result))] += 1
+            outcomes[(message.last_provider or "", outcome_of(result))] += 1
             self._record(message, result, ms, now)
         metrics.add(metrics.attempts, outcomes)
         finished = self._commit(
@@ -204,7 +213,10 @@ class WorkerActor(Supervised):
     def _call_all(self, messages: list[Message]) -> list[tuple[Result, float]]:
         """Every call of the batch at once on the provider-call loop; one wait for all of them."""
         calls = [(m.last_provider or self.default_provider, _outbound(m)) for m in messages]
-        return self.calls.run(calls, timeout=self.call_timeout)
+        if self.spans is None:
+            return self.calls.run(calls, timeout=self.call_timeout)
+        parents = self.spans.begin(messages)
+        return self.calls.run(calls, timeout=self.call_timeout, parents=parents)
 
     def _outcome_change(self, message: Message, result: Result, latency_ms: float, now: datetime) -> Change:
         attempt = message.attempts  # the attempt this answer belongs to, whatever the store holds now
@@ -241,6 +253,8 @@ class WorkerActor(Supervised):
         if message is None:
             log.warning("outcome_not_recorded", refused=str(outcome.refused), conflict=outcome.conflict)
             return
+        if self.spans is not None:
+            self.spans.settle(message)
         # Binding the ids costs more than the line itself: skip both when the line's level is off.
         level = _finished_level(message)
         if log.is_enabled_for(level):
@@ -300,16 +314,6 @@ class WorkerActor(Supervised):
         except StoreUnavailableError as exc:
             self.on_store_lost(str(exc))
             return None
-
-
-def _outcome(result: Result) -> str:
-    """``smeg_attempts_total``'s outcome label."""
-    if isinstance(result, ProviderReceipt):
-        return "delivered"
-    if isinstance(result, PermanentDeliveryError):
-        return "permanent"
-    reason = str(getattr(result, "reason", ""))
-    return "timeout" if reason.startswith(("timeout", NO_ANSWER)) else "transient"
 
 
 def _finished_level(message: Message) -> int:

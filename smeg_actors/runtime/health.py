@@ -6,6 +6,7 @@ one, the broker (connect and declare), each provider.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from adapters.event_store import MessageStore, StoreError
 from adapters.rabbitmq import BrokerUnavailableError, Topology, check_broker
 from domain.ports import Provider, ProviderUnhealthyError
+from smeg_actors.runtime import tracing
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.factory import read_models_engine
 
@@ -56,6 +58,8 @@ def dependency_checks(
     checks.append(("broker", check_rabbitmq))
     for name, provider in providers.items():
         checks.append((f"provider {name}", provider.check_health))
+    if tracing.wanted(os.environ):
+        checks.append(("tracing", lambda: tracing.check(os.environ)))
     return checks
 
 
@@ -82,7 +86,13 @@ def run_checks(checks: list[Check]) -> tuple[bool, list[CheckResult]]:
     for name, check in checks:
         try:
             note = check()
-        except (StoreError, BrokerUnavailableError, ProviderUnhealthyError, OSError) as exc:
+        except (
+            StoreError,
+            BrokerUnavailableError,
+            ProviderUnhealthyError,
+            OSError,
+            tracing.TracingUnavailableError,
+        ) as exc:
             results.append(CheckResult(name, False, _one_line(exc)))
         else:
             results.append(CheckResult(name, True, note))

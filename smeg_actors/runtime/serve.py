@@ -19,6 +19,7 @@ import structlog
 
 from adapters.event_store import MessageStore, StoreError
 from adapters.rabbitmq import BrokerUnavailableError
+from smeg_actors.runtime import tracing
 from smeg_actors.runtime.bootstrap import build_runtime
 from smeg_actors.runtime.canary import GROUP_INDEX_VARIABLE
 from smeg_actors.runtime.config import Settings
@@ -76,6 +77,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     if processes > 1:
         store.close()
         return serve_group(settings, processes, config_path, metrics)
+    tracing.configure(os.environ)
     runtime = build_runtime(settings, store=store, providers=providers)
     if parent is not None:
         watch_parent(int(parent), lambda: runtime.stop_reason.set(EXIT_OK, "parent process gone"))
@@ -116,6 +118,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
         click.echo(f"smeg: stopping (exit {code}): {runtime.stop_reason.reason}", err=True)
     if parent is None:
         remove_directory(metrics)
+    tracing.shutdown()
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)
