@@ -213,10 +213,14 @@ class WorkerActor(Supervised):
     def _call_all(self, messages: list[Message]) -> list[tuple[Result, float]]:
         """Every call of the batch at once on the provider-call loop; one wait for all of them."""
         calls = [(m.last_provider or self.default_provider, _outbound(m)) for m in messages]
-        if self.spans is None:
-            return self.calls.run(calls, timeout=self.call_timeout)
-        parents = self.spans.begin(messages)
-        return self.calls.run(calls, timeout=self.call_timeout, parents=parents)
+        parents = self.spans.begin(messages) if self.spans is not None else None
+        metrics.messages_in_flight.inc(len(calls))  # per batch: a gauge write per call would cost
+        try:
+            if parents is None:
+                return self.calls.run(calls, timeout=self.call_timeout)
+            return self.calls.run(calls, timeout=self.call_timeout, parents=parents)
+        finally:
+            metrics.messages_in_flight.dec(len(calls))
 
     def _outcome_change(self, message: Message, result: Result, latency_ms: float, now: datetime) -> Change:
         attempt = message.attempts  # the attempt this answer belongs to, whatever the store holds now

@@ -141,7 +141,7 @@ class TcpProxy:
                     if not data:
                         return
                     peers[sock].sendall(data)
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a socket closed under us (its fd is -1)
                 return
 
 

@@ -209,6 +209,24 @@ def test_batch_of_received_messages_is_delivered_and_batch_finished_is_told(rig:
     assert rig.told("publisher") == []
 
 
+def test_the_in_flight_gauge_counts_the_calls_under_way(rig: Rig, monkeypatch: Any) -> None:
+    from smeg_actors.runtime import metrics
+
+    during: list[float] = []
+    answer = rig.provider.answer
+
+    def watched(message: Any) -> Any:
+        during.append(metrics.messages_in_flight._value.get())
+        return answer(message)
+
+    monkeypatch.setattr(rig.provider, "answer", watched)
+    before = metrics.messages_in_flight._value.get()
+    ids = rig.seed(*(received() for _ in range(3)))
+    rig.deliver(rig.worker(), *(WorkItem(i) for i in ids))
+    assert during == [before + 3] * 3
+    assert metrics.messages_in_flight._value.get() == before
+
+
 def test_transient_failure_backs_off_and_schedules_the_retry(rig: Rig) -> None:
     # Given
     message = received()
