@@ -79,6 +79,8 @@ class AlertEvaluatorActor(Supervised):
         self.outage = outage or (lambda: None)
         self.inhibit_until = 0.0
         self.inhibited_by: str | None = None
+        #: Sinks that failed to hear of a change, per alert: (episode, status, sinks, next try).
+        self.untold: dict[tuple[str, str], tuple[int, str, set[str], float]] = {}
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -113,6 +115,7 @@ class AlertEvaluatorActor(Supervised):
                 continue
             self.failing.discard(rule)
         self._repeat()
+        self._retell(now)
 
     def _check_outage(self) -> None:
         try:
@@ -192,13 +195,17 @@ class AlertEvaluatorActor(Supervised):
         if recorded and (alert.status == FIRING or (alert.status == RESOLVED and alert.fired)):
             self._tell(alert, now)
 
-    def _tell(self, alert: Alert, now: datetime) -> None:
-        for sink in self.sinks:
+    def _tell(self, alert: Alert, now: datetime, sinks: Sequence[AlertSink] | None = None) -> set[str]:
+        """Tell ``sinks`` (all by default) of the alert's latest change; the names of those that
+        failed are kept and tried again every ``REPEAT_EVERY`` s while the change is the latest."""
+        failed = set()
+        for sink in self.sinks if sinks is None else sinks:
             error: str | None = None
             try:
                 sink.notify(alert)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"[:300]
+                failed.add(sink.name)
                 log.warning("alert_not_notified", sink=sink.name, alert_id=alert.alert_id, error=error)
             try:
                 self.repository.change(alert.rule, alert.key, _notified(sink.name, error, now), now=now)
@@ -206,7 +213,29 @@ class AlertEvaluatorActor(Supervised):
                 log.warning(
                     "alert_notice_not_recorded", sink=sink.name, error=f"{type(exc).__name__}: {exc}"[:300]
                 )
-        self.repeated[(alert.rule, alert.key)] = self.monotonic()
+        where = (alert.rule, alert.key)
+        self.repeated[where] = self.monotonic()
+        if failed:
+            self.untold[where] = (alert.episode, alert.status, failed, self.monotonic() + REPEAT_EVERY)
+        else:
+            self.untold.pop(where, None)
+        return failed
+
+    def _retell(self, now: datetime) -> None:
+        """Try again the sinks that failed to hear of a change (a webhook down when the alert
+        fired would otherwise never hear of it), until they hear or the alert changes again."""
+        for where, (episode, status, names, due) in list(self.untold.items()):
+            if self.monotonic() < due:
+                continue
+            try:
+                alert = self.repository.get(*where)
+            except Exception as exc:
+                log.warning("alert_not_retold", rule=where[0], key=where[1], error=str(exc)[:300])
+                continue
+            if alert is None or (alert.episode, alert.status) != (episode, status):
+                self.untold.pop(where, None)  # a later change was (or will be) told in its turn
+                continue
+            self._tell(alert, now, [sink for sink in self.sinks if sink.name in names])
 
 
 def _notified(sink: str, error: str | None, now: datetime) -> Callable[[Alert], bool]:

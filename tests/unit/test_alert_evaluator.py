@@ -126,6 +126,51 @@ def test_a_failing_sink_is_recorded_and_the_others_are_still_told() -> None:
     assert good.told == [("provider_down", "a", FIRING)]
 
 
+def test_a_sink_that_failed_hears_of_the_change_once_it_is_back_and_not_of_stale_ones() -> None:
+    repository, world, clock, tick = InMemoryAlerts(), World(), FakeClock(T0), FakeClock(0.0)
+    flaky = Sink("flaky", fail=True)
+    actor = AlertEvaluatorActor(
+        "alerts",
+        None,
+        repository=repository,
+        rules=RULES,
+        sensors={"provider_down": world.provider_down},
+        sinks=[flaky],
+        clock=clock,
+        monotonic=tick,
+    )
+
+    def run(seconds: int) -> None:
+        for _ in range(seconds // 5):
+            clock.now += timedelta(seconds=5)
+            tick.now += 5
+            actor.evaluate()
+
+    world.down_at = clock.now
+    run(65)  # fired; the sink failed
+    assert flaky.told == [("provider_down", "a", FIRING)]
+    run(60)  # tried again a minute later, failing again
+    assert flaky.told == [("provider_down", "a", FIRING)] * 2
+    flaky.fail = False
+    run(60)
+    assert flaky.told == [("provider_down", "a", FIRING)] * 3
+    assert repository.get("provider_down", "a").notified == {"flaky": True}  # type: ignore[union-attr]
+    run(120)
+    assert len(flaky.told) == 3  # heard: not told again
+    flaky.fail = True
+    world.down_at = None
+    run(35)  # resolved; the sink failed to hear it
+    assert flaky.told[-1] == ("provider_down", "a", RESOLVED)
+    # Before the resolve is tried again, another process records (and tells) a new episode
+    world.down_at = clock.now - timedelta(hours=1)
+    other = evaluator(repository, world, clock)
+    other.evaluate()
+    assert repository.get("provider_down", "a").episode == 2  # type: ignore[union-attr]
+    flaky.fail = False
+    run(60)
+    assert flaky.told[4:] == []  # the stale resolve is not re-sent, nor the other's change
+
+
 def test_a_restarted_evaluator_resolves_what_an_earlier_one_left_firing() -> None:
     repository, world, clock = InMemoryAlerts(), World(), FakeClock(T0)
     first = evaluator(repository, world, clock)
