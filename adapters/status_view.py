@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.projections import History, Write
 from adapters.sql import copy_rows, execute_many, metadata, qualified_name, translated_schema
-from domain.message import BACKED_OFF, DELIVERED, FAILED, HELD, IN_FLIGHT, RECEIVED, Message
+from domain.message import ARCHIVED, BACKED_OFF, DELIVERED, FAILED, HELD, IN_FLIGHT, RECEIVED, Message
 from domain.ports import UNFINISHED_PAGE
 
 message_status = Table(
@@ -188,6 +188,8 @@ def _fold(row: dict[str, Any], event: DomainEvent) -> None:
         row.update(permanent=event.permanent, retry_at=None)
     elif isinstance(event, Message.RetryRequested):
         row.update(status=RECEIVED, failed_at=None, permanent=False, retry_at=None)
+    elif isinstance(event, Message.Archived):  # failed_at kept: when it failed
+        row.update(status=ARCHIVED)
     elif isinstance(event, Message.Held):  # last_provider: the one it waits for
         row.update(status=HELD, retry_at=event.until, last_provider=event.provider)
 

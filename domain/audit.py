@@ -61,6 +61,12 @@ def describe(record: dict[str, Any]) -> str:
         extra = f"attempt {record['attempt']}: {record['reason']} ({why})"
     elif kind == "RetryRequested":
         extra = f"by {record['requested_by']}"
+        if record.get("reason"):
+            extra += f": {record['reason']}"
+        if record.get("bulk_id"):
+            extra += f" (bulk {record['bulk_id']})"
+    elif kind == "Archived":
+        extra = f"by {record['by']}: {record['reason']}"
     else:
         extra = ""
     return f"{head} {extra}".rstrip()

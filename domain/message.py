@@ -35,6 +35,8 @@ BACKED_OFF = "backed_off"
 DELIVERED = "delivered"
 FAILED = "failed"
 HELD = "held"
+#: A Failed message a person set aside: out of the failure lists and redrive, kept in history.
+ARCHIVED = "archived"
 
 INTERRUPTED = "interrupted"
 #: The status code of a provider's "too many requests": its pace, not its failure.
@@ -181,9 +183,12 @@ class Message(Aggregate):
             aggregate.held = (self.provider, self.reason)
 
     class RetryRequested(Event):
-        """An operator or the redrive started a fresh cycle of attempts on a Failed message."""
+        """An operator or the redrive started a fresh cycle of attempts on a Failed (or archived)
+        message; ``bulk_id`` names the bulk retry it was part of."""
 
         requested_by: str
+        reason: str = ""
+        bulk_id: str | None = None
 
         def apply(self, aggregate: Message) -> None:
             aggregate.status = RECEIVED
@@ -196,6 +201,16 @@ class Message(Aggregate):
                 aggregate.automatic_retries += 1
             else:
                 aggregate.automatic_retries = 0
+
+    class Archived(Event):
+        """A person set a Failed message aside (it will never succeed as it is): it leaves the
+        failure lists and redrive; a retry brings it back."""
+
+        by: str
+        reason: str
+
+        def apply(self, aggregate: Message) -> None:
+            aggregate.status = ARCHIVED
 
     def __init__(
         self,
@@ -283,8 +298,8 @@ class Message(Aggregate):
 
     @property
     def is_final(self) -> bool:
-        """Delivered, or Failed and not yet retried."""
-        return self.status in (DELIVERED, FAILED)
+        """Delivered, or Failed (or archived) and not yet retried."""
+        return self.status in (DELIVERED, FAILED, ARCHIVED)
 
     def due_at(self, stale_after: float) -> datetime | None:
         """When this message should next be looked at; None once it is final.
@@ -396,13 +411,28 @@ class Message(Aggregate):
             return
         self._back_off(INTERRUPTED, "Interrupted", None, None, 0.0, policy, now)
 
-    def request_retry(self, requested_by: str, *, now: datetime) -> None:
-        """Start a fresh cycle on a Failed message; its first attempt is due at once."""
+    def request_retry(
+        self,
+        requested_by: str,
+        *,
+        now: datetime,
+        reason: str = "",
+        bulk_id: str | None = None,
+        archived_too: bool = False,
+    ) -> None:
+        """Start a fresh cycle on a Failed message; its first attempt is due at once. An archived
+        one only when a person asks for it by name (``archived_too``): redrive leaves it be."""
         if self.status == DELIVERED:
             raise MessageAlreadyFinalError("message is already delivered")
+        if self.status != FAILED and not (archived_too and self.status == ARCHIVED):
+            raise NotFailedError(f"message is {self.status}, not failed")
+        self._trigger(self.RetryRequested, now, requested_by=requested_by, reason=reason, bulk_id=bulk_id)
+
+    def archive(self, by: str, *, reason: str, now: datetime) -> None:
+        """Set a Failed message aside (``Archived``)."""
         if self.status != FAILED:
             raise NotFailedError(f"message is {self.status}, not failed")
-        self._trigger(self.RetryRequested, now, requested_by=requested_by)
+        self._trigger(self.Archived, now, by=by, reason=reason)
 
     def request_automatic_retry(self, *, budget: int, now: datetime) -> None:
         """The automatic redriver's retry: refused once ``budget`` of them came in a row (a

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from smeg_actors.cli.alerts import alerts
+from smeg_actors.cli.fleet import archive, failures, messages, retry
 from smeg_actors.cli.projections import audit_replay, projections, report
 from smeg_actors.cli.providers import providers
 from smeg_actors.cli.schedule import schedule
@@ -179,32 +180,6 @@ def run(ctx: click.Context, processes: str | None) -> int:
 
 
 @cli.command()
-@click.argument("message_id")
-@click.pass_context
-def retry(ctx: click.Context, message_id: str) -> None:
-    """Start a fresh cycle of attempts on a Failed message."""
-    from adapters.event_store import MessageNotFoundError
-    from domain.message import Message
-    from smeg_actors.runtime.clock import utc_now
-
-    store = open_store(settings_of(ctx), must_exist=False)
-    try:
-        outcome = store.update(
-            Message.create_id(message_id),
-            lambda m: m.request_retry("operator", now=utc_now()),
-        )
-    except MessageNotFoundError:
-        raise CommandError(f"unknown message id: {message_id}") from None
-    finally:
-        store.close()
-    if outcome.refused is not None:
-        raise CommandError(f"cannot retry {message_id}: {outcome.refused}")
-    if outcome.message is None:
-        raise CommandError(f"cannot retry {message_id}: changed concurrently, try again")
-    click.echo(f"retry requested for {message_id}: a fresh cycle of attempts starts now")
-
-
-@cli.command()
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N messages.")
 @click.option("--dry-run", is_flag=True, help="Show what would be redriven; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object.")
@@ -264,6 +239,10 @@ cli.add_command(settings_command)
 cli.add_command(alerts)
 cli.add_command(providers)
 cli.add_command(schedule)
+cli.add_command(messages)
+cli.add_command(failures)
+cli.add_command(retry)
+cli.add_command(archive)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

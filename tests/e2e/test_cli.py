@@ -270,7 +270,7 @@ def test_retry_of_an_exhausted_failure_exits_0_and_records_a_retry_requested_by_
     assert "r-1" in result.stdout
     records = history_json(env, "r-1")
     assert [r["type"] for r in records] == ["Received", "Attempted", "Failed", "RetryRequested"]
-    assert records[-1]["requested_by"] == "operator"
+    assert records[-1]["requested_by"].startswith("cli:")
     assert records[-1]["version"] == 4
 
 
@@ -573,7 +573,7 @@ def test_history_retry_and_audit_export_work_on_postgresql_in_the_configured_sch
     assert retried.returncode == 0, retried.stderr
     assert [r["type"] for r in records] == ["Received", "Attempted", "Failed", "RetryRequested"]
     assert records[2]["permanent"] is False
-    assert records[3]["requested_by"] == "operator"
+    assert records[3]["requested_by"].startswith("cli:")
     assert exported.returncode == 0, exported.stderr
     lines = [json.loads(line) for line in exported.stdout.splitlines()]
     assert [(r["message_id"], r["type"]) for r in lines] == [

@@ -101,10 +101,13 @@ def test_help_lists_every_command_with_its_one_line_help() -> None:
     assert names == sorted(
         [
             "alerts",
+            "archive",
             "audit",
             "check",
             "demo",
+            "failures",
             "history",
+            "messages",
             "projections",
             "providers",
             "redrive",
