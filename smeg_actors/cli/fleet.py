@@ -10,10 +10,8 @@ failed); 2 a bad option.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -22,10 +20,7 @@ from smeg_actors.cli.providers import MAX_REASON, _one_line, _operator
 from smeg_actors.cli.support import CommandError, open_store, parse_time, settings_of
 
 if TYPE_CHECKING:
-    from adapters.fleet_view import MessageRow
-    from domain.failures import FailureGroup
-    from domain.message import Message
-    from smeg_actors.runtime.config import Settings
+    from adapters.fleet_view import MessageQuery
 
 STATUS_CHOICES = ("received", "in_flight", "backed_off", "held", "delivered", "failed", "archived")
 
@@ -33,16 +28,6 @@ STATUS_CHOICES = ("received", "in_flight", "backed_off", "held", "delivered", "f
 def who() -> str:
     """``by`` of a change made from the command line."""
     return f"cli:{_operator()}"
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
-
-
-def _engine(settings: Settings) -> Any:
-    from smeg_actors.runtime.factory import read_models_engine
-
-    return read_models_engine(settings)
 
 
 @click.command("messages")
@@ -60,25 +45,14 @@ def _engine(settings: Settings) -> Any:
 @click.pass_context
 def messages(ctx: click.Context, /, as_json: bool, limit: int, cursor: str | None, **filters: Any) -> None:
     """Messages, newest first, addresses masked; exit 0 whether or not any matched."""
-    from adapters.fleet_view import MessageQuery, list_messages
+    from smeg_actors.runtime.fleet import message_items
 
-    query = MessageQuery(
-        status=filters["status"],
-        provider=filters["provider"],
-        channel=filters["channel"],
-        reason=filters["reason"],
-        since=parse_time(filters["since"], "--since"),
-        until=parse_time(filters["until"], "--until"),
-    )
     settings = settings_of(ctx)
-    engine = _engine(settings)
+    open_store(settings).close()  # a missing SQLite store is one line, exit 1
     try:
-        rows, following = list_messages(engine, query, limit=limit, cursor=cursor)
+        items, following = message_items(settings, _query(filters), limit=limit, cursor=cursor)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--cursor") from None
-    finally:
-        engine.dispose()
-    items = [_item(row, to) for row, to in zip(rows, _addresses(settings, rows), strict=True)]
     if as_json:
         click.echo(json.dumps(items, indent=2))
     else:
@@ -94,55 +68,17 @@ def messages(ctx: click.Context, /, as_json: bool, limit: int, cursor: str | Non
         click.echo(f"more: --cursor {following}", err=True)
 
 
-def _addresses(settings: Settings, rows: list[MessageRow]) -> list[str]:
-    """Each message's recipient, masked, from its aggregate (the read model keeps none)."""
-    from domain.request import mask_address
+def _query(filters: dict[str, Any]) -> MessageQuery:
+    from adapters.fleet_view import MessageQuery
 
-    if not rows:
-        return []
-    store = open_store(settings)
-    try:
-        return [mask_address(store.get(row.id).to) for row in rows]
-    finally:
-        store.close()
-
-
-def _item(row: MessageRow, to: str) -> dict[str, Any]:
-    return {
-        "message_id": row.message_id,
-        "status": row.status,
-        "channel": row.channel,
-        "provider": row.provider,
-        "attempts": row.attempts,
-        "last_error": row.last_error,
-        "to": to,
-        "received_at": _iso(row.received_at),
-        "updated_at": _iso(row.updated_at),
-    }
-
-
-def _groups(settings: Settings) -> list[FailureGroup]:
-    from adapters.fleet_view import failed_rows
-    from domain.failures import group_failures
-
-    engine = _engine(settings)
-    try:
-        return group_failures(failed_rows(engine))
-    finally:
-        engine.dispose()
-
-
-def _group_json(group: FailureGroup) -> dict[str, Any]:
-    return {
-        "group_id": group.group_id,
-        "provider": group.provider,
-        "reason_class": group.reason_class,
-        "reason": group.reason,
-        "count": group.count,
-        "first_failed_at": _iso(group.first_failed_at),
-        "last_failed_at": _iso(group.last_failed_at),
-        "sample_message_id": group.sample_message_id,
-    }
+    return MessageQuery(
+        status=filters.get("status"),
+        provider=filters.get("provider"),
+        channel=filters.get("channel"),
+        reason=filters.get("reason") or filters.get("reason_filter"),
+        since=parse_time(filters.get("since"), "--since"),
+        until=parse_time(filters.get("until"), "--until"),
+    )
 
 
 @click.command("failures")
@@ -150,7 +86,9 @@ def _group_json(group: FailureGroup) -> dict[str, Any]:
 @click.pass_context
 def failures(ctx: click.Context, as_json: bool) -> None:
     """Failed messages grouped by provider, reason class and reason, largest group first."""
-    groups = [_group_json(g) for g in _groups(settings_of(ctx))]
+    from smeg_actors.runtime.fleet import failure_groups, group_item
+
+    groups = [group_item(g) for g in failure_groups(settings_of(ctx))]
     if as_json:
         click.echo(json.dumps(groups, indent=2))
         return
@@ -168,7 +106,7 @@ def _targets(
 ) -> list[str]:
     """The message ids a bulk command acts on: one, a failure group's, or the failed ones a
     filter selects; exactly one way must be given."""
-    from adapters.fleet_view import MessageQuery, list_messages
+    from smeg_actors.runtime.fleet import filtered_failed, group_members
 
     given = [message_id is not None, group is not None, any(v is not None for v in filters.values())]
     if sum(given) != 1:
@@ -177,29 +115,11 @@ def _targets(
         return [message_id]
     settings = settings_of(ctx)
     if group is not None:
-        found = [g for g in _groups(settings) if g.group_id == group]
-        if not found:
+        members = group_members(settings, group)
+        if members is None:
             raise CommandError(f"no failure group {group} (smeg failures lists them)")
-        return found[0].message_ids
-    query = MessageQuery(
-        status="failed",
-        provider=filters["provider"],
-        channel=filters["channel"],
-        reason=filters["reason_filter"],
-        since=parse_time(filters["since"], "--since"),
-        until=parse_time(filters["until"], "--until"),
-    )
-    engine = _engine(settings)
-    ids: list[str] = []
-    cursor: str | None = None
-    try:
-        while True:
-            rows, cursor = list_messages(engine, query, limit=1000, cursor=cursor)
-            ids += [row.message_id for row in rows]
-            if cursor is None:
-                return ids
-    finally:
-        engine.dispose()
+        return members
+    return filtered_failed(settings, _query(filters))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -224,37 +144,6 @@ def _filter_options(command: F) -> F:
     ):
         command = option(command)
     return command
-
-
-def _apply(
-    ctx: click.Context, ids: list[str], change: Callable[[Message], None], rate: float | None
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """Each message changed on its own (its own event); (changed, [(id, why not)])."""
-    from adapters.event_store import MessageNotFoundError
-    from domain.message import Message
-
-    store = open_store(settings_of(ctx), must_exist=False)
-    done: list[str] = []
-    refused: list[tuple[str, str]] = []
-    try:
-        for message_id in ids:
-            started = time.monotonic()
-            try:
-                outcome = store.update(Message.create_id(message_id), change)
-            except MessageNotFoundError:
-                refused.append((message_id, "unknown message id"))
-                continue
-            if outcome.refused is not None:
-                refused.append((message_id, str(outcome.refused)))
-            elif outcome.message is None:
-                refused.append((message_id, "changed concurrently, try again"))
-            else:
-                done.append(message_id)
-            if rate:
-                time.sleep(max(0.0, 1.0 / rate - (time.monotonic() - started)))
-    finally:
-        store.close()
-    return done, refused
 
 
 def _report(
@@ -304,7 +193,7 @@ def retry(
     """Start a fresh cycle of attempts on Failed (or archived) messages: MESSAGE_ID, a failure
     --group, or the failed messages the filters select. Each records RetryRequested with who
     (cli:USER), the reason and, in bulk, a bulk id."""
-    from smeg_actors.runtime.clock import utc_now
+    from smeg_actors.runtime.fleet import apply_each, retrying
 
     ids = _targets(ctx, message_id, group, filters)
     if message_id is None and reason is None:
@@ -313,12 +202,7 @@ def retry(
         _report("would retry", ids, [], {}, as_json)
         return
     bulk_id = None if message_id is not None else uuid.uuid4().hex[:12]
-    by = who()
-
-    def change(message: Message) -> None:
-        message.request_retry(by, now=utc_now(), reason=reason or "", bulk_id=bulk_id, archived_too=True)
-
-    done, refused = _apply(ctx, ids, change, rate)
+    done, refused = apply_each(settings_of(ctx), ids, retrying(who(), reason or "", bulk_id), rate)
     if message_id is not None and not as_json:
         _single(message_id, refused, "retry")
         click.echo(f"retry requested for {message_id}: a fresh cycle of attempts starts now")
@@ -344,14 +228,13 @@ def archive(
 ) -> None:
     """Set Failed messages aside (Archived, with who and why): they leave the failure groups,
     the failures alert and redrive, stay in history, and come back with smeg retry."""
-    from smeg_actors.runtime.clock import utc_now
+    from smeg_actors.runtime.fleet import apply_each, archiving
 
     ids = _targets(ctx, message_id, group, filters)
     if dry_run:
         _report("would archive", ids, [], {}, as_json)
         return
-    by = who()
-    done, refused = _apply(ctx, ids, lambda m: m.archive(by, reason=reason, now=utc_now()), None)
+    done, refused = apply_each(settings_of(ctx), ids, archiving(who(), reason))
     if message_id is not None and not as_json:
         _single(message_id, refused, "archive")
         click.echo(f"{message_id} archived: out of the failure groups and redrive until retried")
