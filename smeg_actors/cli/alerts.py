@@ -34,6 +34,12 @@ def _recorded(settings: Settings) -> list[Alert]:
         store.close()
 
 
+def alert_rows(settings: Settings, *, everything: bool) -> list[dict[str, Any]]:
+    """The open alerts (``everything``: resolved ones too) as ``--json`` lists them, newest first."""
+    found = [a for a in _recorded(settings) if everything or a.is_open]
+    return sorted((_row(a) for a in found), key=lambda r: r["raised_at"] or "", reverse=True)
+
+
 @click.group("alerts", invoke_without_command=True)
 @click.option("--all", "everything", is_flag=True, help="Resolved alerts too (each one's latest episode).")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, one object per alert.")
@@ -42,8 +48,7 @@ def alerts(ctx: click.Context, everything: bool, as_json: bool) -> None:
     """Open alerts (pending or firing), newest first; exit 0 whether or not there are any."""
     if ctx.invoked_subcommand is not None:
         return
-    found = [a for a in _recorded(settings_of(ctx)) if everything or a.is_open]
-    rows = sorted((_row(a) for a in found), key=lambda r: r["raised_at"] or "", reverse=True)
+    rows = alert_rows(settings_of(ctx), everything=everything)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

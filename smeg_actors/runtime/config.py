@@ -20,7 +20,7 @@ from domain.routing import DEFAULT_FAILOVER_AFTER
 
 ENV_PREFIX = "SMEG_"
 #: Settings only the TOML file sets (tables, not one value).
-TABLES = frozenset({"providers", "routes", "alerts", "canary"})
+TABLES = frozenset({"providers", "routes", "alerts", "canary", "admin"})
 
 
 class SettingsError(Exception):
@@ -85,6 +85,8 @@ class Settings(BaseModel):
     routes: dict[Literal["sms", "im"], dict[str, Any]] = Field(default_factory=dict)
     alerts: dict[Literal["rules", "sinks"], dict[str, dict[str, Any]]] = Field(default_factory=dict)
     canary: CanarySettings | None = None
+    #: ``[admin.tokens.NAME]`` (role, sha256); secrets only in ``SMEG_ADMIN_TOKENS``.
+    admin: dict[Literal["tokens"], dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
     @property
     def projector_mode(self) -> str:
@@ -182,7 +184,7 @@ def load_settings(environ: Mapping[str, str], config_path: str | None = None) ->
 
 #: ``SMEG_`` variables that are not settings: read by smeg itself, or by its own tooling.
 OTHER_VARIABLES = frozenset(
-    {"CONFIG", "DEBUG", "PARENT_PID", "GROUP_INDEX", "READY_FD", "GO_FD", "STORE_TIMEOUT"}
+    {"CONFIG", "DEBUG", "PARENT_PID", "GROUP_INDEX", "READY_FD", "GO_FD", "STORE_TIMEOUT", "ADMIN_TOKENS"}
 )
 TOOLING_PREFIXES = ("TEST_", "FUZZ_", "BENCH_")
 

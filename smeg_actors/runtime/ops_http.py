@@ -5,6 +5,7 @@ for a process group, served by its parent.
 - ``GET /readyz``: 200 while consuming with the store answering, else 503 with
   ``{"ready": false, "reasons": [...]}`` (a cached answer; see ``readiness``).
 - ``GET /metrics``: Prometheus text exposition, every process of the group added up.
+- ``/api/…``: the admin API (``smeg_actors.admin``), when a token is configured.
 
 prometheus_client is imported only here and in ``metrics``, after ``use_directory``.
 """
@@ -83,8 +84,12 @@ class _Quiet(WSGIRequestHandler):
 class OpsServer:
     """Serves the three endpoints in daemon threads; ``start`` raises OSError if the port is taken."""
 
-    def __init__(self, host: str, port: int, *, alive: Callable[[], bool], ready: Probe) -> None:
+    def __init__(
+        self, host: str, port: int, *, alive: Callable[[], bool], ready: Probe, admin: Any = None
+    ) -> None:
         self.host, self.port, self.alive, self.ready = host, port, alive, ready
+        #: The admin API's WSGI app (``/api``), or None: no token configured, the API is off.
+        self.admin = admin
         self.server: WSGIServer | None = None
 
     def start(self) -> None:
@@ -103,6 +108,13 @@ class OpsServer:
 
     def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        if path == "/api" or path.startswith("/api/"):
+            if self.admin is None:
+                return _answer(
+                    start_response, "404 Not Found", {"error": "the admin API is off (no token set)"}
+                )
+            answered: Iterable[bytes] = self.admin(environ, start_response)
+            return answered
         if method not in ("GET", "HEAD"):
             return _answer(start_response, "405 Method Not Allowed", {"error": "GET only"})
         if path == "/healthz":

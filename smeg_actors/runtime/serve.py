@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 import pykka.debug
@@ -22,7 +23,7 @@ from adapters.rabbitmq import BrokerUnavailableError
 from smeg_actors.runtime import tracing
 from smeg_actors.runtime.bootstrap import build_runtime
 from smeg_actors.runtime.canary import GROUP_INDEX_VARIABLE
-from smeg_actors.runtime.config import Settings
+from smeg_actors.runtime.config import Settings, SettingsError
 from smeg_actors.runtime.exit_codes import EXIT_OK, EXIT_UNHEALTHY
 from smeg_actors.runtime.factory import build_providers, check_routing, open_store
 from smeg_actors.runtime.health import dependency_checks, run_checks
@@ -59,6 +60,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     )
     providers = build_providers(settings)
     check_routing(settings, providers)
+    admin = admin_app(settings) if parent is None else None
     stores: list[MessageStore] = []
 
     def open_checked_store() -> MessageStore:
@@ -76,7 +78,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
         store = open_store(settings)
     if processes > 1:
         store.close()
-        return serve_group(settings, processes, config_path, metrics)
+        return serve_group(settings, processes, config_path, metrics, admin)
     tracing.configure(os.environ)
     runtime = build_runtime(settings, store=store, providers=providers)
     if parent is not None:
@@ -85,7 +87,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     if runtime.parts.alerting is not None:
         runtime.parts.alerting.outage = outage_probe(readiness.state)
     if parent is None:
-        ops = ops_server(settings, alive=lambda: runtime_alive(runtime), ready=readiness.state)
+        ops = ops_server(settings, alive=lambda: runtime_alive(runtime), ready=readiness.state, admin=admin)
         if isinstance(ops, int):
             return ops
 
@@ -124,7 +126,9 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     os._exit(code)
 
 
-def serve_group(settings: Settings, processes: int, config_path: str | None, metrics: Path | None) -> int:
+def serve_group(
+    settings: Settings, processes: int, config_path: str | None, metrics: Path | None, admin: Any = None
+) -> int:
     """``processes`` children, each a single ``smeg run``; one projector among them. This parent
     serves the group's ops HTTP endpoints."""
     config = ["--config", config_path] if config_path else []
@@ -144,7 +148,7 @@ def serve_group(settings: Settings, processes: int, config_path: str | None, met
         assert metrics is not None  # the server is on, so is the directory
         return group_readiness(metrics, pids)
 
-    ops = ops_server(settings, alive=lambda: not group.reason, ready=ready)
+    ops = ops_server(settings, alive=lambda: not group.reason, ready=ready, admin=admin)
     if isinstance(ops, int):
         return ops
     try:
@@ -170,13 +174,30 @@ def outage_probe(state: Probe) -> Callable[[], str | None]:
     return probe
 
 
+def admin_app(settings: Settings) -> Any:
+    """The admin API's WSGI app, or None when no token is configured (the API is off); a bad
+    token setting is a SettingsError (exit 2), before any dependency is checked."""
+    from smeg_actors.admin.auth import tokens_from
+
+    try:
+        tokens = tokens_from(os.environ, settings.admin.get("tokens", {}))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    if not tokens:
+        return None
+    from smeg_actors.admin.api import create_app
+
+    log.info("admin_api_on", tokens=sorted(t.name for t in tokens))
+    return create_app(settings, tokens)
+
+
 def ops_server(
-    settings: Settings, *, alive: Callable[[], bool], ready: Probe, queues: bool = True
+    settings: Settings, *, alive: Callable[[], bool], ready: Probe, queues: bool = True, admin: Any = None
 ) -> OpsServer | int:
     """The started ops HTTP server, None-like when ``SMEG_HTTP_PORT`` is 0, or exit 3 when its
     port cannot be had. With it, the readers of the projections' lag and (``queues``) of the
-    queues' depths."""
-    server = OpsServer(settings.http_host, settings.http_port, alive=alive, ready=ready)
+    queues' depths; ``admin``: the admin API's app, served under ``/api``."""
+    server = OpsServer(settings.http_host, settings.http_port, alive=alive, ready=ready, admin=admin)
     if settings.http_port == 0:
         return server
     try:

@@ -1,0 +1,232 @@
+"""The admin HTTP API (Flask, WSGI), served under ``/api`` by the ops HTTP server when tokens are
+configured: messages, failure groups, retry, archive, schedule, providers, alerts; the OpenAPI
+document at ``/api/openapi.json``.
+
+JSON in and out. Every route needs a token (``auth``): 401 without a valid one, 403 when its role
+may not (reads: viewer; changes: operator), with no more detail. A change records the token's
+name as ``by``. Lists answer ``{"items": [...], "next": cursor | null}`` with the CLI's ``--json``
+keys. Addresses and bodies are masked unless the token has ``pii``. The Bearer header (never a
+cookie) is what authenticates, so a browser cannot be made to send it by another site: the API
+needs no CSRF token.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+
+from adapters.fleet_view import MessageQuery
+from domain.audit import event_record, public_record
+from domain.ports import MessageNotFoundError
+from smeg_actors.admin.auth import OPERATOR, PII, VIEWER, Token, authenticate
+from smeg_actors.admin.openapi import document
+from smeg_actors.runtime import fleet
+from smeg_actors.runtime.config import Settings
+from smeg_actors.runtime.factory import open_store
+
+MAX_REASON = 200
+
+
+class Problem(Exception):
+    """An answer other than 200: its status and a one-line error."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status, self.error = status, error
+
+
+def create_app(settings: Settings, tokens: list[Token]) -> Flask:
+    app = Flask("smeg-admin")
+    app.config.update(JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=64 * 1024)
+    write_roles: dict[str, str] = {}
+
+    @app.before_request
+    def authorise() -> Any:
+        token = authenticate(tokens, request.headers.get("Authorization"))
+        if token is None:
+            return jsonify(error="unauthorized"), 401, {"WWW-Authenticate": 'Bearer realm="smeg"'}
+        needed = write_roles.get(request.endpoint or "", VIEWER) if request.method == "POST" else VIEWER
+        if not token.may(needed):
+            return jsonify(error="forbidden"), 403
+        g.token = token
+        return None
+
+    @app.errorhandler(Problem)
+    def problem(exc: Problem) -> Any:
+        return jsonify(error=exc.error), exc.status
+
+    @app.errorhandler(404)
+    def not_found(_exc: Exception) -> Any:
+        return jsonify(error="not found"), 404
+
+    @app.errorhandler(405)
+    def not_allowed(_exc: Exception) -> Any:
+        return jsonify(error="method not allowed"), 405
+
+    @app.errorhandler(413)
+    def too_large(_exc: Exception) -> Any:
+        return jsonify(error="request body too large"), 413
+
+    def changes(view: Callable[..., Any]) -> Callable[..., Any]:
+        write_roles[view.__name__] = OPERATOR
+        return view
+
+    @app.get("/api/openapi.json")
+    def openapi() -> Any:
+        return jsonify(document())
+
+    @app.get("/api/messages")
+    def list_messages() -> Any:
+        args = request.args
+        limit = _int(args.get("limit"), 50, 1, 1000, "limit")
+        query = MessageQuery(
+            status=args.get("status") or None,
+            provider=args.get("provider") or None,
+            channel=args.get("channel") or None,
+            reason=args.get("reason") or None,
+            since=_time(args.get("since"), "since"),
+            until=_time(args.get("until"), "until"),
+        )
+        try:
+            items, following = fleet.message_items(
+                settings, query, limit=limit, cursor=args.get("cursor") or None, pii=g.token.may(PII)
+            )
+        except ValueError as exc:
+            raise Problem(400, str(exc)) from None
+        return jsonify(items=items, next=following)
+
+    @app.get("/api/messages/<message_id>")
+    def one_message(message_id: str) -> Any:
+        pii = g.token.may(PII)
+        store = open_store(settings)
+        try:
+            message = store.get_by_message_id(message_id)
+            events = [(event_record if pii else public_record)(e) for e in store.history(message.id)]
+        except MessageNotFoundError:
+            raise Problem(404, f"unknown message id: {message_id}") from None
+        finally:
+            store.close()
+        found = events[0] if events else {}
+        return jsonify(
+            message_id=message_id,
+            status=message.status,
+            channel=message.channel,
+            provider=message.last_provider,
+            attempts=message.attempts,
+            last_error=message.last_error,
+            to=found.get("to"),
+            body=message.body if pii else None,
+            events=events,
+        )
+
+    @app.get("/api/failures")
+    def failure_groups() -> Any:
+        return jsonify(items=[fleet.group_item(g) for g in fleet.failure_groups(settings)], next=None)
+
+    @app.post("/api/messages/<message_id>/retry")
+    @changes
+    def retry_message(message_id: str) -> Any:
+        return _act(settings, [message_id], "retry", bulk=False)
+
+    @app.post("/api/failures/<group_id>/retry")
+    @changes
+    def retry_group(group_id: str) -> Any:
+        return _act(settings, _members(settings, group_id), "retry", bulk=True)
+
+    @app.post("/api/messages/<message_id>/archive")
+    @changes
+    def archive_message(message_id: str) -> Any:
+        return _act(settings, [message_id], "archive", bulk=False)
+
+    @app.post("/api/failures/<group_id>/archive")
+    @changes
+    def archive_group(group_id: str) -> Any:
+        return _act(settings, _members(settings, group_id), "archive", bulk=True)
+
+    @app.get("/api/schedule")
+    def schedule() -> Any:
+        from smeg_actors.cli.schedule import as_record, read
+
+        within = _int(request.args.get("within"), 3600, 60, 7 * 86400, "within")
+        from datetime import timedelta
+
+        return jsonify(as_record(read(settings, timedelta(seconds=within), request.args.get("provider"))))
+
+    @app.get("/api/providers")
+    def providers() -> Any:
+        from smeg_actors.cli.providers import provider_rows
+
+        return jsonify(items=provider_rows(settings), next=None)
+
+    @app.get("/api/alerts")
+    def alerts() -> Any:
+        from smeg_actors.cli.alerts import alert_rows
+
+        return jsonify(items=alert_rows(settings, everything=request.args.get("all") == "true"), next=None)
+
+    return app
+
+
+def _members(settings: Settings, group_id: str) -> list[str]:
+    members = fleet.group_members(settings, group_id)
+    if members is None:
+        raise Problem(404, f"no failure group {group_id}")
+    return members
+
+
+def _act(settings: Settings, ids: list[str], verb: str, *, bulk: bool) -> Response:
+    """A retry or an archive of ``ids``: the body is ``{"reason": str, "dry_run": bool}``."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise Problem(400, 'the body must be a JSON object: {"reason": "...", "dry_run": false}')
+    reason, dry_run = body.get("reason"), body.get("dry_run", False)
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON or "\n" in reason:
+        raise Problem(400, f"reason must be one line of 1-{MAX_REASON} characters")
+    if not isinstance(dry_run, bool):
+        raise Problem(400, "dry_run must be true or false")
+    if dry_run:
+        return jsonify(count=len(ids))
+    by: str = g.token.name
+    bulk_id = uuid.uuid4().hex[:12] if bulk and verb == "retry" else None
+    change = (
+        fleet.retrying(by, reason.strip(), bulk_id)
+        if verb == "retry"
+        else fleet.archiving(by, reason.strip())
+    )
+    done, refused = fleet.apply_each(settings, ids, change)
+    if not bulk and refused:
+        status = 404 if refused[0][1] == "unknown message id" else 409
+        raise Problem(status, f"cannot {verb} {refused[0][0]}: {refused[0][1]}")
+    answer: dict[str, Any] = {
+        "count": len(done),
+        "refused": [{"message_id": m, "why": w} for m, w in refused],
+    }
+    if bulk_id:
+        answer["bulk_id"] = bulk_id
+    return jsonify(answer)
+
+
+def _int(value: str | None, default: int, low: int, high: int, name: str) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise Problem(400, f"{name} must be a whole number") from None
+    if not low <= number <= high:
+        raise Problem(400, f"{name} must be {low} to {high}")
+    return number
+
+
+def _time(value: str | None, name: str) -> Any:
+    from smeg_actors.cli.support import parse_time
+
+    if not value:
+        return None
+    try:
+        return parse_time(value, name)
+    except Exception:
+        raise Problem(400, f"{name} must be an ISO 8601 time") from None
