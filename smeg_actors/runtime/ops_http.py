@@ -5,7 +5,8 @@ for a process group, served by its parent.
 - ``GET /readyz``: 200 while consuming with the store answering, else 503 with
   ``{"ready": false, "reasons": [...]}`` (a cached answer; see ``readiness``).
 - ``GET /metrics``: Prometheus text exposition, every process of the group added up.
-- ``/api/…``: the admin API (``smeg_actors.admin``), when a token is configured.
+- ``/api/…`` and ``/console/…``: the admin API and console (``smeg_actors.admin``), when a token
+  is configured.
 
 prometheus_client is imported only here and in ``metrics``, after ``use_directory``.
 """
@@ -108,7 +109,7 @@ class OpsServer:
 
     def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
-        if path == "/api" or path.startswith("/api/"):
+        if path in ("/api", "/console") or path.startswith(("/api/", "/console/")):
             if self.admin is None:
                 return _answer(
                     start_response, "404 Not Found", {"error": "the admin API is off (no token set)"}
