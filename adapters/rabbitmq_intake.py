@@ -103,6 +103,10 @@ class RabbitIntake(threading.Thread):
         batch_wait: seconds to wait for a batch to fill.
         hold: called before each read; while it returns True the thread keeps the connection
             alive but stops passing on deliveries (backpressure from the pipeline).
+
+    ``paused`` (set by the runtime: the operators' ``delivery.paused``) is read on every turn of
+    the loop: while it returns True the consumer is cancelled, so nothing more is taken from the
+    send queue; what was already delivered is handed over (and held by the pipeline).
     """
 
     def __init__(
@@ -123,6 +127,9 @@ class RabbitIntake(threading.Thread):
         self.hold = hold
         #: Called once per request moved to the rejected queue (the runtime counts them).
         self.on_reject: Callable[[], None] = lambda: None
+        #: While it returns True, no consumer on the send queue (see the class docstring).
+        self.paused: Callable[[], bool] = lambda: False
+        self._consumer: str | None = None
         self.known_providers = known_providers
         self._halt = threading.Event()
         self._connection: pika.BlockingConnection | None = None
@@ -193,7 +200,7 @@ class RabbitIntake(threading.Thread):
 
     @property
     def consuming(self) -> bool:
-        """Connected, with a consumer on the send queue (for readiness; no I/O)."""
+        """Connected, with a consumer on the send queue or paused on purpose (for readiness; no I/O)."""
         return self.is_alive() and self._channel is not None and not self._lost and self._start_error is None
 
     def stop(self) -> None:
@@ -247,8 +254,11 @@ class RabbitIntake(threading.Thread):
         # delivery of every message unacked on it, and only the poison should reach the limit.
         channel.basic_qos(prefetch_count=1 if self._careful else self.prefetch)
         channel.add_on_cancel_callback(self._cancelled)
-        channel.basic_consume(self.topology.send, self._received)
-        self._channel = channel
+        self._channel, self._consumer = channel, None
+        if self.paused():
+            log.warning("intake_paused", queue=self.topology.send)
+        else:
+            self._consumer = channel.basic_consume(self.topology.send, self._received)
 
     def _loop(self) -> None:
         assert self._connection is not None
@@ -259,6 +269,7 @@ class RabbitIntake(threading.Thread):
             if self._lost:
                 raise BrokerUnavailableError("consumer cancelled by the broker")
             watchdog.check()
+            self._follow_pause()
             if not self._pending:
                 oldest = time.monotonic()
                 continue
@@ -267,6 +278,23 @@ class RabbitIntake(threading.Thread):
                 batch, self._pending = self._pending, []
                 self._on_batch(batch)
                 oldest = time.monotonic()
+
+    def _follow_pause(self) -> None:
+        """Cancel the consumer when delivery is paused, consume again when it resumes."""
+        channel, paused = self._channel, self.paused()
+        if channel is None or paused == (self._consumer is None):
+            return
+        if not paused:
+            self._consumer = channel.basic_consume(self.topology.send, self._received)
+            log.warning("intake_resumed", queue=self.topology.send)
+            return
+        # pika hands back (requeues) what arrived but was not yet passed to ``_received``
+        channel.basic_cancel(self._consumer)
+        self._consumer = None
+        batch, self._pending = self._pending, []
+        if batch:  # already taken: recorded, then held by the pipeline (never a delivery count)
+            self._on_batch(batch)
+        log.warning("intake_paused", queue=self.topology.send, handed_over=len(batch))
 
     def _close(self) -> None:
         connection, channel = self._connection, self._channel

@@ -13,6 +13,7 @@ from uuid import UUID
 
 from domain.alert import Alert
 from domain.errors import DomainError
+from domain.flags import Flags
 from domain.message import Message
 from domain.provider_health import ProviderHealth
 from domain.request import SendRequest
@@ -136,6 +137,19 @@ class ProviderGate(Protocol):
         """An attempt's outcome (``transient``: a failure worth retrying, timeouts included);
         this process's counts decide the circuit's transitions, written to the store. A 429
         slows the provider's pace instead (``retry_after``: its hint)."""
+        ...
+
+
+class FlagRepository(Protocol):
+    """The deployment's flags in the event store (``domain.flags``), read by every process."""
+
+    def get(self) -> Flags | None:
+        """The flags as last recorded; None before the first is set."""
+        ...
+
+    def change(self, apply: Callable[[Flags], None], *, now: datetime) -> Flags:
+        """Load (starting them the first time), apply and save; another writer's change first:
+        reloaded and applied again. A ``ValueError`` from ``apply`` propagates, nothing written."""
         ...
 
 

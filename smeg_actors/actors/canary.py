@@ -44,6 +44,7 @@ class CanaryActor(Supervised):
         interval: float,
         clock: Clock,
         monotonic: Callable[[], float] = time.monotonic,
+        enabled: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__(name, supervisor)
         self.canaries, self.request, self.send, self.find = canaries, request, send, find
@@ -51,13 +52,15 @@ class CanaryActor(Supervised):
         self.sequence = 0
         self.next_send = monotonic()
         self.next_settle = monotonic() + SETTLE_EVERY
+        #: False while the operators' ``canary.enabled`` is: nothing is sent (in flight: followed).
+        self.enabled = enabled
         self.failing = False
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case Tick():
                 now = self.monotonic()
-                if now >= self.next_send:
+                if now >= self.next_send and self.enabled():
                     self.next_send = now + self.interval
                     self._send()
                 if now >= self.next_settle:

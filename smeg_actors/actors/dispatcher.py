@@ -6,12 +6,14 @@ scheduler for recovery, so a crash loses nothing. A message due again while its 
 running (a hold re-checked at once, a very short backoff) waits for that batch to finish, then is
 queued: never two at once, never dropped. On a graceful stop it drains: no new batch
 starts, the held ones finish; queued messages are durable (Received or BackedOff) and the next
-process adopts them.
+process adopts them. While delivery is paused (``paused()``) it hands out nothing: queued messages
+wait, unattempted, and go out on the first tick after the pause ends.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -26,6 +28,7 @@ from smeg_actors.actors.messages import (
     Drain,
     IsIdle,
     Recover,
+    Tick,
     WorkItem,
 )
 from smeg_actors.actors.supervisor import Children, Supervised
@@ -59,6 +62,7 @@ class DispatcherActor(Supervised):
         batch_size: the most messages one worker gets at once.
         batches_per_worker: batches queued at one worker at most.
         backlog: where the backlog is published for other threads (survives a restart).
+        paused: while it returns True no batch is handed out (no I/O; ticks resume the work).
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class DispatcherActor(Supervised):
         batch_size: int = 64,
         batches_per_worker: int = 2,
         backlog: Backlog | None = None,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(name, supervisor)
         self.workers, self.children = workers, children
@@ -83,6 +88,7 @@ class DispatcherActor(Supervised):
         self.backlog = backlog or Backlog()
         self.backlog.value = 0
         self.draining = False
+        self.paused = paused
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -101,6 +107,8 @@ class DispatcherActor(Supervised):
                 return (self.draining or not self.queue) and not any(self.held.values())
             case Drain():
                 self.draining = True
+            case Tick():
+                pass  # the pump below: what a pause kept queued goes out once it ends
             case _:
                 log.warning("unknown_message_dropped", message=repr(message))
         self._pump()
@@ -125,7 +133,7 @@ class DispatcherActor(Supervised):
                 return
 
     def _pump(self) -> None:
-        while self.queue and not self.draining:
+        while self.queue and not self.draining and not self.paused():
             worker = min(self.workers, key=lambda w: len(self.held[w]))
             if len(self.held[worker]) >= self.batches_per_worker:
                 return

@@ -4,7 +4,9 @@ Its state is the store's: on start it rebuilds the pending retries from the ``me
 read model (overdue ones are released at once), and every sweep it adopts messages overdue by
 more than ``orphan_margin`` — those of a process that died — so none is dropped. Both read every
 such row, page by page, however many there are. With several processes, the store's optimistic
-concurrency decides who attempts: one Attempted per version.
+concurrency decides who attempts: one Attempted per version. While delivery is paused
+(``paused()``, the operators' ``delivery.paused``) nothing is released: due retries stay backed off
+or held, none attempted, none exhausted, and go out on the first tick after the pause ends.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class SchedulerActor(Supervised):
         sweep_every: seconds between orphan sweeps.
         orphan_margin: how overdue a message must be before a sweep adopts it.
         page_size: rows of ``message_status`` read per query when adopting (all are read).
+        paused: while it returns True nothing is released (read on every tick; no I/O).
     """
 
     def __init__(
@@ -63,13 +66,14 @@ class SchedulerActor(Supervised):
         sweep_every: float = 5.0,
         orphan_margin: float = 30.0,
         page_size: int = UNFINISHED_PAGE,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(name, supervisor)
         self.store, self.unfinished, self.catch_up = store, unfinished, catch_up
         self.children, self.clock, self.stale_after = children, clock, stale_after
         self.sweep_every = timedelta(seconds=sweep_every)
         self.orphan_margin = timedelta(seconds=orphan_margin)
-        self.page_size = page_size
+        self.page_size, self.paused = page_size, paused
         self.heap: list[tuple[datetime, int, UUID]] = []
         self.due: dict[UUID, datetime] = {}
         self.seq = 0
@@ -91,7 +95,8 @@ class SchedulerActor(Supervised):
                     self._recover(aggregate_id)
             case Tick():
                 self._measure()  # before the release: what is overdue now, not what is left
-                self._release()
+                if not self.paused():
+                    self._release()
                 if self.clock() >= self.next_sweep:
                     self._adopt(before=self.clock() - self.orphan_margin)
             case GetPending():

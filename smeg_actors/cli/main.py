@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from smeg_actors.cli.alerts import alerts
+from smeg_actors.cli.flags import flags
 from smeg_actors.cli.fleet import archive, failures, messages, retry
 from smeg_actors.cli.projections import audit_replay, projections, report
 from smeg_actors.cli.providers import providers
@@ -243,6 +244,7 @@ cli.add_command(messages)
 cli.add_command(failures)
 cli.add_command(retry)
 cli.add_command(archive)
+cli.add_command(flags)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from adapters.event_store import MessageStore
 from adapters.failed_outbox import FailedOutbox
+from adapters.flag_store import FlagStore
 from adapters.memory_broker import MemoryFailurePublisher, MemoryIntake
 from adapters.process_registry import ProcessRegistry
 from adapters.provider_health_store import ProviderHealthStore
@@ -122,6 +123,7 @@ def build_runtime(
         routing=routing_policy(settings, providers),
         limits=rate_limits(settings),
         peers=ProcessRegistry(engine),
+        flags=FlagStore(store),
     )
     parts.alerting = alerting(settings, store) if alerts else None
     if parts.alerting is not None and sends_canary(settings):
@@ -138,6 +140,8 @@ def build_runtime(
             canary=parts.canary,
         )
     broker.intake.hold = runtime.hold_intake
+    if hasattr(broker.intake, "paused"):  # RabbitMQ's: stops consuming while delivery is paused
+        broker.intake.paused = runtime.flags.delivery_paused
     if hasattr(broker.intake, "on_reject"):
         broker.intake.on_reject = metrics.rejected.inc
     return runtime

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -90,7 +90,9 @@ def build_canary(settings: Settings, store: MessageRepository, slo: float) -> Ca
     return Canary(settings, CanaryLog(slo=slo), sender, store, node)
 
 
-def canary_specs(canary: Canary | None, clock: Clock) -> list[ChildSpec]:
+def canary_specs(
+    canary: Canary | None, clock: Clock, enabled: Callable[[], bool] = lambda: True
+) -> list[ChildSpec]:
     if canary is None or canary.settings.canary is None:
         return []
     interval = canary.settings.canary.interval
@@ -107,6 +109,7 @@ def canary_specs(canary: Canary | None, clock: Clock) -> list[ChildSpec]:
                 node=canary.node,
                 interval=interval,
                 clock=clock,
+                enabled=enabled,
             ),
         )
     ]

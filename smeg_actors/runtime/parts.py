@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from domain.circuit import CircuitPolicy
 from domain.ports import (
     FailedQueue,
+    FlagRepository,
     Intake,
     LogOutbox,
     MessageRepository,
@@ -48,6 +49,8 @@ class Parts:
     routing: RoutingPolicy | None = None
     limits: dict[str, float | None] = field(default_factory=dict)
     peers: Peers | None = None
+    #: The operators' flags (None: none kept, every flag at its default).
+    flags: FlagRepository | None = None
     alerting: Any = None
     #: A ``runtime.canary.Canary`` where this process sends the canary, else None.
     canary: Any = None

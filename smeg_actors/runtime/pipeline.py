@@ -18,9 +18,18 @@ import structlog
 
 from domain.routing import RoutingPolicy
 from smeg_actors.actors.dispatcher import Backlog, DispatcherActor, WorkerRestarted
+from smeg_actors.actors.flags import FlagsView, PausingRouting, flags_specs, when_redrive_auto
 from smeg_actors.actors.gateway import GatewayActor
 from smeg_actors.actors.intake import IntakeActor
-from smeg_actors.actors.messages import AwaitReady, Drain, GetCounts, IsIdle, RequestsReceived, StopChildren
+from smeg_actors.actors.messages import (
+    AwaitReady,
+    Drain,
+    GetCounts,
+    IsIdle,
+    RequestsReceived,
+    StopChildren,
+    Tick,
+)
 from smeg_actors.actors.projector import ProjectorActor
 from smeg_actors.actors.provider_calls import ProviderCalls
 from smeg_actors.actors.provider_health import ProviderHealthActor, ProviderHealthView
@@ -80,7 +89,10 @@ class Runtime:
         self.settings, self.parts, self.store, self.intake = settings, parts, parts.store, parts.intake
         self.providers, self.clock, self.engine = providers, clock, parts.engine
         self.default_provider = settings.default_provider or next(iter(providers))
-        self.routing = parts.routing or RoutingPolicy(self.default_provider, frozenset(providers))
+        #: The operators' flags (``delivery.paused`` …), refreshed by the ``flags`` actor.
+        self.flags = FlagsView()
+        routing = parts.routing or RoutingPolicy(self.default_provider, frozenset(providers))
+        self.routing = PausingRouting.over(routing, self.flags, clock)
         timeout = max(float(getattr(p, "timeout", 5.0)) for p in providers.values())
         self.call_timeout = timeout + 5.0
         default_stale = settings.stale_after or 2 * self.call_timeout + 30
@@ -120,8 +132,10 @@ class Runtime:
         )
         self.children.set("supervisor", self.supervisor)
         self.supervisor.ask(GetCounts(), timeout=120)
+        self._await_flags()
         self._await_read_side()
-        names = ["supervisor", "scheduler", "projector", "publisher", "gateway", "health", "alerts", "canary"]
+        names = ["supervisor", "flags", "scheduler", "dispatcher", "projector", "publisher", "gateway"]
+        names += ["health", "alerts", "canary"]
         self.ticker = Ticker(self.children, names, interval=0.1)
         self.ticker.start()
         before_consuming()
@@ -129,6 +143,16 @@ class Runtime:
         log.info(
             "runtime_started", workers=len(self.workers), providers=sorted(self.providers), pid=os.getpid()
         )
+
+    def _await_flags(self, timeout: float = 15.0) -> None:
+        """The flags actor answers once its first read is done: a pause in force is obeyed
+        before the first delivery is taken (a store too slow to answer: the defaults, for now)."""
+        if self.parts.flags is None:
+            return
+        try:
+            self.children.get("flags").ask(Tick(), timeout=timeout)
+        except Exception as exc:
+            log.warning("flags_not_read_before_consuming", error=str(exc)[:200])
 
     def _await_read_side(self, timeout: float = READ_SIDE_WAIT) -> None:
         """Let the projector child boot before consuming (it would take the CPU from the first
@@ -203,8 +227,9 @@ class Runtime:
         self.children.tell(name, RequestsReceived(tuple(deliveries)))
 
     def hold_intake(self) -> bool:
-        """Backpressure for the consumer: hold deliveries while the backlog is large."""
-        return self.backlog() > self.settings.max_in_flight
+        """Backpressure for the consumer: hold deliveries while the backlog is large, or while
+        delivery is paused (RabbitMQ's intake also stops consuming then: ``paused``)."""
+        return self.flags.delivery_paused() or self.backlog() > self.settings.max_in_flight
 
     def _restarted(self, name: str) -> None:
         if name.startswith("worker-"):
@@ -257,6 +282,7 @@ class Runtime:
         workers and intakes, then what publishes or redrives."""
         children = self.children
         return [
+            *flags_specs(self.flags, self.parts.flags, children, self.clock),
             *self._projector_specs(),
             ChildSpec("scheduler", self._scheduler_starter()),
             ChildSpec(
@@ -273,13 +299,14 @@ class Runtime:
                     workers=self.workers,
                     children=children,
                     backlog=self.dispatcher_backlog,
+                    paused=self.flags.delivery_paused,
                 ),
             ),
             *(ChildSpec(name, self._worker_starter(name)) for name in self.workers),
             *(ChildSpec(name, self._intake_starter(name)) for name in self.intakes),
             *self._health_specs(),
             *alert_specs(self.parts.alerting, self.clock),
-            *canary_specs(self.parts.canary, self.clock),
+            *canary_specs(self.parts.canary, self.clock, enabled=self.flags.canary_enabled),
             *self._gateway_specs(),
             *self._redriver_specs(),
         ]
@@ -312,6 +339,7 @@ class Runtime:
                 children=self.children,
                 clock=self.clock,
                 stale_after=self.stale_after,
+                paused=self.flags.delivery_paused,
             )
 
         return start
@@ -353,7 +381,7 @@ class Runtime:
                 "redriver",
                 sup,
                 store=self.store,
-                open_reader=open_failed_queue,
+                open_reader=when_redrive_auto(self.flags, open_failed_queue),
                 children=self.children,
                 clock=self.clock,
                 rate=s.redrive_rate,

@@ -106,6 +106,7 @@ def test_help_lists_every_command_with_its_one_line_help() -> None:
             "check",
             "demo",
             "failures",
+            "flags",
             "history",
             "messages",
             "projections",
