@@ -20,7 +20,7 @@ _PARTICULARS = (
     (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"), "<id>"),
     (re.compile(r"'[^']*'|\"[^\"]*\""), "<value>"),
     (re.compile(r"\+?\b[0-9a-fA-F]{16,}\b"), "<id>"),
-    (re.compile(r"\+?\d+(?:\.\d+)?"), "<n>"),
+    (re.compile(r"(?<!http )(?<![\d.])\+?\d+(?:\.\d+)?"), "<n>"),  # an HTTP status stays: 400 is not 404
 )
 #: A normalised reason is cut to this many characters.
 MAX_REASON = 200
@@ -28,7 +28,7 @@ MAX_REASON = 200
 
 def normalise_reason(reason: str | None) -> str:
     """The reason without its particulars: ``timeout after 5.0s`` and ``timeout after 3s`` are
-    one group, ``http 503`` and ``http 500`` too (the class of the answer is in the reason class)."""
+    one group; an HTTP status is kept (``http 400`` and ``http 404`` are different causes)."""
     text = " ".join((reason or "").split())
     for pattern, placeholder in _PARTICULARS:
         text = pattern.sub(placeholder, text)

@@ -27,4 +27,8 @@ if ! rabbit_up; then
   for _ in $(seq 1 60); do rabbit_up && break; sleep 1; done
 fi
 rabbit_up || { echo "RabbitMQ did not start on 127.0.0.1:5672" >&2; exit 1; }
-echo "services: PostgreSQL and RabbitMQ are up"
+# Debian's Chromium for the console's browser tests (Playwright drives it; no browser download)
+if [ ! -x /usr/bin/chromium ]; then
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+echo "services: PostgreSQL and RabbitMQ are up; chromium at /usr/bin/chromium"

@@ -13,7 +13,6 @@ needs no CSRF token.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -22,6 +21,8 @@ from adapters.fleet_view import MessageQuery
 from domain.audit import event_record, public_record
 from domain.ports import MessageNotFoundError
 from smeg_actors.admin.auth import OPERATOR, PII, VIEWER, Token, authenticate
+from smeg_actors.admin.console import install as install_console
+from smeg_actors.admin.flags_api import add_flag_routes
 from smeg_actors.admin.openapi import document
 from smeg_actors.runtime import fleet
 from smeg_actors.runtime.config import Settings
@@ -41,14 +42,16 @@ class Problem(Exception):
 def create_app(settings: Settings, tokens: list[Token]) -> Flask:
     app = Flask("smeg-admin")
     app.config.update(JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=64 * 1024)
-    write_roles: dict[str, str] = {}
+    install_console(app, settings, tokens)  # /console: its session key, cookie settings and pages
 
     @app.before_request
     def authorise() -> Any:
+        if request.path == "/console" or request.path.startswith("/console/"):
+            return None  # the console's own sessions (console.guard)
         token = authenticate(tokens, request.headers.get("Authorization"))
         if token is None:
             return jsonify(error="unauthorized"), 401, {"WWW-Authenticate": 'Bearer realm="smeg"'}
-        needed = write_roles.get(request.endpoint or "", VIEWER) if request.method == "POST" else VIEWER
+        needed = VIEWER if request.method in ("GET", "HEAD") else OPERATOR  # every change: operator
         if not token.may(needed):
             return jsonify(error="forbidden"), 403
         g.token = token
@@ -69,10 +72,6 @@ def create_app(settings: Settings, tokens: list[Token]) -> Flask:
     @app.errorhandler(413)
     def too_large(_exc: Exception) -> Any:
         return jsonify(error="request body too large"), 413
-
-    def changes(view: Callable[..., Any]) -> Callable[..., Any]:
-        write_roles[view.__name__] = OPERATOR
-        return view
 
     @app.get("/api/openapi.json")
     def openapi() -> Any:
@@ -127,22 +126,18 @@ def create_app(settings: Settings, tokens: list[Token]) -> Flask:
         return jsonify(items=[fleet.group_item(g) for g in fleet.failure_groups(settings)], next=None)
 
     @app.post("/api/messages/<message_id>/retry")
-    @changes
     def retry_message(message_id: str) -> Any:
         return _act(settings, [message_id], "retry", bulk=False)
 
     @app.post("/api/failures/<group_id>/retry")
-    @changes
     def retry_group(group_id: str) -> Any:
         return _act(settings, _members(settings, group_id), "retry", bulk=True)
 
     @app.post("/api/messages/<message_id>/archive")
-    @changes
     def archive_message(message_id: str) -> Any:
         return _act(settings, [message_id], "archive", bulk=False)
 
     @app.post("/api/failures/<group_id>/archive")
-    @changes
     def archive_group(group_id: str) -> Any:
         return _act(settings, _members(settings, group_id), "archive", bulk=True)
 
@@ -167,6 +162,7 @@ def create_app(settings: Settings, tokens: list[Token]) -> Flask:
 
         return jsonify(items=alert_rows(settings, everything=request.args.get("all") == "true"), next=None)
 
+    add_flag_routes(app, settings, Problem)
     return app
 
 

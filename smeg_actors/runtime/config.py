@@ -184,7 +184,18 @@ def load_settings(environ: Mapping[str, str], config_path: str | None = None) ->
 
 #: ``SMEG_`` variables that are not settings: read by smeg itself, or by its own tooling.
 OTHER_VARIABLES = frozenset(
-    {"CONFIG", "DEBUG", "PARENT_PID", "GROUP_INDEX", "READY_FD", "GO_FD", "STORE_TIMEOUT", "ADMIN_TOKENS"}
+    {
+        "CONFIG",
+        "DEBUG",
+        "PARENT_PID",
+        "GROUP_INDEX",
+        "READY_FD",
+        "GO_FD",
+        "STORE_TIMEOUT",
+        "ADMIN_TOKENS",
+        "ADMIN_SESSION_KEY",
+        "ADMIN_SECURE_COOKIE",
+    }
 )
 TOOLING_PREFIXES = ("TEST_", "FUZZ_", "BENCH_")
 

@@ -191,3 +191,26 @@ def test_smeg_run_serves_the_api_on_its_ops_port_only_with_tokens(
     off = start_smeg(env, "run")
     wait_until(lambda: logged(off, "runtime_started") or off.assert_running(), 60, message="started")
     assert get("/api/failures", SECRETS["ann"])[0] == 404  # no token configured: the API is off
+
+
+def test_flags_are_listed_and_set_by_an_operator_with_the_token_name(api: tuple[Any, str]) -> None:
+    client, _ = api
+    listed = call(client, "GET", "/api/flags", "ann").get_json()
+    assert {f["name"] for f in listed["items"]} >= {"delivery.paused", "redrive.auto"} and listed[
+        "next"
+    ] is None
+    body = {"value": True, "reason": "incident 42", "for_seconds": 600}
+    assert call(client, "POST", "/api/flags/delivery.paused", "ann", body).status_code == 403
+    done = call(client, "POST", "/api/flags/delivery.paused", "bob", body)
+    assert done.status_code == 200 and done.get_json()["by"] == "bob" and done.get_json()["expires_at"]
+    paused = {f["name"]: f for f in call(client, "GET", "/api/flags", "ann").get_json()["items"]}[
+        "delivery.paused"
+    ]
+    assert (paused["value"], paused["by"], paused["reason"]) == (True, "bob", "incident 42")
+    for bad in (
+        {"value": "yes", "reason": "x"},
+        {"value": True},
+        {"value": True, "reason": "x", "for_seconds": 0},
+    ):
+        assert call(client, "POST", "/api/flags/delivery.paused", "bob", bad).status_code == 400
+    assert call(client, "POST", "/api/flags/no.such", "bob", body).status_code == 404

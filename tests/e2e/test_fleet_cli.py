@@ -68,7 +68,7 @@ def test_failures_are_grouped_by_provider_class_and_reason_without_particulars(
     summary = [(g["provider"], g["reason_class"], g["count"]) for g in groups]
     assert summary == [("prov-b", "permanent", 12), ("prov-a", "exhausted", 3), ("prov-a", "permanent", 1)]
     blocked = groups[0]
-    assert blocked["reason"] == "http <n>: number <n> is blocked"
+    assert blocked["reason"] == "http 400: number <n> is blocked"
     assert blocked["sample_message_id"].startswith("blocked-")
     assert set(blocked) >= {"group_id", "first_failed_at", "last_failed_at"}
     assert cli_json(env, "failures")[0]["group_id"] == blocked["group_id"]  # stable

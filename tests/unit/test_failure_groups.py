@@ -20,7 +20,7 @@ T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
     ("a", "b"),
     [
         ("timeout after 5.0s (read)", "timeout after 3s (read)"),
-        ("http 503", "http 500"),
+        ("http 400: number +447700900123 is blocked", "http 400: number +447700900999 is blocked"),
         ("number +447700900123 is blocked", "number +447700900999 is blocked"),
         (
             "id 3f2b1c4e-0000-4000-8000-000000000001 unknown",
@@ -35,6 +35,7 @@ def test_particulars_do_not_split_a_group(a: str, b: str) -> None:
 
 def test_different_causes_stay_apart_and_an_empty_reason_is_named() -> None:
     assert normalise_reason("blocked") != normalise_reason("unknown recipient")
+    assert normalise_reason("http 400") != normalise_reason("http 404")
     assert normalise_reason(None) == normalise_reason("  ") == "(no reason)"
 
 
