@@ -28,7 +28,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError, Statemen
 
 from adapters.event_store import MessageStore, StoreUnavailableError
 from adapters.rabbitmq import BrokerUnavailableError
-from adapters.sql import metadata
+from adapters.sql import as_utc, metadata
 from domain.message import Message
 
 log = structlog.get_logger(__name__)
@@ -87,7 +87,7 @@ class ParkedEvent:
             "topic": self.topic,
             "message_id": self.message_id,
             "error": self.error,
-            "parked_at": _utc(self.parked_at).isoformat().replace("+00:00", "Z"),
+            "parked_at": as_utc(self.parked_at).isoformat().replace("+00:00", "Z"),
         }
 
 
@@ -268,7 +268,3 @@ def printable(value: str | None, limit: int) -> str | None:
         return None
     clean = value.encode("utf-8", "backslashreplace").decode("utf-8")
     return _UNPRINTABLE.sub("?", clean)[:limit]
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -6,7 +6,7 @@ One place decides timeouts and schema for every SQL connection smeg opens throug
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +166,8 @@ def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any],
     if isinstance(impl, SQLITE_DATETIME) and impl._storage_format == SQLITE_DATETIME._storage_format:
         return _sqlite_datetime
     return impl.bind_processor(dialect)
+
+
+def as_utc(value: datetime) -> datetime:
+    """A datetime read back from a table, in UTC (SQLite hands back naive ones, stored as UTC)."""
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -6,7 +6,7 @@ Columns are documented in docs/architecture.md; a BI tool may query the table di
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.projections import History, Write
-from adapters.sql import copy_rows, execute_many, metadata, qualified_name, translated_schema
+from adapters.sql import as_utc, copy_rows, execute_many, metadata, qualified_name, translated_schema
 from domain.message import ARCHIVED, BACKED_OFF, DELIVERED, FAILED, HELD, IN_FLIGHT, RECEIVED, Message
 from domain.ports import UNFINISHED_PAGE
 
@@ -76,6 +76,13 @@ unfinished_index = Index(
 FAILED_INDEX = "ix_message_status_failed"
 _failed = message_status.c.status == FAILED
 failed_index = Index(FAILED_INDEX, message_status.c.failed_at, postgresql_where=_failed, sqlite_where=_failed)
+#: Messages a person asked to retry that no process has attempted yet, by when they asked
+#: (``retry_at``): every process looks for new ones each second (``RequestedRetryIndex``).
+REQUESTED_INDEX = "ix_message_status_requested"
+requested = and_(message_status.c.status == RECEIVED, message_status.c.retry_at.is_not(None))
+requested_index = Index(
+    REQUESTED_INDEX, message_status.c.retry_at, postgresql_where=requested, sqlite_where=requested
+)
 _LEGACY_INDEXED = frozenset({"message_id", "status", "retry_at"})
 
 
@@ -90,14 +97,16 @@ def upgrade_indexes(connection: Connection) -> None:
     prefix = f"{preparer.quote_schema(schema)}." if schema else ""
     for index in indexes:
         name, columns = str(index["name"]), index["column_names"]
-        legacy = not name.startswith(UNFINISHED_INDEX) and len(columns) == 1 and columns[0] in _LEGACY_INDEXED
+        ours = name.startswith((UNFINISHED_INDEX, REQUESTED_INDEX))
+        legacy = not ours and len(columns) == 1 and columns[0] in _LEGACY_INDEXED
         if legacy or (name.startswith(UNFINISHED_INDEX) and not _covers_unfinished(index)):
             connection.execute(text(f"DROP INDEX IF EXISTS {prefix}{preparer.quote(name)}"))
     indexes = inspect(connection).get_indexes(message_status.name, schema=schema)
     if not any(str(index["name"]).startswith(UNFINISHED_INDEX) for index in indexes):
         unfinished_index.create(connection, checkfirst=True)
-    if not any(str(index["name"]).startswith(FAILED_INDEX) for index in indexes):
-        failed_index.create(connection, checkfirst=True)
+    for wanted in (failed_index, requested_index):
+        if not any(str(found["name"]).startswith(str(wanted.name)) for found in indexes):
+            wanted.create(connection, checkfirst=True)
 
 
 def _covers_unfinished(index: Any) -> bool:
@@ -187,7 +196,7 @@ def _fold(row: dict[str, Any], event: DomainEvent) -> None:
         row.update(status=FAILED, failed_at=event.timestamp, last_error=event.reason[:256])
         row.update(permanent=event.permanent, retry_at=None)
     elif isinstance(event, Message.RetryRequested):
-        row.update(status=RECEIVED, failed_at=None, permanent=False, retry_at=None)
+        row.update(status=RECEIVED, failed_at=None, permanent=False, retry_at=event.timestamp)
     elif isinstance(event, Message.Archived):  # failed_at kept: when it failed
         row.update(status=ARCHIVED)
     elif isinstance(event, Message.Held):  # last_provider: the one it waits for
@@ -290,7 +299,8 @@ def unfinished(
 ) -> Iterator[list[tuple[UUID, datetime]]]:
     """Messages not yet Delivered or Failed, with when each is due for a look, page by page.
 
-    Received: at once (``received_at``); backed off or held: ``retry_at``; in flight: when the
+    Received: at once (``received_at``, or ``retry_at`` when a person asked for a retry); backed
+    off or held: ``retry_at``; in flight: when the
     attempt turns stale. With ``before``, only those due before it (the orphan sweep).
 
     Every one of them, however many: pages of ``page_size`` rows in ``retry_at`` order (those
@@ -314,7 +324,7 @@ def unfinished(
     dated = case((table.c.retry_at.is_(None), 0), else_=1)
     query = query.order_by(dated, table.c.retry_at, table.c.id).limit(page_size)
     due = {
-        RECEIVED: lambda r: r.received_at,
+        RECEIVED: lambda r: r.retry_at or r.received_at,
         BACKED_OFF: lambda r: r.retry_at,
         HELD: lambda r: r.retry_at,
         IN_FLIGHT: lambda r: r.attempted_at + stale,
@@ -326,7 +336,7 @@ def unfinished(
             rows = connection.execute(page).all()
         if not rows:
             return
-        yield [(row.id, _utc(due[row.status](row))) for row in rows]
+        yield [(row.id, as_utc(due[row.status](row))) for row in rows]
         if len(rows) < page_size:
             return
         after = rows[-1]
@@ -341,10 +351,6 @@ def _after_row(row: Any) -> ColumnElement[bool]:
         table.c.retry_at > row.retry_at,
         and_(table.c.retry_at == row.retry_at, table.c.id > row.id),
     )
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def status_counts(engine: Engine) -> dict[str, int]:

@@ -204,6 +204,14 @@ class UnfinishedMessages(Protocol):
         ...
 
 
+class RequestedRetries(Protocol):
+    """Retries people asked for that no process has attempted yet, oldest first."""
+
+    def __call__(self, after: tuple[datetime, UUID] | None) -> list[tuple[UUID, datetime]]:
+        """Those asked for after the one ``after`` (``(when, id)``; all, with None): ``(id, when)``."""
+        ...
+
+
 class LogOutbox(Protocol):
     """Publishes what the event log holds for the broker (failures, lifecycle events), in order.
 

@@ -4,7 +4,9 @@ Its state is the store's: on start it rebuilds the pending retries from the ``me
 read model (overdue ones are released at once), and every sweep it adopts messages overdue by
 more than ``orphan_margin`` — those of a process that died — so none is dropped. Both read every
 such row, page by page, however many there are. With several processes, the store's optimistic
-concurrency decides who attempts: one Attempted per version. While delivery is paused
+concurrency decides who attempts: one Attempted per version. A retry a person asked for
+(``RetryRequested``) is looked for every ``poll_every`` seconds, so it goes out within about a
+second wherever it was asked for, not at the next orphan sweep. While delivery is paused
 (``paused()``, the operators' ``delivery.paused``) nothing is released: due retries stay backed off
 or held, none attempted, none exhausted, and go out on the first tick after the pause ends.
 """
@@ -24,6 +26,7 @@ from domain.ports import (
     UNFINISHED_PAGE,
     MessageNotFoundError,
     MessageRepository,
+    RequestedRetries,
     StoreUnavailableError,
     UnfinishedMessages,
 )
@@ -50,6 +53,8 @@ class SchedulerActor(Supervised):
         orphan_margin: how overdue a message must be before a sweep adopts it.
         page_size: rows of ``message_status`` read per query when adopting (all are read).
         paused: while it returns True nothing is released (read on every tick; no I/O).
+        requested: the retries people asked for (None: found by the orphan sweep only).
+        poll_every: seconds between looks at ``requested``.
     """
 
     def __init__(
@@ -67,6 +72,8 @@ class SchedulerActor(Supervised):
         orphan_margin: float = 30.0,
         page_size: int = UNFINISHED_PAGE,
         paused: Callable[[], bool] = lambda: False,
+        requested: RequestedRetries | None = None,
+        poll_every: float = 1.0,
     ) -> None:
         super().__init__(name, supervisor)
         self.store, self.unfinished, self.catch_up = store, unfinished, catch_up
@@ -78,6 +85,10 @@ class SchedulerActor(Supervised):
         self.due: dict[UUID, datetime] = {}
         self.seq = 0
         self.next_sweep = datetime.min.replace(tzinfo=clock().tzinfo)
+        self.requested, self.poll_every = requested, timedelta(seconds=poll_every)
+        self.next_poll = self.next_sweep
+        #: The last requested retry seen, ``(when, id)``: each poll reads only newer ones.
+        self.seen: tuple[datetime, UUID] | None = None
 
     def on_start(self) -> None:
         try:
@@ -99,6 +110,8 @@ class SchedulerActor(Supervised):
                     self._release()
                 if self.clock() >= self.next_sweep:
                     self._adopt(before=self.clock() - self.orphan_margin)
+                if self.requested is not None and self.clock() >= self.next_poll:
+                    self._poll(self.requested)
             case GetPending():
                 return len(self.due)
             case _:
@@ -140,6 +153,22 @@ class SchedulerActor(Supervised):
         due = message.due_at(self.stale_after)
         if due is not None:
             self._push(aggregate_id, due)
+
+    def _poll(self, requested: RequestedRetries) -> None:
+        """Push the retries asked for since the last look (one page; the rest next time). One
+        that slips past (its row projected after a newer one) is adopted by the orphan sweep."""
+        self.next_poll = self.clock() + self.poll_every
+        try:
+            rows = requested(self.seen)
+        except Exception as exc:
+            log.warning("requested_retries_unreadable", error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        for aggregate_id, when in rows:
+            self._push(aggregate_id, when)
+        if rows:
+            self.seen = (rows[-1][1], rows[-1][0])
+            self.next_poll = self.clock()  # look again at the next tick: a bulk retry may hold more
+            log.info("requested_retries_found", count=len(rows))
 
     def _adopt(self, *, before: datetime | None) -> None:
         """Push every unfinished message (due before ``before``, for a sweep), page by page.

@@ -22,6 +22,7 @@ from adapters.provider_health_store import ProviderHealthStore
 from adapters.rabbitmq import Topology
 from adapters.rabbitmq_failed import RabbitFailurePublisher
 from adapters.rabbitmq_intake import RabbitIntake
+from adapters.requested_retries import RequestedRetryIndex
 from adapters.status_view import UnfinishedIndex
 from domain.ports import FailedQueue, FailurePublisher, Intake, LogOutbox, Provider
 from smeg_actors.runtime import metrics
@@ -115,6 +116,7 @@ def build_runtime(
         read_models=ReadModelSet(store, every),
         status=ReadModelSet(store, every[:1]),
         unfinished=UnfinishedIndex(engine),
+        requested=RequestedRetryIndex(engine),
         outbox=FailedOutbox(store, engine, broker.publisher),
         events=broker.events(store, engine) if broker.events is not None else None,
         open_failed_queue=broker.open_failed_queue if redrive else None,

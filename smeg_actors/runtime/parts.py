@@ -19,6 +19,7 @@ from domain.ports import (
     Provider,
     ProviderHealthRepository,
     ReadModels,
+    RequestedRetries,
     UnfinishedMessages,
 )
 from domain.routing import RoutingPolicy
@@ -43,6 +44,8 @@ class Parts:
     unfinished: UnfinishedMessages
     outbox: LogOutbox
     events: LogOutbox | None = None
+    #: The retries people asked for, looked for each second (None: left to the orphan sweep).
+    requested: RequestedRetries | None = None
     open_failed_queue: Callable[[], FailedQueue[Any]] | None = None
     health: ProviderHealthRepository | None = None
     policies: dict[str, CircuitPolicy] = field(default_factory=dict)

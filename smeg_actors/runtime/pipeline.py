@@ -340,6 +340,7 @@ class Runtime:
                 clock=self.clock,
                 stale_after=self.stale_after,
                 paused=self.flags.delivery_paused,
+                requested=self.parts.requested,
             )
 
         return start

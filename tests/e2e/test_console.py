@@ -93,6 +93,7 @@ class Deployment:
             SMEG_HTTP_PORT=str(self.port),
             SMEG_ADMIN_TOKENS=TOKENS,
         )
+        self.env = env
         self.smeg = start_smeg(env, "run")
         wait_until(lambda: logged(self.smeg, "runtime_started") or self.smeg.assert_running(), 60)
 

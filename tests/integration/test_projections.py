@@ -19,10 +19,12 @@ from adapters.projections import History, ProjectionRunner, ShadowRebuild, Write
 from adapters.sql import make_engine
 from adapters.status_view import (
     FAILED_INDEX,
+    REQUESTED_INDEX,
     UNFINISHED_INDEX,
     MessageStatusProjection,
     failed_index,
     message_status,
+    requested_index,
     unfinished,
     unfinished_index,
 )
@@ -454,10 +456,14 @@ def status_indexes(engine: Engine) -> dict[str, tuple[list[str], bool]]:
 
 
 #: message_status's secondary indexes: both partial (unfinished messages; failed ones by when).
-TODAYS = {UNFINISHED_INDEX: (["status"], True), FAILED_INDEX: (["failed_at"], True)}
+TODAYS = {
+    UNFINISHED_INDEX: (["status"], True),
+    FAILED_INDEX: (["failed_at"], True),
+    REQUESTED_INDEX: (["retry_at"], True),
+}
 
 
-def test_message_status_has_partial_indexes_of_unfinished_and_failed_messages(
+def test_message_status_has_partial_indexes_of_unfinished_failed_and_requested_messages(
     backend: tuple[MessageStore, Engine],
 ) -> None:
     # Given
@@ -482,6 +488,7 @@ def test_an_older_message_status_gets_todays_index_and_keeps_its_rows(
     with engine.begin() as connection:
         unfinished_index.drop(connection)
         failed_index.drop(connection)
+        requested_index.drop(connection)
         for column in ("message_id", "status", "retry_at"):  # (SQL: an Index object would join the Table)
             connection.execute(text(f"CREATE INDEX ix_message_status_{column} ON {table} ({column})"))
     assert len(status_indexes(engine)) == 3

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from adapters.event_store import Change, MessageStore
 from adapters.projections import ProjectionRunner
+from adapters.requested_retries import RequestedRetryIndex
 from adapters.sql import make_engine
 from adapters.status_view import MessageStatusProjection, UnfinishedIndex
 from domain.backoff import BackoffPolicy
@@ -330,3 +331,46 @@ def test_orphan_sweep_adopts_only_messages_overdue_by_more_than_the_margin(env: 
     # Then only the orphans overdue by more than 30 s are adopted, and released on the next tick
     assert env.pending() == 3
     assert sorted(env.tick_at(sweep_at + MS)) == sorted(orphans)
+
+
+# --- retries people ask for ---------------------------------------------------------------------
+
+
+def failed(at: datetime) -> Message:
+    message = in_flight(at)
+    message.record_permanent_failure("http 400", error="PermanentDeliveryError", now=at, status_code=400)
+    return message
+
+
+def test_a_retry_a_person_asks_for_goes_out_within_a_second_not_at_the_next_sweep(env: Env) -> None:
+    # Given a scheduler whose orphan sweep is an hour away, and a message that failed 2 s ago
+    env.start(sweep_every=3600.0, orphan_margin=30.0, requested=RequestedRetryIndex(env.engine))
+    env.tick_at(T0)  # the first look at requested retries: none yet
+    message = failed(T0 - timedelta(seconds=2))
+    env.seed(message)
+    env.seed(received(T0))  # a fresh message of another process: not the scheduler's to take
+    # When a person asks for its retry (recorded elsewhere: only the read model says so)
+    message.request_retry("cli:ops", now=T0 + timedelta(milliseconds=200), reason="fixed")
+    env.seed(message)
+    env.runner.catch_up()
+    # Then the next look, a second after the last, finds it and the tick after releases it
+    assert env.tick_at(T0 + timedelta(milliseconds=900)) == []
+    env.tick_at(T0 + timedelta(seconds=1))
+    assert env.tick_at(T0 + timedelta(seconds=1, milliseconds=100)) == [message.id]
+
+
+def test_each_requested_retry_is_read_once_and_the_next_ones_on_later_looks(env: Env) -> None:
+    # Given two retries asked for one after the other
+    env.start(sweep_every=3600.0, requested=RequestedRetryIndex(env.engine, page_size=1))
+    first, second = failed(T0 - timedelta(seconds=5)), failed(T0 - timedelta(seconds=5))
+    first.request_retry("cli:ops", now=T0 - timedelta(seconds=2))
+    second.request_retry("cli:ops", now=T0 - timedelta(seconds=1))
+    env.seed(first, second)
+    env.runner.catch_up()
+    # When looks are made a page (one row) at a time
+    env.tick_at(T0)
+    assert env.tick_at(T0 + MS) == [first.id]
+    # Then a look that found something looks again at the next tick, and finds the next one only
+    assert env.tick_at(T0 + 2 * MS) == [first.id, second.id]
+    # And once nothing new is found, what was released is not released again
+    assert env.tick_at(T0 + timedelta(seconds=5)) == [first.id, second.id]
