@@ -129,6 +129,14 @@ def create_app(settings: Settings, tokens: list[Token]) -> Flask:
     def retry_message(message_id: str) -> Any:
         return _act(settings, [message_id], "retry", bulk=False)
 
+    @app.post("/api/messages/retry")
+    def retry_filtered() -> Any:
+        return _act(settings, _filtered(settings), "retry", bulk=True)
+
+    @app.post("/api/messages/archive")
+    def archive_filtered() -> Any:
+        return _act(settings, _filtered(settings), "archive", bulk=True)
+
     @app.post("/api/failures/<group_id>/retry")
     def retry_group(group_id: str) -> Any:
         return _act(settings, _members(settings, group_id), "retry", bulk=True)
@@ -171,6 +179,32 @@ def _members(settings: Settings, group_id: str) -> list[str]:
     if members is None:
         raise Problem(404, f"no failure group {group_id}")
     return members
+
+
+#: What a filter of ``POST /api/messages/retry`` may name (``smeg retry``'s filter options).
+FILTER_KEYS = ("provider", "channel", "reason_contains", "since", "until")
+
+
+def _filtered(settings: Settings) -> list[str]:
+    """The failed messages the body's ``filter`` selects (at least one key: never all by omission)."""
+    body = request.get_json(silent=True)
+    chosen = body.get("filter") if isinstance(body, dict) else None
+    if not isinstance(chosen, dict) or not chosen:
+        raise Problem(400, f"filter must be an object with at least one of: {', '.join(FILTER_KEYS)}")
+    unknown = sorted(set(chosen) - set(FILTER_KEYS))
+    if unknown:
+        raise Problem(400, f"unknown filter key {unknown[0]}; known: {', '.join(FILTER_KEYS)}")
+    if not all(isinstance(v, str) and v for v in chosen.values()):
+        raise Problem(400, "filter values must be non-empty strings")
+    query = MessageQuery(
+        status="failed",
+        provider=chosen.get("provider"),
+        channel=chosen.get("channel"),
+        reason=chosen.get("reason_contains"),
+        since=_time(chosen.get("since"), "since"),
+        until=_time(chosen.get("until"), "until"),
+    )
+    return fleet.filtered_failed(settings, query)
 
 
 def _act(settings: Settings, ids: list[str], verb: str, *, bulk: bool) -> Response:

@@ -38,10 +38,40 @@ _GROUP = {
     }
     | {"count": {"type": "integer"}},
 }
-_ACTION = {
+_ACTION_PROPERTIES: dict[str, Any] = {
+    "reason": {"type": "string", "maxLength": 200},
+    "dry_run": {"type": "boolean"},
+}
+_ACTION = {"type": "object", "required": ["reason"], "properties": _ACTION_PROPERTIES}
+_FILTERED = {
     "type": "object",
-    "required": ["reason"],
-    "properties": {"reason": {"type": "string", "maxLength": 200}, "dry_run": {"type": "boolean"}},
+    "required": ["reason", "filter"],
+    "properties": _ACTION_PROPERTIES
+    | {
+        "filter": {
+            "type": "object",
+            "minProperties": 1,
+            "description": "failed messages: through provider, on channel, whose last error contains "
+            "reason_contains, received at or after since and before until (ISO 8601)",
+            "properties": {
+                k: {"type": "string"} for k in ("provider", "channel", "reason_contains", "since", "until")
+            },
+        }
+    },
+}
+_FLAG = {
+    "type": "object",
+    "required": ["value", "reason"],
+    "properties": {
+        "value": {"type": "boolean"},
+        "reason": {"type": "string", "maxLength": 200},
+        "for_seconds": {"type": "integer", "minimum": 1},
+    },
+}
+_FLAG_ITEM = {
+    "type": "object",
+    "properties": {k: {"type": ["string", "null"]} for k in ("name", "by", "reason", "expires_at")}
+    | {"value": {"type": "boolean"}},
 }
 _DONE = {
     "type": "object",
@@ -80,12 +110,13 @@ def _get(summary: str, schema: dict[str, Any], parameters: tuple[str, ...] = ())
     }
 
 
-def _post(summary: str, path_name: str) -> dict[str, Any]:
+def _post(summary: str, path_name: str | None, body: dict[str, Any] = _ACTION) -> dict[str, Any]:
+    parameters = [{"name": path_name, "in": "path", "required": True, "schema": {"type": "string"}}]
     return {
         "post": {
             "summary": summary + " (role operator; dry_run answers the count and changes nothing)",
-            "parameters": [{"name": path_name, "in": "path", "required": True, "schema": {"type": "string"}}],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ACTION}}},
+            "parameters": parameters if path_name else [],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
             "responses": {
                 "200": _json(_DONE),
                 "400": {"description": "a bad body"},
@@ -118,6 +149,8 @@ def document() -> dict[str, Any]:
                 "One message with its events (the smeg history --json list)", {"type": "object"}
             ),
             "/api/failures": _get("Failure groups, largest first", _list(_GROUP)),
+            "/api/messages/retry": _post("Retry the failed messages a filter selects", None, _FILTERED),
+            "/api/messages/archive": _post("Archive the failed messages a filter selects", None, _FILTERED),
             "/api/messages/{message_id}/retry": _post("Retry one message", "message_id"),
             "/api/messages/{message_id}/archive": _post("Archive one failed message", "message_id"),
             "/api/failures/{group_id}/retry": _post("Retry every message of a failure group", "group_id"),
@@ -127,5 +160,25 @@ def document() -> dict[str, Any]:
             ),
             "/api/providers": _get("Each provider's state", _list({"type": "object"})),
             "/api/alerts": _get("Open alerts (all=true: resolved too)", _list({"type": "object"}), ("all",)),
+            "/api/flags": _get(
+                "The flags in force, with who set them, why and until when", _list(_FLAG_ITEM)
+            ),
+            "/api/flags/{name}": {
+                "post": {
+                    "summary": "Set a flag (role operator): delivery.paused, delivery.paused.sms, "
+                    "delivery.paused.im, redrive.auto, canary.enabled",
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _FLAG}}},
+                    "responses": {
+                        "200": _json({"type": "object"}),
+                        "400": {"description": "a bad body"},
+                        "404": {"description": "no such flag"},
+                        "409": {"description": "set at the same moment by someone else: try again"},
+                        **_ERRORS,
+                    },
+                }
+            },
         },
     }

@@ -214,3 +214,49 @@ def test_flags_are_listed_and_set_by_an_operator_with_the_token_name(api: tuple[
     ):
         assert call(client, "POST", "/api/flags/delivery.paused", "bob", bad).status_code == 400
     assert call(client, "POST", "/api/flags/no.such", "bob", body).status_code == 404
+
+
+def test_a_filter_retries_or_archives_only_the_failed_messages_it_selects(api: tuple[Any, str]) -> None:
+    client, url = api
+    # Given the fleet: 12 refused through prov-b ("number … is blocked"), 4 failed through prov-a
+    chosen = {"provider": "prov-b", "reason_contains": "blocked"}
+    # When an operator asks first for a dry run, then for the retry
+    dry = call(
+        client, "POST", "/api/messages/retry", "bob", {"reason": "x", "dry_run": True, "filter": chosen}
+    )
+    assert dry.get_json() == {"count": 12}
+    done = call(client, "POST", "/api/messages/retry", "bob", {"reason": "unblocked", "filter": chosen})
+    # Then each selected message records the retry with who, why and one bulk id; no other changes
+    answer = done.get_json()
+    assert done.status_code == 200 and answer["count"] == 12 and answer["refused"] == []
+    with opened(url) as store:
+        retried = store.history(Message.create_id("blocked-11"))[-1]
+        assert (retried.requested_by, retried.reason, retried.bulk_id) == (
+            "bob",
+            "unblocked",
+            answer["bulk_id"],
+        )
+        assert store.get(Message.create_id("exhausted-0")).status == "failed"
+    # And a filter archives the same way (prov-a's four), recorded with the token's name
+    catch_up(url)
+    archived = call(
+        client, "POST", "/api/messages/archive", "cyd", {"reason": "test", "filter": {"provider": "prov-a"}}
+    )
+    assert archived.get_json()["count"] == 4
+    with opened(url) as store:
+        assert store.history(Message.create_id("perm-0"))[-1].by == "cyd"
+    # A viewer may not; a missing, empty or unknown filter is refused, never "all failed"
+    viewer = call(client, "POST", "/api/messages/retry", "ann", {"reason": "x", "filter": chosen})
+    assert viewer.status_code == 403
+    for bad in (
+        {"reason": "x"},
+        {"reason": "x", "filter": {}},
+        {"reason": "x", "filter": {"status": "failed"}},
+        {"reason": "x", "filter": {"provider": 3}},
+        {"reason": "x", "filter": {"since": "yesterday"}},
+    ):
+        refused = call(client, "POST", "/api/messages/retry", "bob", bad)
+        assert refused.status_code == 400, bad
+        assert "filter" in refused.get_json()["error"] or "since" in refused.get_json()["error"]
+    paths = call(client, "GET", "/api/openapi.json", "ann").get_json()["paths"]
+    assert {"/api/messages/retry", "/api/messages/archive", "/api/flags", "/api/flags/{name}"} <= set(paths)
