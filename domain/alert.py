@@ -284,6 +284,11 @@ INHIBITED_BY_OUTAGE = frozenset(
     {"backlog_growing", "retries_overdue", "canary", "projection_lag", "restart_storm"}
 )
 SETTLE_AFTER_OUTAGE = 60.0
+#: The rules that follow from an operator's pause (``delivery.paused``, or one channel's): the
+#: backlog grows, retries and canaries wait on purpose. Inhibited while paused and for
+#: ``SETTLE_AFTER_OUTAGE`` seconds after the resume; the rest (a provider down, failures, lag,
+#: restarts) still fire.
+INHIBITED_BY_PAUSE = frozenset({"backlog_growing", "retries_overdue", "canary"})
 
 #: The built-in rules and their defaults: quiet on a healthy system.
 DEFAULT_RULES = {

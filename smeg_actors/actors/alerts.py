@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ import structlog
 from domain.alert import (
     FIRING,
     INHIBITED_BY_OUTAGE,
+    INHIBITED_BY_PAUSE,
     RESOLVED,
     SETTLE_AFTER_OUTAGE,
     Alert,
@@ -43,6 +45,37 @@ RESCAN_EVERY = 60.0
 REPEAT_EVERY = 60.0
 
 
+@dataclass
+class Inhibitor:
+    """A cause (``outage``: the broker or store away; ``pause``: an operator paused delivery)
+    whose consequences, ``rules``, do not fire while it lasts and ``SETTLE_AFTER_OUTAGE`` s after:
+    the cause is what is wrong, and is said elsewhere (``/readyz``, the pause's own warning)."""
+
+    cause: str
+    probe: Callable[[], str | None]
+    rules: frozenset[str]
+    until: float = 0.0
+    reason: str | None = None
+
+    def check(self, now: float) -> None:
+        try:
+            reason = self.probe()
+        except Exception as exc:  # a probe that fails says as much as one that answers "down"
+            reason = f"{self.cause} probe failed: {type(exc).__name__}"
+        if reason:
+            self.until = now + SETTLE_AFTER_OUTAGE
+            if self.reason is None:
+                rules = sorted(self.rules)
+                log.warning("alerts_inhibited", cause=self.cause, reason=reason[:200], rules=rules)
+            self.reason = reason
+        elif self.reason is not None and now >= self.until:
+            log.info("alerts_no_longer_inhibited", cause=self.cause)
+            self.reason = None
+
+    def holds(self, rule: str) -> bool:
+        return self.reason is not None and rule in self.rules
+
+
 class AlertEvaluatorActor(Supervised):
     """Evaluates every ``every`` seconds of ticks; see the module docstring."""
 
@@ -59,6 +92,7 @@ class AlertEvaluatorActor(Supervised):
         every: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
         outage: Callable[[], str | None] | None = None,
+        paused: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__(name, supervisor)
         self.repository, self.rules, self.sinks, self.clock = repository, rules, sinks, clock
@@ -75,10 +109,11 @@ class AlertEvaluatorActor(Supervised):
         self.failing: set[str] = set()
         self.next_rescan = 0.0
         self.repeated: dict[tuple[str, str], float] = {}
-        #: Why the broker or the store is away (None: they answer); see ``INHIBITED_BY_OUTAGE``.
-        self.outage = outage or (lambda: None)
-        self.inhibit_until = 0.0
-        self.inhibited_by: str | None = None
+        #: Why the broker or the store is away, or delivery is paused (None: neither).
+        self.inhibitors = [
+            Inhibitor("outage", outage or (lambda: None), INHIBITED_BY_OUTAGE),
+            Inhibitor("pause", paused or (lambda: None), INHIBITED_BY_PAUSE),
+        ]
         #: Sinks that failed to hear of a change, per alert: (episode, status, sinks, next try).
         self.untold: dict[tuple[str, str], tuple[int, str, set[str], float]] = {}
 
@@ -96,7 +131,8 @@ class AlertEvaluatorActor(Supervised):
         """One round: every sensor, every alert it concerns. A sensor or the store failing skips
         that rule this round, logged once per outage (the rules that can still see go on)."""
         now = self.clock()
-        self._check_outage()
+        for inhibitor in self.inhibitors:
+            inhibitor.check(self.monotonic())
         if self.monotonic() >= self.next_rescan:
             self._rescan()
         for rule, sensor in self.sensors.items():
@@ -116,20 +152,6 @@ class AlertEvaluatorActor(Supervised):
             self.failing.discard(rule)
         self._repeat()
         self._retell(now)
-
-    def _check_outage(self) -> None:
-        try:
-            reason = self.outage()
-        except Exception as exc:  # a probe that fails says as much as one that answers "down"
-            reason = f"outage probe failed: {type(exc).__name__}"
-        if reason:
-            self.inhibit_until = self.monotonic() + SETTLE_AFTER_OUTAGE
-            if self.inhibited_by is None:
-                log.warning("alerts_inhibited", reason=reason[:200], rules=sorted(INHIBITED_BY_OUTAGE))
-            self.inhibited_by = reason
-        elif self.inhibited_by is not None and self.monotonic() >= self.inhibit_until:
-            log.info("alerts_no_longer_inhibited")
-            self.inhibited_by = None
 
     def _rescan(self) -> None:
         self.next_rescan = self.monotonic() + RESCAN_EVERY
@@ -172,8 +194,8 @@ class AlertEvaluatorActor(Supervised):
         where = (seen.rule, seen.key)
         if seen.breached is None:  # the sensor cannot judge it yet: leave it as it is
             return
-        if seen.breached and self.inhibited_by is not None and seen.rule in INHIBITED_BY_OUTAGE:
-            return  # it follows from the outage: neither raised nor kept clear
+        if seen.breached and any(inhibitor.holds(seen.rule) for inhibitor in self.inhibitors):
+            return  # it follows from an outage or a pause: neither raised nor kept clear
         if seen.breached:
             self.clear_since.pop(where, None)
         else:

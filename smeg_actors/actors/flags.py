@@ -36,6 +36,7 @@ from domain.flags import (
     values_at,
 )
 from domain.ports import FlagRepository, Hold
+from domain.request import CHANNELS
 from domain.routing import Admission, Choice, RoutingPolicy
 from smeg_actors.actors.messages import ScheduleRetry, Tick
 from smeg_actors.actors.supervisor import Children, ChildSpec, Supervised
@@ -82,6 +83,13 @@ class FlagsView:
         if self.values[DELIVERY_PAUSED]:
             return GLOBAL
         return channel if self.values.get(paused_flag(channel), False) else None
+
+    def pause_reason(self) -> str | None:
+        """What an operator paused (the alerts it explains are inhibited), or None."""
+        if self.values[DELIVERY_PAUSED]:
+            return pause_reason(GLOBAL)
+        channels = [c for c in CHANNELS if self.values.get(paused_flag(c), False)]
+        return f"delivery paused for channel {', '.join(channels)}" if channels else None
 
     def refresh(self, repository: FlagRepository, now: datetime) -> dict[str, bool]:
         """Read the flags; the snapshot is replaced whole. Returns the flags whose value changed."""

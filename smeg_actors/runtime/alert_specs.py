@@ -25,6 +25,7 @@ def alert_specs(alerting: Any, clock: Clock) -> list[ChildSpec]:
                 sinks=alerting.sinks,
                 clock=clock,
                 outage=lambda: alerting.outage() if alerting.outage is not None else None,
+                paused=lambda: alerting.paused() if alerting.paused is not None else None,
             ),
         )
     ]

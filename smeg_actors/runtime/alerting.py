@@ -54,6 +54,8 @@ class Alerting:
     sensors: dict[str, Sensor] = field(default_factory=dict)
     #: Why the broker or store is away, or None (``runtime.readiness``; set by ``serve``).
     outage: Callable[[], str | None] | None = None
+    #: Why delivery is paused on purpose, or None (the flags; set by the runtime).
+    paused: Callable[[], str | None] | None = None
 
 
 def rules_from(tables: Mapping[str, Any]) -> dict[str, AlertRule]:

@@ -93,6 +93,8 @@ class Runtime:
         self.flags = FlagsView()
         routing = parts.routing or RoutingPolicy(self.default_provider, frozenset(providers))
         self.routing = PausingRouting.over(routing, self.flags, clock)
+        if parts.alerting is not None:
+            parts.alerting.paused = self.flags.pause_reason
         timeout = max(float(getattr(p, "timeout", 5.0)) for p in providers.values())
         self.call_timeout = timeout + 5.0
         default_stale = settings.stale_after or 2 * self.call_timeout + 30

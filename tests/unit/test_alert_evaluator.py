@@ -331,3 +331,38 @@ def test_while_the_store_or_broker_is_away_the_alerts_that_follow_from_it_are_he
     assert repository.names("retries_overdue", "all") == ["Opened", "AlertPending"]
     run(60)
     assert repository.get("retries_overdue", "all").status == FIRING  # type: ignore[union-attr]
+
+
+def test_while_an_operator_pauses_delivery_overdue_retries_do_not_fire_but_a_provider_down_does() -> None:
+    repository, world, clock, tick = InMemoryAlerts(), World(), FakeClock(T0), FakeClock(0.0)
+    paused: list[str] = ["delivery paused"]
+    actor = AlertEvaluatorActor(
+        "alerts",
+        None,
+        repository=repository,
+        rules=RULES,
+        sensors={"provider_down": world.provider_down, "retries_overdue": world.retries_overdue},
+        sinks=[],
+        clock=clock,
+        monotonic=tick,
+        paused=lambda: paused[0] if paused else None,
+    )
+
+    def run(seconds: int) -> None:
+        for _ in range(seconds // 5):
+            clock.now += timedelta(seconds=5)
+            tick.now += 5
+            actor.evaluate()
+
+    # When delivery is paused for longer than the retries may wait, and a provider goes down
+    world.down_at, world.late = clock.now, 300.0
+    run(600)
+    # Then the paused retries raise nothing; the provider down fires (a pause does not explain it)
+    assert repository.get("retries_overdue", "all") is None
+    assert repository.get("provider_down", "a").status == FIRING  # type: ignore[union-attr]
+    # And after the resume the retries have a minute to catch up, then the rule applies again
+    paused.clear()
+    run(55)
+    assert repository.get("retries_overdue", "all") is None
+    run(70)
+    assert repository.names("retries_overdue", "all")[:2] == ["Opened", "AlertPending"]

@@ -243,6 +243,7 @@ def test_the_view_holds_the_defaults_until_read_then_the_store_s_values() -> Non
     # Then
     assert view.refresh(repository, T0) == {"delivery.paused.im": True, "redrive.auto": False}
     assert view.paused_scope("im") == "im" and view.paused_scope("sms") is None
+    assert view.pause_reason() == "delivery paused for channel im"
     assert view.redrive_auto() is False
     assert view.refresh(repository, T0 + timedelta(seconds=1)) == {}
 
@@ -252,8 +253,9 @@ def test_the_view_sees_a_setting_run_out() -> None:
     repository.set(DELIVERY_PAUSED, True, expires_at=T0 + timedelta(seconds=30))
     assert view.refresh(repository, T0) == {DELIVERY_PAUSED: True}
     assert view.paused_scope("sms") == GLOBAL == view.paused_scope("im")
+    assert view.pause_reason() == "delivery paused"
     assert view.refresh(repository, T0 + timedelta(seconds=30)) == {DELIVERY_PAUSED: False}
-    assert view.paused_scope("sms") is None
+    assert view.paused_scope("sms") is None and view.pause_reason() is None
 
 
 def routing(view: FlagsView, clock: Any = lambda: T0) -> PausingRouting:
