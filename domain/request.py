@@ -129,6 +129,25 @@ def check_bounds(raw: bytes) -> None:
             raise InvalidRequestError(f"body nests deeper than {MAX_DEPTH} levels")
 
 
+#: The longest reason a person gives for a change (retry, archive, flag, provider switch).
+MAX_REASON = 200
+
+
+def one_line_text(value: object, limit: int = MAX_REASON) -> str:
+    """What a person types to be recorded (a reason, a name): 1-``limit`` characters of one line,
+    no control characters, valid UTF-8; stripped. ValueError says what is wrong, naming no value."""
+    if not isinstance(value, str) or not value.strip() or len(value.strip()) > limit:
+        raise ValueError(f"must be 1-{limit} characters")
+    text = value.strip()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (undecodable bytes in argv)
+        text = "\x00"
+    if CONTROL_RE.search(text):
+        raise ValueError("must be one line of text, without control characters")
+    return value.strip()
+
+
 def quoted(value: str, limit: int = MAX_QUOTED) -> str:
     """A client's value fit for a one-line reason: control characters escaped, cut with ``…``."""
     text = value if len(value) <= limit else value[:limit] + "…"

@@ -20,6 +20,7 @@ from flask import Flask, Response, g, jsonify, request
 from adapters.fleet_view import MessageQuery
 from domain.audit import event_record, public_record
 from domain.ports import MessageNotFoundError
+from domain.request import one_line_text
 from smeg_actors.admin.auth import OPERATOR, PII, VIEWER, Token, authenticate
 from smeg_actors.admin.console import install as install_console
 from smeg_actors.admin.flags_api import add_flag_routes
@@ -27,8 +28,6 @@ from smeg_actors.admin.openapi import document
 from smeg_actors.runtime import fleet
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.factory import open_store
-
-MAX_REASON = 200
 
 
 class Problem(Exception):
@@ -212,20 +211,14 @@ def _act(settings: Settings, ids: list[str], verb: str, *, bulk: bool) -> Respon
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise Problem(400, 'the body must be a JSON object: {"reason": "...", "dry_run": false}')
-    reason, dry_run = body.get("reason"), body.get("dry_run", False)
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON or "\n" in reason:
-        raise Problem(400, f"reason must be one line of 1-{MAX_REASON} characters")
+    reason, dry_run = _reason(body.get("reason")), body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise Problem(400, "dry_run must be true or false")
     if dry_run:
         return jsonify(count=len(ids))
     by: str = g.token.name
     bulk_id = uuid.uuid4().hex[:12] if bulk and verb == "retry" else None
-    change = (
-        fleet.retrying(by, reason.strip(), bulk_id)
-        if verb == "retry"
-        else fleet.archiving(by, reason.strip())
-    )
+    change = fleet.retrying(by, reason, bulk_id) if verb == "retry" else fleet.archiving(by, reason)
     done, refused = fleet.apply_each(settings, ids, change)
     if not bulk and refused:
         status = 404 if refused[0][1] == "unknown message id" else 409
@@ -237,6 +230,13 @@ def _act(settings: Settings, ids: list[str], verb: str, *, bulk: bool) -> Respon
     if bulk_id:
         answer["bulk_id"] = bulk_id
     return jsonify(answer)
+
+
+def _reason(value: object) -> str:
+    try:
+        return one_line_text(value)
+    except ValueError as exc:
+        raise Problem(400, f"reason {exc}") from None
 
 
 def _int(value: str | None, default: int, low: int, high: int, name: str) -> int:

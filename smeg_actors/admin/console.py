@@ -43,7 +43,7 @@ from flask import (
 
 from adapters.fleet_view import STATUSES, MessageQuery
 from domain.ports import ConflictError, MessageNotFoundError, StoreError
-from domain.request import CHANNELS
+from domain.request import CHANNELS, one_line_text
 from smeg_actors.admin import console_data as data
 from smeg_actors.admin.auth import OPERATOR, PII, Token, authenticate
 from smeg_actors.cli.support import CommandError
@@ -57,7 +57,6 @@ SECURE_VARIABLE = "SMEG_ADMIN_SECURE_COOKIE"
 MIN_KEY = 32
 SESSION_HOURS = 12
 CSRF_FIELD, CSRF_HEADER = "csrf_token", "X-CSRF-Token"
-MAX_REASON = 200
 PAGE = 50
 #: What a person may see without logging in: the login form and the stylesheet and script.
 OPEN_ENDPOINTS = frozenset({"console.login", "console.static"})
@@ -295,10 +294,10 @@ def act_on_message(message_id: str, verb: str) -> Any:
 
 
 def _reason() -> str:
-    reason = request.form.get("reason", "").strip()
-    if not reason or len(reason) > MAX_REASON or "\n" in reason or "\r" in reason:
-        abort(400, f"The reason must be one line of 1-{MAX_REASON} characters.")
-    return reason
+    try:
+        return one_line_text(request.form.get("reason", ""))
+    except ValueError as exc:
+        abort(400, f"The reason {exc}.")
 
 
 def _act(token: Token, ids: list[str], verb: str, reason: str, *, group: Any) -> Any:

@@ -14,12 +14,12 @@ from flask import Flask, g, jsonify, request
 from adapters.flag_store import FlagStore
 from domain.flags import KNOWN, spec_of
 from domain.ports import ConflictError
+from domain.request import one_line_text
 from smeg_actors.cli.flags import _set, flag_rows
 from smeg_actors.runtime.clock import utc_now
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.factory import open_store
 
-MAX_REASON = 200
 #: The longest ``for_seconds`` (as ``--for``: a year and a day).
 MAX_FOR = 366 * 86400
 
@@ -46,8 +46,10 @@ def add_flag_routes(app: Flask, settings: Settings, problem: Callable[[int, str]
         value, reason, lasting = body.get("value"), body.get("reason"), body.get("for_seconds")
         if not isinstance(value, bool):
             raise problem(400, "value must be true or false")
-        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON or "\n" in reason:
-            raise problem(400, f"reason must be one line of 1-{MAX_REASON} characters")
+        try:
+            reason = one_line_text(reason)
+        except ValueError as exc:
+            raise problem(400, f"reason {exc}") from None
         if lasting is not None and (
             isinstance(lasting, bool) or not isinstance(lasting, int) or not 1 <= lasting <= MAX_FOR
         ):
@@ -57,7 +59,7 @@ def add_flag_routes(app: Flask, settings: Settings, problem: Callable[[int, str]
         until = now + timedelta(seconds=lasting) if lasting is not None else None
         store = open_store(settings)
         try:
-            _set(store, name, value, by=g.token.name, reason=reason.strip(), now=now, until=until)
+            _set(store, name, value, by=g.token.name, reason=reason, now=now, until=until)
         except ValueError as exc:
             raise problem(400, str(exc)) from None
         except ConflictError as exc:

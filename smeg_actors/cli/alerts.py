@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from smeg_actors.cli.providers import MAX_BY, _one_line, _operator
-from smeg_actors.cli.support import CommandError, open_store, settings_of
+from smeg_actors.cli.support import MAX_BY, CommandError, one_line, open_store, operator, settings_of
 
 if TYPE_CHECKING:
     from domain.alert import Alert
@@ -61,7 +60,7 @@ def alerts(ctx: click.Context, everything: bool, as_json: bool) -> None:
 
 @alerts.command("ack")
 @click.argument("alert_id")
-@click.option("--by", "by", callback=_one_line(MAX_BY), help="Who (recorded)  [default: the OS user]")
+@click.option("--by", "by", callback=one_line(MAX_BY), help="Who (recorded)  [default: the OS user]")
 @click.pass_context
 def ack(ctx: click.Context, alert_id: str, by: str | None) -> None:
     """Record that a person has seen alert ALERT_ID (as `smeg alerts` lists it)."""
@@ -69,7 +68,7 @@ def ack(ctx: click.Context, alert_id: str, by: str | None) -> None:
     from smeg_actors.runtime.clock import utc_now
 
     settings = settings_of(ctx)
-    who = by or _operator()
+    who = by or operator()
     store = open_store(settings)
     try:
         repository = AlertStore(store)

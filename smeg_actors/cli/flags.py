@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from smeg_actors.cli.providers import MAX_REASON, _one_line, _operator
-from smeg_actors.cli.support import CommandError, open_store, settings_of
+from smeg_actors.cli.support import MAX_REASON, CommandError, one_line, open_store, operator, settings_of
 from smeg_actors.runtime.exit_codes import EXIT_CONFIG
 
 if TYPE_CHECKING:
@@ -69,7 +68,7 @@ def flags(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("value")
 @click.option(
-    "--reason", required=True, callback=_one_line(MAX_REASON), help="Why (recorded, shown by `smeg flags`)."
+    "--reason", required=True, callback=one_line(MAX_REASON), help="Why (recorded, shown by `smeg flags`)."
 )
 @click.option(
     "--for",
@@ -93,7 +92,7 @@ def set_flag(ctx: click.Context, name: str, value: str, reason: str, duration: s
         lasting = parse_duration(duration) if duration is not None else None
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
-    who, now = f"cli:{_operator()}", utc_now()
+    who, now = f"cli:{operator()}", utc_now()
     until = now + lasting if lasting is not None else None
     store = open_store(settings_of(ctx), must_exist=False)
     try:

@@ -16,8 +16,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from smeg_actors.cli.providers import MAX_REASON, _one_line, _operator
-from smeg_actors.cli.support import CommandError, open_store, parse_time, settings_of
+from smeg_actors.cli.support import (
+    MAX_REASON,
+    CommandError,
+    one_line,
+    open_store,
+    operator,
+    parse_time,
+    settings_of,
+)
 
 if TYPE_CHECKING:
     from adapters.fleet_view import MessageQuery
@@ -27,7 +34,7 @@ STATUS_CHOICES = ("received", "in_flight", "backed_off", "held", "delivered", "f
 
 def who() -> str:
     """``by`` of a change made from the command line."""
-    return f"cli:{_operator()}"
+    return f"cli:{operator()}"
 
 
 @click.command("messages")
@@ -176,7 +183,7 @@ def _single(message_id: str, refused: list[tuple[str, str]], verb: str) -> None:
 @click.option(
     "--rate", type=click.FloatRange(0.1, 10000), default=None, help="At most N messages per second."
 )
-@click.option("--reason", callback=_one_line(MAX_REASON), default=None, help="Why (recorded).")
+@click.option("--reason", callback=one_line(MAX_REASON), default=None, help="Why (recorded).")
 @click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object.")
 @click.pass_context
 def retry(
@@ -213,7 +220,7 @@ def retry(
 @click.command("archive")
 @click.argument("message_id", required=False)
 @_filter_options
-@click.option("--reason", callback=_one_line(MAX_REASON), required=True, help="Why (recorded).")
+@click.option("--reason", callback=one_line(MAX_REASON), required=True, help="Why (recorded).")
 @click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object.")
 @click.pass_context
 def archive(

@@ -8,7 +8,6 @@ the operating-system user).
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -16,49 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from smeg_actors.cli.support import CommandError, open_store, settings_of
+from smeg_actors.cli.support import (
+    MAX_BY,
+    MAX_REASON,
+    CommandError,
+    one_line,
+    open_store,
+    operator,
+    settings_of,
+)
 from smeg_actors.runtime.exit_codes import EXIT_CONFIG
 
 if TYPE_CHECKING:
     from domain.provider_health import ProviderHealth
     from smeg_actors.runtime.config import Settings
-
-
-#: The longest ``--reason`` and ``--by`` recorded: they travel in every held message's history.
-MAX_REASON, MAX_BY = 200, 64
-
-
-def _one_line(limit: int) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
-    """A click callback: 1-``limit`` characters of one line of valid text, or a usage error."""
-
-    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-        from domain.request import CONTROL_RE
-
-        if value is None:
-            return None
-        value = value.strip()
-        if not value or len(value) > limit:
-            raise click.BadParameter(f"must be 1-{limit} characters")
-        if CONTROL_RE.search(value) or not _encodable(value):
-            raise click.BadParameter("must be one line of text, without control characters")
-        return value
-
-    return check
-
-
-def _encodable(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate (undecodable bytes in argv)
-        return False
-    return True
-
-
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in this environment (a container without a passwd entry)
-        return "unknown"
 
 
 @click.group("providers", invoke_without_command=True)
@@ -85,25 +55,25 @@ def providers(ctx: click.Context, as_json: bool) -> None:
 @click.option(
     "--reason",
     required=True,
-    callback=_one_line(MAX_REASON),
+    callback=one_line(MAX_REASON),
     help="Why (recorded, shown by `smeg providers`).",
 )
-@click.option("--by", "by", callback=_one_line(MAX_BY), help="Who (recorded)  [default: the OS user]")
+@click.option("--by", "by", callback=one_line(MAX_BY), help="Who (recorded)  [default: the OS user]")
 @click.pass_context
 def disable(ctx: click.Context, name: str, reason: str, by: str | None) -> None:
     """Stop every attempt through NAME: its messages are held until it is enabled."""
-    who = by or _operator()
+    who = by or operator()
     _change(ctx, name, lambda health, now: health.disable(by=who, reason=reason, now=now))
     click.echo(f"provider {name} disabled by {who}: its messages are held (every process, within 2 s)")
 
 
 @providers.command("enable")
 @click.argument("name")
-@click.option("--by", "by", callback=_one_line(MAX_BY), help="Who (recorded)  [default: the OS user]")
+@click.option("--by", "by", callback=one_line(MAX_BY), help="Who (recorded)  [default: the OS user]")
 @click.pass_context
 def enable(ctx: click.Context, name: str, by: str | None) -> None:
     """Let attempts through NAME again: its held messages are delivered."""
-    who = by or _operator()
+    who = by or operator()
     _change(ctx, name, lambda health, now: health.enable(by=who, now=now))
     click.echo(
         f"provider {name} enabled by {who}: its held messages go out from their next look (within 5 s),"

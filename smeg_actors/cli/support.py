@@ -7,8 +7,10 @@ it; what a command needs beyond that it imports when it runs.
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,3 +108,31 @@ def _stderr_is_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # None, or closed
         return False
+
+
+#: The longest ``--reason`` and ``--by`` recorded: they travel in every held message's history.
+MAX_REASON, MAX_BY = 200, 64  # (domain.request.MAX_REASON)
+
+
+def one_line(limit: int) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A click callback: ``domain.request.one_line_text`` of the value, or a usage error."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        from domain.request import one_line_text
+
+        if value is None:
+            return None
+        try:
+            return one_line_text(value, limit)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return check
+
+
+def operator() -> str:
+    """The OS user's name: who a CLI change is recorded as (``cli:NAME``)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment (a container without a passwd entry)
+        return "unknown"

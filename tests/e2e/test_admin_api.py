@@ -117,6 +117,7 @@ def test_retry_and_archive_record_the_token_name_and_dry_runs_change_nothing(api
         {"dry_run": True},
         {"reason": ""},
         {"reason": "a\nb"},
+        {"reason": "colour \x1b[31m"},
         {"reason": "x", "dry_run": "yes"},
     ):
         assert call(client, "POST", "/api/messages/exhausted-0/retry", "bob", bad).status_code == 400
