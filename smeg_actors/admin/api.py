@@ -13,6 +13,7 @@ needs no CSRF token.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -25,7 +26,8 @@ from smeg_actors.admin.auth import OPERATOR, PII, VIEWER, Token, authenticate
 from smeg_actors.admin.console import install as install_console
 from smeg_actors.admin.flags_api import add_flag_routes
 from smeg_actors.admin.openapi import document
-from smeg_actors.runtime import fleet
+from smeg_actors.cli.support import open_store as open_checked_store
+from smeg_actors.runtime import fleet, ops_views
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.factory import open_store
 
@@ -150,24 +152,23 @@ def create_app(settings: Settings, tokens: list[Token]) -> Flask:
 
     @app.get("/api/schedule")
     def schedule() -> Any:
-        from smeg_actors.cli.schedule import as_record, read
-
-        within = _int(request.args.get("within"), 3600, 60, 7 * 86400, "within")
-        from datetime import timedelta
-
-        return jsonify(as_record(read(settings, timedelta(seconds=within), request.args.get("provider"))))
+        within = timedelta(seconds=_int(request.args.get("within"), 3600, 60, 7 * 86400, "within"))
+        found = ops_views.read_schedule(
+            settings, within, request.args.get("provider"), open_store=open_checked_store
+        )
+        return jsonify(ops_views.schedule_record(found))
 
     @app.get("/api/providers")
     def providers() -> Any:
-        from smeg_actors.cli.providers import provider_rows
-
-        return jsonify(items=provider_rows(settings), next=None)
+        return jsonify(items=ops_views.provider_rows(settings, open_store=open_checked_store), next=None)
 
     @app.get("/api/alerts")
     def alerts() -> Any:
-        from smeg_actors.cli.alerts import alert_rows
-
-        return jsonify(items=alert_rows(settings, everything=request.args.get("all") == "true"), next=None)
+        everything = request.args.get("all") == "true"
+        return jsonify(
+            items=ops_views.alert_rows(settings, everything=everything, open_store=open_checked_store),
+            next=None,
+        )
 
     add_flag_routes(app, settings, Problem)
     return app

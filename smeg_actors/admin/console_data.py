@@ -25,7 +25,8 @@ from domain.message import ARCHIVED, BACKED_OFF, DELIVERED, FAILED, HELD, IN_FLI
 from domain.ports import StoreError
 from domain.request import mask_address
 from smeg_actors.cli.support import CommandError
-from smeg_actors.runtime import fleet
+from smeg_actors.cli.support import open_store as open_checked_store
+from smeg_actors.runtime import fleet, ops_views
 from smeg_actors.runtime.clock import utc_now
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.factory import open_store, read_models_engine
@@ -51,8 +52,8 @@ def overview(settings: Settings) -> dict[str, Any]:
     sections: dict[str, Callable[[], Any]] = {
         "numbers": lambda: _numbers(settings, now),
         "groups": lambda: fleet.failure_groups(settings),
-        "providers": lambda: _provider_rows(settings),
-        "alerts": lambda: _alert_rows(settings),
+        "providers": lambda: ops_views.provider_rows(settings, open_store=open_checked_store),
+        "alerts": lambda: ops_views.alert_rows(settings, everything=False, open_store=open_checked_store),
         "flags": lambda: [row for row in flag_rows(settings) if row["by"] is not None],
     }
     found: dict[str, Any] = {}
@@ -113,18 +114,6 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _provider_rows(settings: Settings) -> list[dict[str, Any]]:
-    from smeg_actors.cli.providers import provider_rows
-
-    return provider_rows(settings)
-
-
-def _alert_rows(settings: Settings) -> list[dict[str, Any]]:
-    from smeg_actors.cli.alerts import alert_rows
-
-    return alert_rows(settings, everything=False)
-
-
 def timeline(settings: Settings, message_id: str, *, pii: bool) -> dict[str, Any]:
     """One message and its events as ``smeg history`` tells them (MessageNotFoundError if none):
     the address masked and the body left out unless ``pii``."""
@@ -158,29 +147,22 @@ def _detail(record: dict[str, Any]) -> str:
 
 def schedule(settings: Settings, within: timedelta, provider: str | None) -> dict[str, Any]:
     """``smeg schedule --json``'s object: ``due``, ``held``, ``oldest_held``."""
-    from smeg_actors.cli.schedule import as_record, read
-
-    return as_record(read(settings, within, provider))
+    return ops_views.schedule_record(
+        ops_views.read_schedule(settings, within, provider, open_store=open_checked_store)
+    )
 
 
 def flag_rows(settings: Settings) -> list[dict[str, Any]]:
     """``smeg flags --json``'s rows, each with what the flag does (``meaning``)."""
-    from adapters.flag_store import FlagStore
     from domain.flags import KNOWN
-    from smeg_actors.cli.flags import flag_rows as rows
 
-    store = open_store(settings)
-    try:
-        flags = FlagStore(store).get()
-    finally:
-        store.close()
-    return [row | {"meaning": KNOWN[row["name"]].meaning} for row in rows((flags, utc_now()))]
+    rows = ops_views.flag_rows(ops_views.read_flags(settings))
+    return [row | {"meaning": KNOWN[row["name"]].meaning} for row in rows]
 
 
 def set_flag(settings: Settings, name: str, text: str, *, by: str, reason: str, lasting: str | None) -> None:
     """Set a flag as ``smeg flags set`` does, recorded with ``by`` (ValueError: an unknown flag, a
     bad value or duration; ConflictError: other writers kept changing the flags)."""
-    from adapters.flag_store import FlagStore
     from domain.flags import parse_duration, spec_of
 
     value = spec_of(name).parse(text)
@@ -188,9 +170,7 @@ def set_flag(settings: Settings, name: str, text: str, *, by: str, reason: str, 
     until = now + parse_duration(lasting) if lasting else None
     store = open_store(settings)
     try:
-        FlagStore(store).change(
-            lambda flags: flags.set(name, value, by=by, reason=reason, now=now, expires_at=until), now=now
-        )
+        ops_views.set_flag(store, name, value, by=by, reason=reason, now=now, until=until)
     finally:
         store.close()
 

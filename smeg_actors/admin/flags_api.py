@@ -11,11 +11,10 @@ from typing import Any
 
 from flask import Flask, g, jsonify, request
 
-from adapters.flag_store import FlagStore
 from domain.flags import KNOWN, spec_of
 from domain.ports import ConflictError
 from domain.request import one_line_text
-from smeg_actors.cli.flags import _set, flag_rows
+from smeg_actors.runtime import ops_views
 from smeg_actors.runtime.clock import utc_now
 from smeg_actors.runtime.config import Settings
 from smeg_actors.runtime.factory import open_store
@@ -29,12 +28,7 @@ def add_flag_routes(app: Flask, settings: Settings, problem: Callable[[int, str]
 
     @app.get("/api/flags")
     def list_flags() -> Any:
-        store = open_store(settings)
-        try:
-            read = FlagStore(store).get(), utc_now()
-        finally:
-            store.close()
-        return jsonify(items=flag_rows(read), next=None)
+        return jsonify(items=ops_views.flag_rows(ops_views.read_flags(settings)), next=None)
 
     @app.post("/api/flags/<name>")
     def set_flag(name: str) -> Any:
@@ -59,7 +53,7 @@ def add_flag_routes(app: Flask, settings: Settings, problem: Callable[[int, str]
         until = now + timedelta(seconds=lasting) if lasting is not None else None
         store = open_store(settings)
         try:
-            _set(store, name, value, by=g.token.name, reason=reason, now=now, until=until)
+            ops_views.set_flag(store, name, value, by=g.token.name, reason=reason, now=now, until=until)
         except ValueError as exc:
             raise problem(400, str(exc)) from None
         except ConflictError as exc:

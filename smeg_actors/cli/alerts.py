@@ -9,34 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from smeg_actors.cli.support import MAX_BY, CommandError, one_line, open_store, operator, settings_of
+from smeg_actors.runtime.ops_views import alert_rows
 
 if TYPE_CHECKING:
     from domain.alert import Alert
-    from smeg_actors.runtime.config import Settings
-
-
-def _recorded(settings: Settings) -> list[Alert]:
-    from adapters.alert_store import AlertStore
-
-    store = open_store(settings)
-    try:
-        alerts = AlertStore(store)
-        index = alerts.index()
-        keys = index.keys if index is not None else []
-        return [a for rule, key in keys if (a := alerts.get(rule, key)) is not None and a.episode]
-    finally:
-        store.close()
-
-
-def alert_rows(settings: Settings, *, everything: bool) -> list[dict[str, Any]]:
-    """The open alerts (``everything``: resolved ones too) as ``--json`` lists them, newest first."""
-    found = [a for a in _recorded(settings) if everything or a.is_open]
-    return sorted((_row(a) for a in found), key=lambda r: r["raised_at"] or "", reverse=True)
 
 
 @click.group("alerts", invoke_without_command=True)
@@ -47,7 +28,7 @@ def alerts(ctx: click.Context, everything: bool, as_json: bool) -> None:
     """Open alerts (pending or firing), newest first; exit 0 whether or not there are any."""
     if ctx.invoked_subcommand is not None:
         return
-    rows = alert_rows(settings_of(ctx), everything=everything)
+    rows = alert_rows(settings_of(ctx), everything=everything, open_store=open_store)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -91,21 +72,3 @@ def _acknowledge(who: str, now: datetime) -> Callable[[Alert], bool]:
         return True
 
     return record
-
-
-def _row(alert: Alert) -> dict[str, Any]:
-    def iso(moment: datetime | None) -> str | None:
-        return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
-
-    return {
-        "alert_id": alert.alert_id,
-        "rule": alert.rule,
-        "key": alert.key,
-        "status": alert.status,
-        "severity": alert.severity,
-        "summary": alert.summary,
-        "value": alert.value,
-        "raised_at": iso(alert.raised_at or alert.since),
-        "resolved_at": iso(alert.resolved_at),
-        "acknowledged_by": alert.acknowledged_by,
-    }

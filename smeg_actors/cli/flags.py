@@ -9,17 +9,12 @@ beyond that it imports when it runs.
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
 
 import click
 
 from smeg_actors.cli.support import MAX_REASON, CommandError, one_line, open_store, operator, settings_of
+from smeg_actors.runtime import ops_views
 from smeg_actors.runtime.exit_codes import EXIT_CONFIG
-
-if TYPE_CHECKING:
-    from adapters.event_store import MessageStore
-    from domain.flags import Flags
 
 #: The flags, for the help text (``domain.flags.KNOWN`` is the record; a test keeps them equal).
 FLAG_NAMES = (
@@ -49,7 +44,7 @@ def flags(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    rows = flag_rows(_read(ctx))
+    rows = ops_views.flag_rows(ops_views.read_flags(settings_of(ctx), open_store=open_store))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -96,7 +91,7 @@ def set_flag(ctx: click.Context, name: str, value: str, reason: str, duration: s
     until = now + lasting if lasting is not None else None
     store = open_store(settings_of(ctx), must_exist=False)
     try:
-        _set(store, name, parsed, by=who, reason=reason, now=now, until=until)
+        ops_views.set_flag(store, name, parsed, by=who, reason=reason, now=now, until=until)
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
     except ConflictError as exc:
@@ -105,63 +100,6 @@ def set_flag(ctx: click.Context, name: str, value: str, reason: str, duration: s
         store.close()
     for_how_long = f" until {until.isoformat()}" if until is not None else ""
     click.echo(f"{name} set to {_word(parsed)}{for_how_long} by {who}: every process obeys it within 2 s")
-
-
-def _set(
-    store: MessageStore,
-    name: str,
-    value: bool,
-    *,
-    by: str,
-    reason: str,
-    now: datetime,
-    until: datetime | None,
-) -> None:
-    from adapters.flag_store import FlagStore
-
-    FlagStore(store).change(
-        lambda flags: flags.set(name, value, by=by, reason=reason, now=now, expires_at=until), now=now
-    )
-
-
-def _read(ctx: click.Context) -> tuple[Flags | None, datetime]:
-    from adapters.flag_store import FlagStore
-    from smeg_actors.runtime.clock import utc_now
-
-    store = open_store(settings_of(ctx))
-    try:
-        return FlagStore(store).get(), utc_now()
-    finally:
-        store.close()
-
-
-def flag_rows(read: tuple[Flags | None, datetime]) -> list[dict[str, Any]]:
-    """One object per known flag: ``name``, ``value`` (in force now), ``default``, ``scope``,
-    ``by``, ``reason``, ``set_at`` and ``expires_at`` (ISO 8601 UTC; all four null while the
-    default holds: never set, or the setting ran out)."""
-    from domain.flags import KNOWN
-
-    flags, now = read
-    rows = []
-    for name, spec in KNOWN.items():
-        entry = flags.current(name, now) if flags is not None else None
-        rows.append(
-            {
-                "name": name,
-                "value": entry.value if entry is not None else spec.default,
-                "default": spec.default,
-                "scope": spec.scope,
-                "by": entry.by if entry is not None else None,
-                "reason": entry.reason if entry is not None else None,
-                "set_at": entry.set_at.isoformat() if entry is not None else None,
-                "expires_at": _iso(entry.expires_at) if entry is not None else None,
-            }
-        )
-    return rows
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None
 
 
 def _word(value: bool) -> str:

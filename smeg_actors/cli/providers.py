@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -25,6 +25,7 @@ from smeg_actors.cli.support import (
     settings_of,
 )
 from smeg_actors.runtime.exit_codes import EXIT_CONFIG
+from smeg_actors.runtime.ops_views import provider_rows
 
 if TYPE_CHECKING:
     from domain.provider_health import ProviderHealth
@@ -38,7 +39,7 @@ def providers(ctx: click.Context, as_json: bool) -> None:
     """Each configured provider's state (closed, open, half_open, disabled) and held messages."""
     if ctx.invoked_subcommand is not None:
         return
-    rows = provider_rows(settings_of(ctx))
+    rows = provider_rows(settings_of(ctx), open_store=open_store)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -103,44 +104,3 @@ def _check_configured(settings: Settings, name: str) -> None:
     if name not in configured:
         known = ", ".join(configured) or "none"
         raise CommandError(f"not a configured provider: {name} (configured: {known})", EXIT_CONFIG)
-
-
-def provider_rows(settings: Settings) -> list[dict[str, Any]]:
-    """One object per configured provider: ``name``, ``state``, ``failure_ratio``, ``held``,
-    ``since`` (ISO 8601 UTC or null), ``open_until``, ``disabled_by``, ``disabled_reason``,
-    ``rate_limit`` (messages/s for the deployment, or null) and ``fallback`` (names)."""
-    from adapters.provider_health_store import ProviderHealthStore
-    from adapters.status_view import held_counts
-    from smeg_actors.runtime.factory import open_engine, rate_limits, routing_policy
-
-    names = sorted(settings.provider_configs())
-    limits, fallbacks = rate_limits(settings), routing_policy(settings).fallbacks
-    store = open_store(settings)
-    engine = open_engine(settings)
-    try:
-        health = ProviderHealthStore(store)
-        held = held_counts(engine)
-        return [
-            _row(name, health.get(name), held.get(name, 0))
-            | {"rate_limit": limits.get(name), "fallback": list(fallbacks.get(name, ()))}
-            for name in names
-        ]
-    finally:
-        engine.dispose()
-        store.close()
-
-
-def _row(name: str, health: ProviderHealth | None, held: int) -> dict[str, Any]:
-    def iso(moment: datetime | None) -> str | None:
-        return moment.isoformat() if moment is not None else None
-
-    return {
-        "name": name,
-        "state": health.state if health is not None else "closed",
-        "failure_ratio": health.failure_ratio if health is not None else 0.0,
-        "held": held,
-        "since": iso(health.state_since) if health is not None else None,
-        "open_until": iso(health.open_until) if health is not None else None,
-        "disabled_by": health.disabled_by if health is not None else None,
-        "disabled_reason": health.disabled_reason if health is not None else None,
-    }

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import click
 
 from smeg_actors.cli.support import open_store, settings_of
+from smeg_actors.runtime.ops_views import read_schedule, schedule_record, schedule_time
 
 if TYPE_CHECKING:
     from adapters.schedule_view import Schedule
-    from smeg_actors.runtime.config import Settings
 
 #: The farthest ``--within``: no retry is scheduled further out (a provider's Retry-After is
 #: capped at 24 h), so a longer window would show nothing more.
@@ -70,37 +70,8 @@ def schedule(ctx: click.Context, within: timedelta, provider: str | None, as_jso
     first attempt. The oldest held message is the one received first, and its "since" is when it
     was received: when it became held is not recorded in the read model.
     """
-    found = read(settings_of(ctx), within, provider)
-    click.echo(json.dumps(as_record(found), indent=2) if as_json else render(found, within))
-
-
-def read(settings: Settings, within: timedelta, provider: str | None) -> Schedule:
-    """The schedule as the read model has it now."""
-    from adapters.schedule_view import read_schedule
-    from smeg_actors.runtime.clock import utc_now
-    from smeg_actors.runtime.factory import open_engine
-
-    open_store(settings).close()  # a mistyped SQLite path: exit 3, and no empty file left behind
-    engine = open_engine(settings)
-    try:
-        return read_schedule(engine, now=utc_now(), within=within, provider=provider)
-    finally:
-        engine.dispose()
-
-
-def as_record(found: Schedule) -> dict[str, Any]:
-    """The ``--json`` object (timestamps ISO 8601 UTC with ``Z``)."""
-    oldest = found.oldest_held
-    return {
-        "due": [
-            {"minute": _iso(item.minute), "provider": item.provider, "count": item.count}
-            for item in found.due
-        ],
-        "held": dict(sorted(found.held.items())),
-        "oldest_held": None
-        if oldest is None
-        else {"message_id": oldest.message_id, "since": _iso(oldest.since)},
-    }
+    found = read_schedule(settings_of(ctx), within, provider, open_store=open_store)
+    click.echo(json.dumps(schedule_record(found), indent=2) if as_json else render(found, within))
 
 
 def render(found: Schedule, within: timedelta) -> str:
@@ -112,7 +83,7 @@ def render(found: Schedule, within: timedelta) -> str:
     lines.append("held: " + ", ".join(f"{name} {count}" for name, count in sorted(found.held.items())))
     if found.oldest_held is not None:
         oldest = found.oldest_held
-        lines.append(f"oldest held: {oldest.message_id}, received {_iso(oldest.since)}")
+        lines.append(f"oldest held: {oldest.message_id}, received {schedule_time(oldest.since)}")
     return "\n".join(lines)
 
 
@@ -122,7 +93,7 @@ def _due_lines(found: Schedule, within: timedelta) -> list[str]:
     width = max(len("provider"), *(len(item.provider or "-") for item in found.due))
     lines = [f"due within {_label(within)}:", f"{'minute (UTC)':<20}  {'provider':<{width}}  count"]
     for item in found.due:
-        lines.append(f"{_iso(item.minute)}  {item.provider or '-':<{width}}  {item.count:>5}")
+        lines.append(f"{schedule_time(item.minute)}  {item.provider or '-':<{width}}  {item.count:>5}")
     return lines
 
 
@@ -133,7 +104,3 @@ def _label(window: timedelta) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
