@@ -17,6 +17,7 @@ sending them with new ids may deliver them twice. The client never resends by it
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -30,61 +31,37 @@ import pika.exceptions
 
 from domain.errors import InvalidRequestError
 from domain.request import parse_send_request
+from smeg_actors.client_errors import (
+    BrokerUnavailable,
+    InvalidRequest,
+    NotConfirmed,
+    NotRouted,
+    PublishFailed,
+    SmegClientError,
+)
+
+__all__ = [
+    "BrokerUnavailable",
+    "InvalidRequest",
+    "NotConfirmed",
+    "NotRouted",
+    "PublishFailed",
+    "SmegClient",
+    "SmegClientError",
+]
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 APP_ID = "smeg-client"
 #: The keyword names of ``SmegClient.send``: the keys a request of ``send_many`` may have.
-FIELDS = ("channel", "to", "body", "message_id", "correlation_id", "sender", "provider", "metadata")
+FIELDS = tuple(
+    ["channel", "to", "body", "message_id", "correlation_id", "sender", "provider", "metadata", "traceparent"]
+)
+#: A W3C trace context ``traceparent`` (version 00): smeg's intake span becomes its child.
+TRACEPARENT_RE = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 #: Publishes awaiting their confirm before the client waits for some: bounds the memory a large
 #: ``send_many`` holds in pika's buffers without a round trip per message.
 WINDOW = 1000
 RESEND = "sending them again with the same message_id is safe (smeg ignores an id it has)"
-
-
-class SmegClientError(Exception):
-    """Base of every error the client raises; its message is one line and never holds a password."""
-
-
-class InvalidRequest(SmegClientError):
-    """A request breaks smeg's rules; nothing of the call was published.
-
-    ``reason`` is the domain's own wording (the one smeg would put in ``x-smeg-error``);
-    ``index`` is the request's position in ``send_many`` (None for ``send``).
-    """
-
-    def __init__(self, reason: str, index: int | None = None) -> None:
-        super().__init__(reason if index is None else f"request {index}: {reason}")
-        self.reason, self.index = reason, index
-
-
-class BrokerUnavailable(SmegClientError):
-    """The broker could not be reached (or refused the login); nothing of the call was published."""
-
-
-class PublishFailed(SmegClientError):
-    """Not every message of a call was confirmed as enqueued.
-
-    ``confirmed``: ids the broker enqueued. ``unconfirmed``: the others, in call order; send them
-    again with the same ids. ``maybe_published``: whether some of those may have been enqueued
-    anyway (the connection was lost or a confirm never came), harmless since smeg ignores an id
-    it already has; False when the broker said no to each of them.
-    """
-
-    def __init__(
-        self, message: str, *, confirmed: list[str], unconfirmed: list[str], maybe_published: bool
-    ) -> None:
-        super().__init__(message)
-        self.confirmed, self.unconfirmed, self.maybe_published = confirmed, unconfirmed, maybe_published
-
-
-class NotRouted(PublishFailed):
-    """The send queue does not exist (the broker returned the message): start smeg, or check the
-    prefix. The client does not declare queues: smeg owns them and their arguments."""
-
-
-class NotConfirmed(PublishFailed):
-    """The broker refused a message (a nack: the send queue is full, say), or its confirm did not
-    come (the connection was lost, or ``confirm_timeout`` passed: ``maybe_published`` is True)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +69,7 @@ class _Outgoing:
     message_id: str
     correlation_id: str
     body: bytes
+    traceparent: str | None = None
 
 
 class SmegClient:
@@ -157,11 +135,13 @@ class SmegClient:
         sender: str | None = None,
         provider: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        traceparent: str | None = None,
     ) -> str:
         """Validate one request, publish it, wait for the broker's confirm; return its message id.
 
         ``message_id`` defaults to a fresh uuid4 hex and ``correlation_id`` to the message id;
-        ``sender`` is the request's ``from``. Raises ``InvalidRequest``, ``BrokerUnavailable``,
+        ``sender`` is the request's ``from``; ``traceparent`` (W3C, version 00) is sent as the
+        AMQP header smeg's tracing continues from. Raises ``InvalidRequest``, ``BrokerUnavailable``,
         ``NotRouted`` or ``NotConfirmed``; after the last, sending again with the same
         ``message_id`` is safe (smeg ignores an id it has).
         """
@@ -174,6 +154,7 @@ class SmegClient:
             "sender": sender,
             "provider": provider,
             "metadata": metadata,
+            "traceparent": traceparent,
         }
         outgoing = _prepared(request, None)
         with self._lock:
@@ -184,7 +165,8 @@ class SmegClient:
         """Validate every request, then publish them all and wait for their confirms; return the ids.
 
         Each request is a mapping with ``send``'s keyword names (``channel``, ``to``, ``body`` and
-        optionally ``message_id``, ``correlation_id``, ``sender``, ``provider``, ``metadata``).
+        optionally ``message_id``, ``correlation_id``, ``sender``, ``provider``, ``metadata``,
+        ``traceparent``).
         One invalid request raises ``InvalidRequest`` (with its ``index``) and nothing is published.
         The broker confirms each message; up to ``WINDOW`` are in flight at once, so there is no
         round trip per message. Once the broker refuses one, the rest are not published;
@@ -278,6 +260,7 @@ class SmegClient:
                     correlation_id=message.correlation_id,
                     timestamp=timestamp,
                     app_id=APP_ID,
+                    headers={"traceparent": message.traceparent} if message.traceparent else None,
                 )
                 self._channel.basic_publish("", self.queue, message.body, properties, mandatory=True)
                 self._tag += 1
@@ -372,7 +355,14 @@ def _prepared(request: object, index: int | None) -> _Outgoing:
         if request.get(name) is not None:
             data[key] = request[name]
     if isinstance(data.get("metadata"), Mapping):
+        if not all(isinstance(key, str) for key in data["metadata"]):
+            raise InvalidRequest("metadata keys must be strings", index)  # json would coerce them
         data["metadata"] = dict(data["metadata"])
+    traceparent = request.get("traceparent")
+    if traceparent is not None and not (
+        isinstance(traceparent, str) and TRACEPARENT_RE.fullmatch(traceparent)
+    ):
+        raise InvalidRequest("traceparent must be a W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>", index)
     try:
         raw = json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: let the domain name it in its own words
@@ -383,7 +373,7 @@ def _prepared(request: object, index: int | None) -> _Outgoing:
         parsed = parse_send_request(raw)
     except InvalidRequestError as exc:
         raise InvalidRequest(str(exc), index) from None
-    return _Outgoing(parsed.message_id, parsed.correlation_id, raw)
+    return _Outgoing(parsed.message_id, parsed.correlation_id, raw, traceparent)
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ import pika
 import pytest
 
 from adapters.rabbitmq import QUEUE_ARGUMENTS, Topology
+from adapters.rabbitmq_intake import TRACE_HEADERS
 from domain.request import parse_send_request
 from smeg_actors.client import BrokerUnavailable, NotConfirmed, NotRouted, SmegClient
 from tests.e2e.conftest import TcpProxy
@@ -54,6 +55,16 @@ def test_send_enqueues_the_request_with_its_properties(
     assert properties.delivery_mode == 2
     assert (properties.content_type, properties.app_id) == ("application/json", "smeg-client")
     assert abs(properties.timestamp - time.time()) < 60
+
+
+def test_a_trace_context_reaches_the_queue_as_the_header_smegs_intake_reads(
+    client: SmegClient, rabbit: Any, send_queue: str
+) -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    client.send("sms", "+447700900123", "hi", traceparent=parent)
+    [(properties, _body)] = drain(rabbit, send_queue, 1)
+    assert properties.headers["traceparent"] == parent  # (a quorum queue adds x-delivery-count)
+    assert "traceparent" in TRACE_HEADERS
 
 
 def test_send_many_enqueues_every_request_in_order(client: SmegClient, rabbit: Any, send_queue: str) -> None:

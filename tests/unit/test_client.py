@@ -32,6 +32,8 @@ from smeg_actors.client import (
 
 SMS: dict[str, Any] = {"channel": "sms", "to": "+447700900123", "body": "hi"}
 
+TRACE_RULE = "traceparent must be a W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>"
+
 
 class FakeBroker:
     """Connections of a fake broker. ``answer`` says what each publish gets: "ack", "nack",
@@ -133,6 +135,10 @@ def broker(monkeypatch: pytest.MonkeyPatch) -> FakeBroker:
         ({"provider": "p" * (MAX_PROVIDER + 1)}, f"provider must be a string of 1-{MAX_PROVIDER} bytes"),
         ({"sender": "a\nb"}, "from must not contain control characters"),
         ({"metadata": {"k": 1}}, "metadata must be an object of strings"),
+        ({"metadata": {1: "v"}}, "metadata keys must be strings"),
+        ({"traceparent": "00-abc"}, TRACE_RULE),
+        ({"traceparent": "00-" + "0" * 32 + "-" + "1" * 16 + "-01"}, TRACE_RULE),
+        ({"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01\n"}, TRACE_RULE),
     ],
 )
 def test_an_invalid_request_raises_invalid_request_with_the_domains_reason(
@@ -199,6 +205,16 @@ def test_send_publishes_the_validated_bytes_with_smegs_properties(broker: FakeBr
     assert (props.message_id, props.correlation_id) == (message_id, message_id)
     assert (props.delivery_mode, props.content_type, props.app_id) == (2, "application/json", "smeg-client")
     assert before <= props.timestamp <= time.time()
+    assert props.headers is None  # no trace context given, none sent
+
+
+def test_a_trace_context_goes_as_the_amqp_traceparent_header(broker: FakeBroker) -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    client = SmegClient()
+    client.send("sms", "+447700900123", "hi", traceparent=parent)
+    client.send_many([SMS, SMS | {"traceparent": parent}])
+    headers = [p.props.headers for p in broker.published]
+    assert headers == [{"traceparent": parent}, None, {"traceparent": parent}]
 
 
 def test_send_many_returns_the_ids_in_order_and_keeps_given_ones(broker: FakeBroker) -> None:
@@ -324,7 +340,8 @@ def test_importing_the_client_loads_neither_the_runtime_nor_its_libraries() -> N
     code = (
         "import sys, smeg_actors.client\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}"
-        " or m.startswith('smeg_actors.') and m != 'smeg_actors.client'))"
+        " or m.startswith('smeg_actors.')"
+        " and m not in ('smeg_actors.client', 'smeg_actors.client_errors')))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
