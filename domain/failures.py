@@ -83,3 +83,40 @@ def group_failures(
             group = groups[key] = FailureGroup(*key)
         group.add(message_id, failed_at)
     return sorted(groups.values(), key=lambda g: (-g.count, g.provider, g.reason_class, g.reason))
+
+
+#: What stands for a provider's words that quote the message body.
+WITHHELD = "(withheld: quotes the message)"
+#: The most of a provider's own words kept in a failure reason.
+MAX_DETAIL = 120
+#: A run of digits that could be an address (phone numbers: 7 to 15 digits, maybe spaced).
+_NUMBER_RUN = re.compile(r"\+?\d(?:[\d ().-]{4,}\d)")
+#: A window of this many characters of the message body found in the provider's words: it quotes it.
+_BODY_WINDOW = 12
+
+
+def provider_detail(text: str | None, *, to: str, body: str) -> str | None:
+    """The provider's own explanation of a refusal, fit for a reason (logs, events, the console):
+    one line, at most ``MAX_DETAIL`` characters, the recipient and any number masked, and none
+    at all when it quotes the message body (a body never reaches a log). None: nothing usable."""
+    from domain.request import CONTROL_RE
+
+    if not text:
+        return None
+    line = " ".join(CONTROL_RE.sub(" ", text).split())[: MAX_DETAIL * 4]
+    if to:
+        line = line.replace(to, "<to>")
+    line = _NUMBER_RUN.sub("<number>", line)
+    if _quotes(line, body):
+        return WITHHELD
+    line = line if len(line) <= MAX_DETAIL else line[: MAX_DETAIL - 1] + "…"
+    return line or None
+
+
+def _quotes(line: str, body: str) -> bool:
+    if not body:
+        return False
+    flat = " ".join(body.split())
+    if len(flat) < _BODY_WINDOW:  # a short body: quoted only as a whole word or words
+        return len(flat) >= 3 and re.search(rf"(?<!\w){re.escape(flat)}(?!\w)", line) is not None
+    return any(line[i : i + _BODY_WINDOW] in flat for i in range(max(0, len(line) - _BODY_WINDOW + 1)))

@@ -1,7 +1,9 @@
 """A generic JSON-over-HTTP provider, plus the HTTP helpers the Twilio adapter shares.
 
 Every failure is translated into the port's errors here, at the boundary, with a short reason
-that never carries the recipient or the body: reasons end up in logs and in the event store.
+that never carries the recipient or the body: reasons end up in logs and in the event store. A
+refusal's reason adds the provider's own words where it gave some (``answer_detail``), with the
+recipient and any number masked, and withheld when they quote the body.
 
 While tracing is on, each request carries the provider call's span as W3C ``traceparent``.
 """
@@ -21,6 +23,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from domain.backoff import is_transient_status
+from domain.failures import provider_detail
 from domain.ports import (
     DeliveryError,
     OutboundMessage,
@@ -147,6 +150,31 @@ def status_failure(reason: str, response: httpx.Response) -> DeliveryError:
     return PermanentDeliveryError(reason, status_code=code)
 
 
+#: Where a JSON error answer usually says why (``{"error": {"message": …}}`` too).
+DETAIL_KEYS = ("message", "error_message", "error_description", "detail", "error", "title", "description")
+
+
+def answer_detail(response: httpx.Response, message: OutboundMessage) -> str | None:
+    """What the provider said about a refusal (``domain.failures.provider_detail``: masked,
+    never the body), from its JSON answer's usual keys or a plain-text answer's first line."""
+    text: str | None = None
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in DETAIL_KEYS:
+            value = data.get(key)
+            if isinstance(value, dict):
+                value = value.get("message") or value.get("detail")
+            if isinstance(value, str) and value.strip():
+                text = value
+                break
+    elif response.headers.get("content-type", "").startswith("text/plain"):
+        text = response.text[:1000].split("\n", 1)[0]
+    return provider_detail(text, to=message.to, body=message.body)
+
+
 def json_field(response: httpx.Response, key: str) -> str | None:
     """A non-empty string or integer field of a JSON object answer, as text; else None."""
     try:
@@ -218,7 +246,9 @@ class HttpProvider:
         except httpx.RequestError as exc:
             raise transport_failure(exc, self.timeout) from exc
         if not response.is_success:
-            raise status_failure(f"http {response.status_code}", response)
+            detail = answer_detail(response, message)
+            reason = f"http {response.status_code}" + (f": {detail}" if detail else "")
+            raise status_failure(reason, response)
         receipt = json_field(response, "id")
         if receipt is None:
             raise PermanentDeliveryError("provider answered 2xx without id", status_code=response.status_code)

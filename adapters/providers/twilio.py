@@ -13,6 +13,7 @@ import httpx
 
 from adapters.providers.http import (
     Clients,
+    answer_detail,
     header_safe,
     json_field,
     parse_retry_after,
@@ -99,7 +100,7 @@ class TwilioProvider:
         except httpx.RequestError as exc:
             raise transport_failure(exc, self.timeout) from exc
         if not response.is_success:
-            raise twilio_failure(response)
+            raise twilio_failure(response, message)
         sid = json_field(response, "sid")
         if sid is None:
             raise PermanentDeliveryError("twilio answered 2xx without sid", status_code=response.status_code)
@@ -124,12 +125,15 @@ class TwilioProvider:
         await self._clients.aclose()
 
 
-def twilio_failure(response: httpx.Response) -> DeliveryError:
-    """Classify a non-2xx Twilio answer: known codes first, then the HTTP status."""
+def twilio_failure(response: httpx.Response, message: OutboundMessage | None = None) -> DeliveryError:
+    """Classify a non-2xx Twilio answer: known codes first, then the HTTP status; the reason adds
+    Twilio's ``message`` (``answer_detail``: masked, never the body)."""
     status = response.status_code
     raw = json_field(response, "code")
     code = int(raw) if raw is not None and raw.isascii() and raw.isdigit() and len(raw) <= 9 else None
     reason = f"twilio {code}" if code is not None else f"twilio http {status}"
+    detail = answer_detail(response, message) if message is not None else None
+    reason += f": {detail}" if detail else ""
     if code in PERMANENT_CODES:
         return PermanentDeliveryError(reason, status_code=status)
     if code in TRANSIENT_CODES or is_transient_status(status):

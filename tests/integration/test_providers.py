@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from adapters.providers import SimulatedProvider, build_provider
+from domain.failures import WITHHELD
 from domain.ports import (
     OutboundMessage,
     PermanentDeliveryError,
@@ -238,7 +239,7 @@ def test_retries_after_transient_status_with_retry_after_seconds(
 
     assert caught.value.status_code == status
     assert caught.value.retry_after == 7.0
-    assert caught.value.reason == f"http {status}"
+    assert caught.value.reason == f"http {status}: {WITHHELD}"  # its words quote the body
     assert_no_pii(caught.value)
 
 
@@ -277,7 +278,35 @@ def test_gives_up_on_client_errors(
         send(http_provider(), MESSAGE)
 
     assert caught.value.status_code == status
-    assert caught.value.reason == f"http {status}"
+    assert caught.value.reason == f"http {status}: bad number <to>"
+    assert_no_pii(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (
+            {"error": {"code": "E12", "message": "Number 447700 900 999 is not a mobile"}},
+            "Number <number> is not a mobile",
+        ),
+        (
+            {"detail": "Sender id not registered\nfor this route\x1b[0m"},
+            "Sender id not registered for this route [0m",
+        ),
+        ({"message": "x" * 300}, "x" * 119 + "…"),
+        ({"status": "rejected"}, None),
+        ("not json", None),
+    ],
+)
+def test_a_refusal_says_in_the_providers_own_words_why_masked_and_cut(
+    server: FakeServer, http_provider: Callable[..., Any], answer: Any, reason: str | None
+) -> None:
+    server.answer = lambda request: Reply(400, answer)
+
+    with pytest.raises(PermanentDeliveryError) as caught:
+        send(http_provider(), MESSAGE)
+
+    assert caught.value.reason == "http 400" + (f": {reason}" if reason else "")
     assert_no_pii(caught.value)
 
 
@@ -456,7 +485,7 @@ def test_twilio_gives_up_on_an_invalid_to_number_21211(
     with pytest.raises(PermanentDeliveryError) as caught:
         send(twilio(), MESSAGE)
 
-    assert caught.value.reason == "twilio 21211"
+    assert caught.value.reason == "twilio 21211: The 'To' number <to> is not valid."
     assert caught.value.status_code == 400
     assert_no_pii(caught.value)
 
@@ -471,7 +500,7 @@ def test_twilio_retries_after_too_many_requests_20429_honouring_retry_after(
     with pytest.raises(TransientDeliveryError) as caught:
         send(twilio(), MESSAGE)
 
-    assert (caught.value.reason, caught.value.status_code) == ("twilio 20429", 429)
+    assert (caught.value.reason, caught.value.status_code) == ("twilio 20429: Too Many Requests", 429)
     assert caught.value.retry_after == 3.0
 
 

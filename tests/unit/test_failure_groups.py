@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domain.errors import NotFailedError
-from domain.failures import group_failures, group_id, normalise_reason
+from domain.failures import MAX_DETAIL, WITHHELD, group_failures, group_id, normalise_reason, provider_detail
 from domain.message import ARCHIVED, FAILED, RECEIVED, Message
+from domain.request import CONTROL_RE
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 
@@ -100,3 +101,45 @@ def test_only_a_failed_message_can_be_archived() -> None:
     with pytest.raises(NotFailedError):
         message.archive("cli:alice", reason="x", now=T0)
     assert message.status != FAILED
+
+
+# --- a provider's own words ---------------------------------------------------------------------
+
+
+def test_a_providers_words_keep_why_and_lose_the_recipient_numbers_and_control_characters() -> None:
+    to, body = "+447700900123", "Your parcel 77 arrives today"
+    said = "Invalid 'To' +447700900123 (also tried 07700 900123)\n\x07retry later"
+    assert provider_detail(said, to=to, body=body) == "Invalid 'To' <to> (also tried <number>) retry later"
+    assert provider_detail("", to=to, body=body) is None
+    assert provider_detail("   ", to=to, body=body) is None
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "rejected: Your parcel 77 arrives today",
+        "content 'parcel 77 arrives' is blocked",  # a window of the body is enough
+        "bad word in: YOUR PARCEL 77 ARRIVES TODAY".lower().replace("your", "Your"),
+    ],
+)
+def test_words_that_quote_the_body_are_withheld(said: str) -> None:
+    assert provider_detail(said, to="+447700900123", body="Your parcel 77 arrives today") == WITHHELD
+
+
+def test_a_short_body_is_withheld_only_when_quoted_as_a_word() -> None:
+    assert provider_detail("rejected: STOP", to="@al", body="STOP") == WITHHELD
+    assert provider_detail("unstoppable gateway", to="@al", body="stop") == "unstoppable gateway"
+
+
+@given(st.text(max_size=400), st.text(min_size=1, max_size=60))
+def test_whatever_the_provider_says_the_reason_is_one_bounded_line_without_the_body(
+    said: str, body: str
+) -> None:
+    detail = provider_detail(said, to="+447700900123", body=body)
+    if detail is None:
+        return
+    assert len(detail) <= MAX_DETAIL and "\n" not in detail and not CONTROL_RE.search(detail)
+    assert "+447700900123" not in detail
+    flat = " ".join(body.split())
+    if len(flat) >= 12:
+        assert flat not in detail
