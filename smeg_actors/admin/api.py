@@ -215,15 +215,22 @@ def _act(settings: Settings, ids: list[str], verb: str, *, bulk: bool) -> Respon
     reason, dry_run = _reason(body.get("reason")), body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise Problem(400, "dry_run must be true or false")
-    if dry_run:
-        return jsonify(count=len(ids))
     by: str = g.token.name
     bulk_id = uuid.uuid4().hex[:12] if bulk and verb == "retry" else None
     change = fleet.retrying(by, reason, bulk_id) if verb == "retry" else fleet.archiving(by, reason)
-    done, refused = fleet.apply_each(settings, ids, change)
+    if dry_run and not bulk:  # one message: answer as the real request would
+        why = fleet.refusal(settings, ids[0], change)
+        refused = [(ids[0], why)] if why else []
+        done: list[str] = [] if why else ids
+    elif dry_run:
+        return jsonify(count=len(ids))
+    else:
+        done, refused = fleet.apply_each(settings, ids, change)
     if not bulk and refused:
         status = 404 if refused[0][1] == "unknown message id" else 409
         raise Problem(status, f"cannot {verb} {refused[0][0]}: {refused[0][1]}")
+    if dry_run:
+        return jsonify(count=len(done))
     answer: dict[str, Any] = {
         "count": len(done),
         "refused": [{"message_id": m, "why": w} for m, w in refused],

@@ -283,7 +283,11 @@ def act_on_group(group_id: str, verb: str) -> Any:
 
 @blueprint.get("/messages/<message_id>/<any(retry, archive):verb>")
 def confirm_message(message_id: str, verb: str) -> Any:
-    _require(OPERATOR)
+    token = _require(OPERATOR)
+    change = fleet.retrying(token.name, "", None) if verb == "retry" else fleet.archiving(token.name, "")
+    why = fleet.refusal(_settings(), message_id, change)
+    if why is not None:
+        abort(404 if why == "unknown message id" else 409, f"Cannot {verb} {message_id}: {why}.")
     return render_template("confirm.html", verb=verb, count=1, group=None, message_id=message_id)
 
 

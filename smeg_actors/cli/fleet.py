@@ -28,6 +28,7 @@ from smeg_actors.cli.support import (
 
 if TYPE_CHECKING:
     from adapters.fleet_view import MessageQuery
+    from domain.message import Message
 
 STATUS_CHOICES = ("received", "in_flight", "backed_off", "held", "delivered", "failed", "archived")
 
@@ -166,6 +167,24 @@ def _report(
         raise CommandError(f"nothing {verb}: {refused[0][0]}: {refused[0][1]}")
 
 
+def _dry_run(
+    verb: str,
+    ctx: click.Context,
+    message_id: str | None,
+    ids: list[str],
+    change: Callable[[Message], None],
+    as_json: bool,
+) -> None:
+    """Say how many would change; one message named is tried first, so a dry run is refused
+    where the real command would be (exit 1, the same line)."""
+    from smeg_actors.runtime.fleet import refusal
+
+    if message_id is not None:
+        why = refusal(settings_of(ctx), message_id, change)
+        _single(message_id, [(message_id, why)] if why else [], verb)
+    _report(f"would {verb}", ids, [], {}, as_json)
+
+
 def _single(message_id: str, refused: list[tuple[str, str]], verb: str) -> None:
     """One message named: its refusal is the one line of the error (exit 1)."""
     if refused:
@@ -206,7 +225,7 @@ def retry(
     if message_id is None and reason is None:
         raise click.UsageError("a bulk retry needs --reason")
     if dry_run:
-        _report("would retry", ids, [], {}, as_json)
+        _dry_run("retry", ctx, message_id, ids, retrying(who(), reason or "", None), as_json)
         return
     bulk_id = None if message_id is not None else uuid.uuid4().hex[:12]
     done, refused = apply_each(settings_of(ctx), ids, retrying(who(), reason or "", bulk_id), rate)
@@ -239,7 +258,7 @@ def archive(
 
     ids = _targets(ctx, message_id, group, filters)
     if dry_run:
-        _report("would archive", ids, [], {}, as_json)
+        _dry_run("archive", ctx, message_id, ids, archiving(who(), reason), as_json)
         return
     done, refused = apply_each(settings_of(ctx), ids, archiving(who(), reason))
     if message_id is not None and not as_json:

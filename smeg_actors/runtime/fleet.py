@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from adapters.fleet_view import MessageQuery, MessageRow, failed_rows, list_messages
+from domain.errors import DomainError
 from domain.failures import FailureGroup, group_failures
 from domain.message import Message
 from domain.ports import MessageNotFoundError
@@ -121,6 +122,24 @@ def retrying(by: str, reason: str, bulk_id: str | None) -> Callable[[Message], N
 
 def archiving(by: str, reason: str) -> Callable[[Message], None]:
     return lambda m: m.archive(by, reason=reason, now=utc_now())
+
+
+def refusal(settings: Settings, message_id: str, change: Callable[[Message], None]) -> str | None:
+    """What ``change`` would be refused with for one message, in the words the real change would
+    use (tried on the aggregate in memory, never saved): a dry run that promises only what a
+    real run would do. None: it would be made."""
+    store = open_store(settings)
+    try:
+        message = store.get(Message.create_id(message_id))
+    except MessageNotFoundError:
+        return "unknown message id"
+    finally:
+        store.close()
+    try:
+        change(message)
+    except DomainError as exc:
+        return str(exc)
+    return None
 
 
 def apply_each(

@@ -112,6 +112,13 @@ def test_retry_and_archive_record_the_token_name_and_dry_runs_change_nothing(api
         assert store.history(Message.create_id("perm-0"))[-1].by == "cyd"
     again = call(client, "POST", "/api/messages/perm-0/archive", "bob", {"reason": "again"})
     assert again.status_code == 409 and "not failed" in again.get_json()["error"]
+    # A dry run of one message answers as the real request would: no promise it cannot keep
+    delivered = call(client, "POST", "/api/messages/ok-0/retry", "bob", {"reason": "x", "dry_run": True})
+    assert delivered.status_code == 409 and "already delivered" in delivered.get_json()["error"]
+    unknown = call(client, "POST", "/api/messages/nope/archive", "bob", {"reason": "x", "dry_run": True})
+    assert unknown.status_code == 404
+    ok = call(client, "POST", "/api/messages/exhausted-1/retry", "bob", {"reason": "x", "dry_run": True})
+    assert ok.get_json() == {"count": 1}
     for bad in (
         None,
         {"dry_run": True},

@@ -160,6 +160,12 @@ def test_archive_takes_failures_out_of_the_groups_and_a_retry_brings_one_back(
     # Archiving what is not failed is refused with one line, exit 1
     again = run_cli(env, "archive", "ok-0", "--reason", "x")
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "not failed" in again.stderr
+    # and so is its dry run, with the same line: a dry run promises only what a real run would do
+    dry = run_cli(env, "archive", "ok-0", "--reason", "x", "--dry-run")
+    assert (dry.returncode, dry.stderr) == (again.returncode, again.stderr)
+    dry_retry = run_cli(env, "retry", "ok-1", "--dry-run")
+    assert dry_retry.returncode == 1 and "already delivered" in dry_retry.stderr
+    assert run_cli(env, "retry", "exhausted-1", "--dry-run").stdout.startswith("would retry 1")
 
 
 def test_a_bulk_command_needs_exactly_one_way_to_choose(fleet: tuple[str, dict[str, str]]) -> None:
