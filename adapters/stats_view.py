@@ -1,13 +1,16 @@
-"""Delivery statistics read models: hourly counters with a latency histogram, failures by reason.
+"""Delivery statistics read models: counters with a latency histogram per hour and per minute,
+messages by outcome per minute, failures by reason per day.
 
-Two projections follow the event log (see ``adapters.projections``). Each batch's events are
+Three projections follow the event log (see ``adapters.projections``). Each batch's events are
 summed in Python, then ONE upsert per table *adds* the sums to the stored counters, inside the
 runner's transaction: the tables are exactly-once and a ``rebuild()`` reproduces them row for row.
-Every counter only grows; a row covers the events whose own timestamp falls in its hour / day.
 Give each projection its own ``ProjectionRunner`` named after it (``name=projection.name``), so
-either can be rebuilt (or shadow-rebuilt) on its own.
+each can be rebuilt (or shadow-rebuilt) on its own. The facts a counter needs about an event's
+message (channel, received time, latest provider, outcome so far) come from
+``adapters.message_facts``.
 
-``delivery_stats_hourly`` — one row per (hour, provider, channel):
+``delivery_stats_hourly`` — one row per (hour, provider, channel); event counters, which only grow,
+each in the row of the hour its event's own timestamp falls in:
 
 =================  =======  ===================================================================
 column             type     meaning
@@ -37,6 +40,26 @@ lat_gt_3600s       int      latencies over one hour
 Mean latency = latency_sum_ms / latency_count; a quantile is estimated as the upper bound of the
 bucket holding it (histograms of several rows add up column by column).
 
+``delivery_stats_minutely`` — one row per (minute, provider, channel), kept by its own projection
+(so an older database gets it filled from the whole log on first start). The same event counters
+as ``delivery_stats_hourly``, for the minute of their event, and five columns that count
+*messages* — each message in exactly one of them, in the row of the minute it was **received**,
+under the provider that handles it: of its **latest attempt**; before its first, the provider it
+was held for (``Held``), else the one requested, else ''. A message moves between them as it goes
+(a later batch subtracts it from one and adds it to another), so these may go down:
+
+=====================  =====  =================================================================
+msg_delivered_first    int    delivered on its first attempt (attempt 1)
+msg_delivered_retried  int    delivered on a later attempt (after a retry, a redrive included)
+msg_failed_permanent   int    its latest outcome is a permanent Failed (the provider refused it)
+msg_failed_exhausted   int    its latest outcome is Failed after its attempts ran out
+msg_pending            int    not finished: not attempted yet, in flight, backed off or held
+=====================  =====  =================================================================
+
+A RetryRequested moves a failed message back to msg_pending; Archived leaves it failed. Minute
+rows are kept like the hourly ones (they exist only for minutes with events, a small fraction of
+the log they derive from): a window in the past is reported to the minute as well.
+
 ``failures_by_reason`` — one row per (day, provider, reason):
 
 =================  =======  ===================================================================
@@ -49,22 +72,17 @@ exhausted          int      … of which not permanent (attempts exhausted)
 backed_off         int      BackedOff events with this reason (transient failures)
 =================  =======  ===================================================================
 
-What a counter needs to know about an event's message — its channel, when it was received, the
-provider of its latest attempt — comes from the message's own earlier events: kept in memory
-while the message is in progress and read back from the event store after a restart (see
-``_MessageFacts``). The history is immutable, so no table of our own has to keep it.
+Canary messages (``domain.canary``) are left out of every table.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from itertools import islice
-from typing import Any, Self
-from uuid import UUID
+from typing import Any, ClassVar, Self
 
 from eventsourcing.domain import DomainEvent
 from sqlalchemy import (
@@ -79,9 +97,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from adapters.message_facts import OUTCOMES, Facts, MessageFacts, utc
 from adapters.projections import History, Projection, Write
 from adapters.sql import execute_many, metadata
-from domain.canary import is_canary
 from domain.message import Message
 
 #: Histogram columns and their upper bounds in ms (the last bucket is unbounded).
@@ -101,6 +119,9 @@ LATENCY_BUCKETS: tuple[tuple[str, float], ...] = (
     ("lat_gt_3600s", math.inf),
 )
 HISTOGRAM_COLUMNS = tuple(name for name, _ in LATENCY_BUCKETS)
+#: The buckets' upper bounds in µs (a latency equal to a bound falls in its bucket).
+_BOUNDS_US = tuple(bound * 1000 for _, bound in LATENCY_BUCKETS)
+_MICROSECOND = timedelta(microseconds=1)
 COUNTER_COLUMNS = (
     "received",
     "attempts",
@@ -110,10 +131,26 @@ COUNTER_COLUMNS = (
     "failed_permanent",
     "failed_exhausted",
 )
+#: The message columns of ``delivery_stats_minutely``, in the order the reports stack them.
+OUTCOME_COLUMNS = OUTCOMES
 HOURLY_KEY = ("hour", "provider", "channel")
+MINUTELY_KEY = ("minute", "provider", "channel")
 REASON_KEY = ("day", "provider", "reason")
 REASON_COUNTERS = ("failed", "permanent", "exhausted", "backed_off")
 REASON_LENGTH = 128
+
+
+def _counters(*names: str) -> list[Column[Any]]:
+    return [Column(name, Integer, nullable=False, default=0) for name in names]
+
+
+def _event_counters() -> list[Column[Any]]:
+    return [
+        *_counters(*COUNTER_COLUMNS),
+        Column("latency_sum_ms", BigInteger, nullable=False, default=0),
+        *_counters("latency_count", *HISTOGRAM_COLUMNS),
+    ]
+
 
 delivery_stats_hourly = Table(
     "delivery_stats_hourly",
@@ -121,10 +158,17 @@ delivery_stats_hourly = Table(
     Column("hour", DateTime(timezone=True), primary_key=True),
     Column("provider", String(64), primary_key=True),
     Column("channel", String(8), primary_key=True),
-    *(Column(name, Integer, nullable=False, default=0) for name in COUNTER_COLUMNS),
-    Column("latency_sum_ms", BigInteger, nullable=False, default=0),
-    Column("latency_count", Integer, nullable=False, default=0),
-    *(Column(name, Integer, nullable=False, default=0) for name in HISTOGRAM_COLUMNS),
+    *_event_counters(),
+)
+
+delivery_stats_minutely = Table(
+    "delivery_stats_minutely",
+    metadata,
+    Column("minute", DateTime(timezone=True), primary_key=True),
+    Column("provider", String(64), primary_key=True),
+    Column("channel", String(8), primary_key=True),
+    *_event_counters(),
+    *_counters(*OUTCOME_COLUMNS),
 )
 
 failures_by_reason = Table(
@@ -133,18 +177,20 @@ failures_by_reason = Table(
     Column("day", Date, primary_key=True),
     Column("provider", String(64), primary_key=True),
     Column("reason", String(REASON_LENGTH), primary_key=True),
-    *(Column(name, Integer, nullable=False, default=0) for name in REASON_COUNTERS),
+    *_counters(*REASON_COUNTERS),
 )
+
+Sums = dict[Any, Counter[str]]
 
 
 class _CountingProjection:
-    """What both projections share: a counters table (retargetable for a rebuild) and message facts."""
+    """What the projections share: a counters table (retargetable for a rebuild) and message facts."""
 
     name: str
 
     def __init__(self, table: Table) -> None:
         self.table = table
-        self.facts = _MessageFacts()
+        self.facts = MessageFacts()
 
     @property
     def tables(self) -> list[Table]:
@@ -164,41 +210,65 @@ class DeliveryStatsProjection(_CountingProjection):
     """Keeps ``delivery_stats_hourly`` (or a shadow copy, for a rebuild) in step with the log."""
 
     name = "delivery_stats_hourly"
+    key: ClassVar[tuple[str, ...]] = HOURLY_KEY
+    #: How long a row's period is, in seconds.
+    period: ClassVar[int] = 3600
 
     def __init__(self, table: Table = delivery_stats_hourly) -> None:
         super().__init__(table)
 
     def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
-        """Sum the batch's counts per hour; the write adds them to the hourly rows."""
+        """Sum the batch's counts per row; the write adds them to the stored rows."""
         self.facts.load(events, history)
-        sums: dict[tuple[datetime, str, str], Counter[str]] = defaultdict(Counter)
-        for event in events:
-            row = self.facts.observe(event)
-            if row.canary:
-                continue
-            hour = _utc(event.timestamp).replace(minute=0, second=0, microsecond=0)
-            if isinstance(event, Message.Received):
-                sums[hour, event.provider or "", event.channel]["received"] += 1
-            elif isinstance(event, Message.Attempted):
-                sums[hour, event.provider, row.channel]["attempts"] += 1
-            elif isinstance(event, Message.BackedOff):
-                sums[hour, row.provider, row.channel]["backed_off"] += 1
-            elif isinstance(event, Message.Failed):
-                kind = "failed_permanent" if event.permanent else "failed_exhausted"
-                sums[hour, row.provider, row.channel][kind] += 1
-            elif isinstance(event, Message.Delivered):
-                counts = sums[hour, event.provider, row.channel]
-                counts["delivered"] += 1
-                counts["delivered_retried"] += int(event.attempt > 1)
-                if row.received_at is not None:
-                    _count_latency(counts, _utc(event.timestamp) - row.received_at)
-        table = self.table
-        columns = [c.name for c in table.columns if c.name not in HOURLY_KEY]
+        sums = self.sums(events)
+        table, key, period = self.table, self.key, self.period
+        columns = [c.name for c in table.columns if c.name not in key]
 
         def write(connection: Connection) -> None:
-            _add(connection, table, HOURLY_KEY, columns, sums)
+            _add(connection, table, key, columns, _dated(sums, period))
 
         return write
+
+    def sums(self, events: Sequence[DomainEvent]) -> Sums:
+        """The batch's counts, keyed by (period number since the epoch, provider, channel)."""
+        sums: Sums = defaultdict(Counter)
+        observe, period = self.facts.observe, self.period
+        for event in events:
+            row = observe(event)
+            if not row.canary:
+                _count_event(sums, _epoch(event.timestamp) // period, event, row)
+        return sums
+
+
+class DeliveryStatsMinutelyProjection(DeliveryStatsProjection):
+    """Keeps ``delivery_stats_minutely`` (or a shadow copy) in step with the log: the hourly
+    counters per minute, and each message under its outcome so far."""
+
+    name = "delivery_stats_minutely"
+    key = MINUTELY_KEY
+    period = 60
+
+    def __init__(self, table: Table = delivery_stats_minutely) -> None:
+        super().__init__(table)
+
+    def sums(self, events: Sequence[DomainEvent]) -> Sums:
+        """The event counters per minute, and each message moved to its outcome's cell."""
+        sums: Sums = defaultdict(Counter)
+        known, observe = self.facts.known, self.facts.observe
+        for event in events:
+            # Before a Received, what memory holds is a fold that was rolled back: nothing counts.
+            old = None if isinstance(event, Message.Received) else known.get(event.originator_id)
+            before = (old.handler, old.outcome) if old is not None else None
+            row = observe(event)
+            if row.canary:
+                continue
+            _count_event(sums, _epoch(event.timestamp) // 60, event, row)
+            if before != (row.handler, row.outcome) and row.received_at is not None:
+                minute = _epoch(row.received_at) // 60
+                if before is not None:
+                    sums[minute, before[0], row.channel][before[1]] -= 1
+                sums[minute, row.handler, row.channel][row.outcome] += 1
+        return sums
 
 
 class FailureReasonsProjection(_CountingProjection):
@@ -218,7 +288,7 @@ class FailureReasonsProjection(_CountingProjection):
             if row.canary:
                 continue
             if isinstance(event, Message.Failed | Message.BackedOff):
-                key = (_utc(event.timestamp).date(), row.provider, event.reason[:REASON_LENGTH])
+                key = (utc(event.timestamp).date(), row.provider, event.reason[:REASON_LENGTH])
                 if isinstance(event, Message.BackedOff):
                     sums[key]["backed_off"] += 1
                 else:
@@ -233,106 +303,46 @@ class FailureReasonsProjection(_CountingProjection):
 
 
 def stats_projections() -> list[Projection]:
-    """Both statistics projections (give each its own ``ProjectionRunner``, named after it)."""
-    return [DeliveryStatsProjection(), FailureReasonsProjection()]
+    """The statistics projections (give each its own ``ProjectionRunner``, named after it)."""
+    return [DeliveryStatsProjection(), DeliveryStatsMinutelyProjection(), FailureReasonsProjection()]
 
 
-@dataclass(slots=True)
-class _Facts:
-    """A message as a counter sees it, as of its event ``version``."""
+def _count_event(sums: Sums, at: int, event: DomainEvent, row: Facts) -> None:
+    """Add one event to the event counters of its row (``at``: its period's number)."""
+    if isinstance(event, Message.Attempted):
+        sums[at, event.provider, row.channel]["attempts"] += 1
+    elif isinstance(event, Message.Delivered):
+        counts = sums[at, event.provider, row.channel]
+        counts["delivered"] += 1
+        counts["delivered_retried"] += int(event.attempt > 1)
+        if row.received_at is not None:
+            _count_latency(counts, utc(event.timestamp) - row.received_at)
+    elif isinstance(event, Message.Received):
+        sums[at, event.provider or "", event.channel]["received"] += 1
+    elif isinstance(event, Message.BackedOff):
+        sums[at, row.provider, row.channel]["backed_off"] += 1
+    elif isinstance(event, Message.Failed):
+        kind = "failed_permanent" if event.permanent else "failed_exhausted"
+        sums[at, row.provider, row.channel][kind] += 1
 
-    version: int
-    channel: str
-    received_at: datetime | None
-    provider: str
-    ended: bool = False
-    #: A synthetic request of the canary: the reports leave it out.
-    canary: bool = False
+
+def _epoch(moment: datetime) -> int:
+    """Whole seconds since the epoch (a naive moment is UTC)."""
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())
 
 
-class _MessageFacts:
-    """Each in-progress message's facts, in memory; recovered from its own history when missing.
-
-    An entry is trusted only if it is as of the version just before the message's first event in
-    the batch. Otherwise — after a restart, an eviction, or a batch that was folded and then
-    rolled back — the message's earlier events are read from the store (``history``) and folded.
-    Between batches, entries of messages that ended (Delivered, or Failed: only a rare
-    RetryRequested can follow, and then the history is read) are dropped, and the oldest go when
-    more than ``capacity`` remain; never during a batch, whose entries were checked by ``load``.
-    """
-
-    def __init__(self, capacity: int = 200_000) -> None:
-        self.known: dict[UUID, _Facts] = {}
-        self.ended: list[UUID] = []
-        self.capacity = capacity
-
-    def load(self, events: Sequence[DomainEvent], history: History) -> None:
-        """Make sure every message of ``events`` is known as of just before its first event here."""
-        self._evict()
-        first: dict[UUID, int] = {}
-        for event in events:
-            first.setdefault(event.originator_id, event.originator_version)
-        known = self.known
-        missing = [
-            key
-            for key, version in first.items()
-            if version > 1 and ((facts := known.get(key)) is None or facts.version != version - 1)
-        ]
-        if missing:
-            for key in missing:
-                known.pop(key, None)
-            for key, earlier in history(missing).items():
-                for event in earlier:
-                    if event.originator_version >= first[key]:
-                        break
-                    self.observe(event)
-
-    def observe(self, event: DomainEvent) -> _Facts:
-        """Fold the event into its message's facts; return them as of that event."""
-        key = event.originator_id
-        if isinstance(event, Message.Received):
-            received = _Facts(
-                event.originator_version,
-                event.channel,
-                _utc(event.timestamp),
-                "",
-                canary=is_canary(event.metadata),
-            )
-            self.known[key] = received
-            return received
-        facts = self.known.get(key)
-        if facts is None:  # no Received in its history (cannot happen while the log is whole)
-            facts = self.known[key] = _Facts(event.originator_version, "", None, "")
-        facts.version = event.originator_version
-        if isinstance(event, Message.Attempted):
-            facts.provider = event.provider
-        elif isinstance(event, Message.Delivered | Message.Failed):
-            facts.ended = True
-            self.ended.append(key)
-        elif isinstance(event, Message.RetryRequested):
-            facts.ended = False
-        return facts
-
-    def _evict(self) -> None:
-        known = self.known
-        for key in self.ended:
-            facts = known.get(key)
-            if facts is not None and facts.ended:
-                del known[key]
-        self.ended.clear()
-        if len(known) > self.capacity:
-            for key in list(islice(known, len(known) - self.capacity // 2)):
-                del known[key]
+def _dated(sums: Sums, period: int) -> Sums:
+    """``sums`` keyed by the start of each period (UTC) instead of its number."""
+    return {
+        (datetime.fromtimestamp(key[0] * period, timezone.utc), *key[1:]): row for key, row in sums.items()
+    }
 
 
 def _count_latency(counts: Counter[str], latency: timedelta) -> None:
-    micros = max(0, latency // timedelta(microseconds=1))
+    micros = max(0, latency // _MICROSECOND)
     counts["latency_sum_ms"] += round(micros / 1000)
     counts["latency_count"] += 1
-    for column, bound_ms in LATENCY_BUCKETS:
-        if micros <= bound_ms * 1000:
-            counts[column] += 1
-            return
+    counts[HISTOGRAM_COLUMNS[bisect_left(_BOUNDS_US, micros)]] += 1
 
 
 def _add(
@@ -360,7 +370,3 @@ def _add(
 def _insert(connection: Connection, table: Table) -> Any:
     module: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
     return module.insert(table)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
