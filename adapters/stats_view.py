@@ -79,9 +79,11 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta, timezone
+from functools import partial
+from operator import mul
 from typing import Any, ClassVar, Self
 
 from eventsourcing.domain import DomainEvent
@@ -95,12 +97,21 @@ from sqlalchemy import (
     String,
     Table,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
-from adapters.message_facts import OUTCOMES, Facts, MessageFacts, utc
+from adapters.message_facts import (
+    ATTEMPTED,
+    BACKED_OFF,
+    DELIVERED,
+    FAILED,
+    KINDS,
+    OUTCOMES,
+    RECEIVED,
+    MessageFacts,
+    kind_of,
+    utc,
+)
 from adapters.projections import History, Projection, Write
-from adapters.sql import execute_many, metadata
-from domain.message import Message
+from adapters.sql import add_counts, metadata
 
 #: Histogram columns and their upper bounds in ms (the last bucket is unbounded).
 LATENCY_BUCKETS: tuple[tuple[str, float], ...] = (
@@ -133,6 +144,8 @@ COUNTER_COLUMNS = (
 )
 #: The message columns of ``delivery_stats_minutely``, in the order the reports stack them.
 OUTCOME_COLUMNS = OUTCOMES
+#: The columns a row of ``delivery_stats_hourly`` counts events in, in order.
+EVENT_COLUMNS = (*COUNTER_COLUMNS, "latency_sum_ms", "latency_count", *HISTOGRAM_COLUMNS)
 HOURLY_KEY = ("hour", "provider", "channel")
 MINUTELY_KEY = ("minute", "provider", "channel")
 REASON_KEY = ("day", "provider", "reason")
@@ -180,7 +193,16 @@ failures_by_reason = Table(
     *_counters(*REASON_COUNTERS),
 )
 
-Sums = dict[Any, Counter[str]]
+#: A row of sums: one int per counter column, in ``EVENT_COLUMNS`` (+ ``OUTCOME_COLUMNS``) order.
+Row = list[int]
+#: Rows keyed by (period number since the epoch, provider, channel).
+Sums = dict[tuple[int, str, str], Row]
+_RECEIVED, _ATTEMPTS, _DELIVERED, _RETRIED, _BACKED_OFF, _PERMANENT, _EXHAUSTED = range(7)
+_LATENCY_SUM, _LATENCY_COUNT, _HISTOGRAM = range(7, 10)
+#: Where each message of a batch stood before it: (handler, outcome), None if nowhere yet.
+Standing = dict[int, tuple[str, str] | None]
+#: Each outcome's place in a row of ``delivery_stats_minutely``.
+_OUTCOME_AT = {name: len(EVENT_COLUMNS) + n for n, name in enumerate(OUTCOME_COLUMNS)}
 
 
 class _CountingProjection:
@@ -213,30 +235,32 @@ class DeliveryStatsProjection(_CountingProjection):
     key: ClassVar[tuple[str, ...]] = HOURLY_KEY
     #: How long a row's period is, in seconds.
     period: ClassVar[int] = 3600
+    #: The counter columns, in the order of a ``Row``.
+    columns: ClassVar[tuple[str, ...]] = EVENT_COLUMNS
+    #: Whether messages are counted by outcome too (``OUTCOME_COLUMNS``).
+    outcomes: ClassVar[bool] = False
 
     def __init__(self, table: Table = delivery_stats_hourly) -> None:
         super().__init__(table)
 
     def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
         """Sum the batch's counts per row; the write adds them to the stored rows."""
-        self.facts.load(events, history)
-        sums = self.sums(events)
-        table, key, period = self.table, self.key, self.period
-        columns = [c.name for c in table.columns if c.name not in key]
+        first = self.facts.load(events, history)
+        sums = self.sums(events, self.facts.standing(first) if self.outcomes else None)
+        table, key, columns, period = self.table, self.key, self.columns, self.period
 
         def write(connection: Connection) -> None:
-            _add(connection, table, key, columns, _dated(sums, period))
+            add_counts(connection, table, key, columns, _dated(sums, period))
 
         return write
 
-    def sums(self, events: Sequence[DomainEvent]) -> Sums:
-        """The batch's counts, keyed by (period number since the epoch, provider, channel)."""
-        sums: Sums = defaultdict(Counter)
-        observe, period = self.facts.observe, self.period
-        for event in events:
-            row = observe(event)
-            if not row.canary:
-                _count_event(sums, _epoch(event.timestamp) // period, event, row)
+    def sums(self, events: Sequence[DomainEvent], before: Standing | None = None) -> Sums:
+        """The batch's counts, keyed by (period number since the epoch, provider, channel); with
+        ``before`` (where each message of the batch stood before it), messages by outcome too."""
+        sums: Sums = defaultdict(partial(mul, [0], len(self.columns)))
+        _count_events(sums, events, self.facts, self.period)
+        if before:
+            _move(sums, before, self.facts)
         return sums
 
 
@@ -247,28 +271,11 @@ class DeliveryStatsMinutelyProjection(DeliveryStatsProjection):
     name = "delivery_stats_minutely"
     key = MINUTELY_KEY
     period = 60
+    columns = (*EVENT_COLUMNS, *OUTCOME_COLUMNS)
+    outcomes = True
 
     def __init__(self, table: Table = delivery_stats_minutely) -> None:
         super().__init__(table)
-
-    def sums(self, events: Sequence[DomainEvent]) -> Sums:
-        """The event counters per minute, and each message moved to its outcome's cell."""
-        sums: Sums = defaultdict(Counter)
-        known, observe = self.facts.known, self.facts.observe
-        for event in events:
-            # Before a Received, what memory holds is a fold that was rolled back: nothing counts.
-            old = None if isinstance(event, Message.Received) else known.get(event.originator_id)
-            before = (old.handler, old.outcome) if old is not None else None
-            row = observe(event)
-            if row.canary:
-                continue
-            _count_event(sums, _epoch(event.timestamp) // 60, event, row)
-            if before != (row.handler, row.outcome) and row.received_at is not None:
-                minute = _epoch(row.received_at) // 60
-                if before is not None:
-                    sums[minute, before[0], row.channel][before[1]] -= 1
-                sums[minute, row.handler, row.channel][row.outcome] += 1
-        return sums
 
 
 class FailureReasonsProjection(_CountingProjection):
@@ -282,22 +289,24 @@ class FailureReasonsProjection(_CountingProjection):
     def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
         """Sum the batch's Failed / BackedOff counts per reason; the write adds them."""
         self.facts.load(events, history)
-        sums: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
+        sums: dict[tuple[date, str, str], Row] = {}
+        observe = self.facts.observe
         for event in events:
-            row = self.facts.observe(event)
-            if row.canary:
-                continue
-            if isinstance(event, Message.Failed | Message.BackedOff):
-                key = (utc(event.timestamp).date(), row.provider, event.reason[:REASON_LENGTH])
-                if isinstance(event, Message.BackedOff):
-                    sums[key]["backed_off"] += 1
+            kind = kind_of(event)
+            facts = observe(event, kind)
+            if kind in (FAILED, BACKED_OFF) and not facts.canary:
+                fields: Any = event
+                key = (utc(event.timestamp).date(), facts.provider, fields.reason[:REASON_LENGTH])
+                row = _row(sums, key, len(REASON_COUNTERS))
+                if kind == BACKED_OFF:
+                    row[3] += 1
                 else:
-                    sums[key]["failed"] += 1
-                    sums[key]["permanent" if event.permanent else "exhausted"] += 1
+                    row[0] += 1
+                    row[1 if fields.permanent else 2] += 1
         table = self.table
 
         def write(connection: Connection) -> None:
-            _add(connection, table, REASON_KEY, REASON_COUNTERS, sums)
+            add_counts(connection, table, REASON_KEY, REASON_COUNTERS, sums)
 
         return write
 
@@ -307,23 +316,59 @@ def stats_projections() -> list[Projection]:
     return [DeliveryStatsProjection(), DeliveryStatsMinutelyProjection(), FailureReasonsProjection()]
 
 
-def _count_event(sums: Sums, at: int, event: DomainEvent, row: Facts) -> None:
-    """Add one event to the event counters of its row (``at``: its period's number)."""
-    if isinstance(event, Message.Attempted):
-        sums[at, event.provider, row.channel]["attempts"] += 1
-    elif isinstance(event, Message.Delivered):
-        counts = sums[at, event.provider, row.channel]
-        counts["delivered"] += 1
-        counts["delivered_retried"] += int(event.attempt > 1)
-        if row.received_at is not None:
-            _count_latency(counts, utc(event.timestamp) - row.received_at)
-    elif isinstance(event, Message.Received):
-        sums[at, event.provider or "", event.channel]["received"] += 1
-    elif isinstance(event, Message.BackedOff):
-        sums[at, row.provider, row.channel]["backed_off"] += 1
-    elif isinstance(event, Message.Failed):
-        kind = "failed_permanent" if event.permanent else "failed_exhausted"
-        sums[at, row.provider, row.channel][kind] += 1
+def _row(sums: dict[Any, Row], key: Any, width: int) -> Row:
+    """The row of ``key``, a new one of zeros if missing."""
+    row = sums.get(key)
+    if row is None:
+        row = sums[key] = [0] * width
+    return row
+
+
+def _count_events(sums: Sums, events: Sequence[DomainEvent], facts: MessageFacts, period: int) -> None:
+    """Fold each event into its message's facts and add it to the event counters of its row
+    (``period``: the rows' length in seconds). The hot path of the read side: one pass, one
+    dict lookup per event to tell its kind, rows in a defaultdict of lists.
+    """
+    observe, kinds = facts.observe, KINDS
+    for event in events:
+        kind = kinds.get(type(event)) or kind_of(event)
+        message = observe(event, kind)
+        if message.canary:
+            continue
+        moment = event.timestamp
+        at = int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()) // period
+        fields: Any = event  # its class is known from ``kind``
+        if kind == ATTEMPTED:
+            sums[at, fields.provider, message.channel][_ATTEMPTS] += 1
+        elif kind == DELIVERED:
+            row = sums[at, fields.provider, message.channel]
+            row[_DELIVERED] += 1
+            if fields.attempt > 1:
+                row[_RETRIED] += 1
+            if message.received_at is not None:
+                micros = max(0, (utc(event.timestamp) - message.received_at) // _MICROSECOND)
+                row[_LATENCY_SUM] += round(micros / 1000)
+                row[_LATENCY_COUNT] += 1
+                row[_HISTOGRAM + bisect_left(_BOUNDS_US, micros)] += 1
+        elif kind == RECEIVED:
+            sums[at, fields.provider or "", fields.channel][_RECEIVED] += 1
+        elif kind == BACKED_OFF:
+            sums[at, message.provider, message.channel][_BACKED_OFF] += 1
+        elif kind == FAILED:
+            sums[at, message.provider, message.channel][_PERMANENT if fields.permanent else _EXHAUSTED] += 1
+
+
+def _move(sums: Sums, standing: Standing, facts: MessageFacts) -> None:
+    """Move each message of a batch from where it stood before it (``standing``) to where it
+    stands now, in the row of the minute it was received: −1 in the old cell, +1 in the new."""
+    for key, before in standing.items():
+        message = facts.known[key]
+        if message.canary or message.received_at is None or before == (message.handler, message.outcome):
+            continue
+        minute = _epoch(message.received_at) // 60
+        if before is not None:
+            sums[minute, before[0], message.channel][_OUTCOME_AT[before[1]]] -= 1
+        sums[minute, message.handler, message.channel][_OUTCOME_AT[message.outcome]] += 1
 
 
 def _epoch(moment: datetime) -> int:
@@ -331,42 +376,8 @@ def _epoch(moment: datetime) -> int:
     return int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())
 
 
-def _dated(sums: Sums, period: int) -> Sums:
+def _dated(sums: Sums, period: int) -> dict[tuple[Any, ...], Row]:
     """``sums`` keyed by the start of each period (UTC) instead of its number."""
     return {
         (datetime.fromtimestamp(key[0] * period, timezone.utc), *key[1:]): row for key, row in sums.items()
     }
-
-
-def _count_latency(counts: Counter[str], latency: timedelta) -> None:
-    micros = max(0, latency // _MICROSECOND)
-    counts["latency_sum_ms"] += round(micros / 1000)
-    counts["latency_count"] += 1
-    counts[HISTOGRAM_COLUMNS[bisect_left(_BOUNDS_US, micros)]] += 1
-
-
-def _add(
-    connection: Connection,
-    table: Table,
-    key: Sequence[str],
-    columns: Sequence[str],
-    sums: dict[Any, Counter[str]],
-) -> None:
-    """One upsert adding ``sums`` (key tuple → column counts) to the stored counters."""
-    if not sums:
-        return
-
-    def upsert() -> Any:
-        statement = _insert(connection, table)
-        return statement.on_conflict_do_update(
-            index_elements=[table.c[k] for k in key],
-            set_={c: table.c[c] + statement.excluded[c] for c in columns},
-        )
-
-    rows = [dict(zip(key, k, strict=True)) | {c: sums[k][c] for c in columns} for k in sorted(sums)]
-    execute_many(connection, (table, "add", tuple(columns)), upsert, rows)
-
-
-def _insert(connection: Connection, table: Table) -> Any:
-    module: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
-    return module.insert(table)

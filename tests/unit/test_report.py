@@ -297,6 +297,19 @@ def test_a_short_window_reads_the_minute_rows_exactly(engine: Engine) -> None:
     assert report.total.received == 3 and report.total.attempts == 3
 
 
+def test_the_consoles_failures_per_hour_come_from_the_report_queries(engine: Engine) -> None:
+    from smeg_actors.admin.console_data import failures_by_hour
+
+    hours, failures = failures_by_hour(engine, at(12, 30))
+
+    # The 24 hours up to the current one; Failed events per provider in each, heat 0-4
+    assert len(hours) == 24 and (hours[0], hours[-1]) == (datetime(2024, 5, 31, 13, tzinfo=UTC), at(12))
+    assert set(failures) == {"alpha", "beta"}
+    assert failures["alpha"][hours.index(at(10))] == (2, 4)  # one permanent, one exhausted
+    assert failures["beta"][hours.index(at(11))] == (1, 2)
+    assert sum(n for n, _ in failures["alpha"] + failures["beta"]) == 3
+
+
 def test_report_for_one_provider_and_naive_datetimes_as_utc(engine: Engine) -> None:
     report = build_report(
         engine, SINCE.replace(tzinfo=None), UNTIL.replace(tzinfo=None), "beta", top=1, bin=HOUR
