@@ -2,8 +2,9 @@
 messages by outcome per minute, failures by reason per day.
 
 Three projections follow the event log (see ``adapters.projections``). Each batch's events are
-summed in Python, then ONE upsert per table *adds* the sums to the stored counters, inside the
-runner's transaction: the tables are exactly-once and a ``rebuild()`` reproduces them row for row.
+summed in Python (``_count_events``: one pass, the read side's hot path), then ONE upsert per
+table *adds* the sums to the stored counters (``adapters.sql.add_counts``), inside the runner's
+transaction: the tables are exactly-once and a ``rebuild()`` reproduces them row for row.
 Give each projection its own ``ProjectionRunner`` named after it (``name=projection.name``), so
 each can be rebuilt (or shadow-rebuilt) on its own. The facts a counter needs about an event's
 message (channel, received time, latest provider, outcome so far) come from
