@@ -17,13 +17,20 @@ from sqlalchemy.engine import make_url
 from adapters.parked_events import parked_events
 from adapters.projections import create_tables, tracking
 from adapters.sql import make_engine
-from adapters.stats_view import delivery_stats_hourly, failures_by_reason
+from adapters.stats_view import delivery_stats_hourly, delivery_stats_minutely, failures_by_reason
 from adapters.status_view import message_status
 
 log = structlog.get_logger(__name__)
 
 #: Every table of ours that lives with the read models.
-TABLES = (tracking, message_status, delivery_stats_hourly, failures_by_reason, parked_events)
+TABLES = (
+    tracking,
+    message_status,
+    delivery_stats_hourly,
+    delivery_stats_minutely,
+    failures_by_reason,
+    parked_events,
+)
 
 #: Tables of read models that no longer exist (their facts come from each message's history).
 RETIRED = ("stats_message_info", "failures_message_info")

@@ -10,7 +10,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, MetaData, Table, Update, create_engine, event
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Date,
+    DateTime,
+    Engine,
+    Insert,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Update,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.sqlite import DATETIME as SQLITE_DATETIME
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.types import TypeEngine
@@ -112,6 +127,69 @@ def execute_many(
         ]
         params.append(tuple(values) if positional else dict(zip(names, values, strict=True)))
     connection.exec_driver_sql(sql, params)
+
+
+#: From this many rows, ``add_counts`` on PostgreSQL stages them by binary COPY (fewer: executemany).
+COPY_FROM_ROWS = 50
+#: Binary COPY's type of a counters table's column, by its SQLAlchemy type (first match; else text).
+_PG_TYPES: tuple[tuple[type[TypeEngine[Any]], str], ...] = (
+    (DateTime, "timestamptz"),
+    (Date, "date"),
+    (BigInteger, "int8"),
+    (Integer, "int4"),
+)
+
+
+def add_counts(
+    connection: Connection,
+    table: Table,
+    key: Sequence[str],
+    columns: Sequence[str],
+    sums: Mapping[Any, Sequence[int]],
+) -> None:
+    """One upsert adding ``sums`` (key tuple → one count per column of ``columns``, in order) to
+    the stored counters of ``table`` (a row missing is inserted with them). On PostgreSQL, many
+    rows are staged in a temporary table by binary COPY first (per-row statements through
+    ``executemany`` cost about 40 µs a row on the server)."""
+    if not sums:
+        return
+    if connection.dialect.name == "postgresql" and len(sums) >= COPY_FROM_ROWS:
+        _add_counts_copied(connection, table, key, columns, sums)
+        return
+
+    def upsert() -> Any:
+        module: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
+        statement = module.insert(table)
+        return statement.on_conflict_do_update(
+            index_elements=[table.c[k] for k in key],
+            set_={c: table.c[c] + statement.excluded[c] for c in columns},
+        )
+
+    rows = [dict(zip(key, k, strict=True)) | dict(zip(columns, sums[k], strict=True)) for k in sorted(sums)]
+    execute_many(connection, (table, "add", tuple(columns)), upsert, rows)
+
+
+def _add_counts_copied(
+    connection: Connection,
+    table: Table,
+    key: Sequence[str],
+    columns: Sequence[str],
+    sums: Mapping[Any, Sequence[int]],
+) -> None:
+    name, stage = qualified_name(connection, table), f"pg_temp.smeg_add_{table.name}"
+    connection.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {name}) ON COMMIT DELETE ROWS")
+    connection.exec_driver_sql(f"DELETE FROM {stage}")  # a savepoint's earlier batch, if any
+    names = [*key, *columns]
+    types = [next((t for kind, t in _PG_TYPES if isinstance(table.c[n].type, kind)), "text") for n in names]
+    copy_rows(connection, stage, names, types, ([*k, *sums[k]] for k in sorted(sums)))
+    listed = ", ".join(names)
+    sets = ", ".join(f"{c} = t.{c} + excluded.{c}" for c in columns)
+    # Rows locked in Python's key order, as executemany's (text by code point: COLLATE "C").
+    order = ", ".join(f'{k} COLLATE "C"' if isinstance(table.c[k].type, String) else k for k in key)
+    connection.exec_driver_sql(
+        f"INSERT INTO {name} AS t ({listed}) SELECT {listed} FROM {stage} ORDER BY {order} "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
+    )
 
 
 def translated_schema(connection: Connection, table: Table) -> str | None:

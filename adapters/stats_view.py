@@ -1,13 +1,17 @@
-"""Delivery statistics read models: hourly counters with a latency histogram, failures by reason.
+"""Delivery statistics read models: counters with a latency histogram per hour and per minute,
+messages by outcome per minute, failures by reason per day.
 
-Two projections follow the event log (see ``adapters.projections``). Each batch's events are
-summed in Python, then ONE upsert per table *adds* the sums to the stored counters, inside the
-runner's transaction: the tables are exactly-once and a ``rebuild()`` reproduces them row for row.
-Every counter only grows; a row covers the events whose own timestamp falls in its hour / day.
+Three projections follow the event log (see ``adapters.projections``). Each batch's events are
+summed in Python (``_count_events``: one pass, the read side's hot path), then ONE upsert per
+table *adds* the sums to the stored counters (``adapters.sql.add_counts``), inside the runner's
+transaction: the tables are exactly-once and a ``rebuild()`` reproduces them row for row.
 Give each projection its own ``ProjectionRunner`` named after it (``name=projection.name``), so
-either can be rebuilt (or shadow-rebuilt) on its own.
+each can be rebuilt (or shadow-rebuilt) on its own. The facts a counter needs about an event's
+message (channel, received time, latest provider, outcome so far) come from
+``adapters.message_facts``.
 
-``delivery_stats_hourly`` — one row per (hour, provider, channel):
+``delivery_stats_hourly`` — one row per (hour, provider, channel); event counters, which only grow,
+each in the row of the hour its event's own timestamp falls in:
 
 =================  =======  ===================================================================
 column             type     meaning
@@ -37,6 +41,26 @@ lat_gt_3600s       int      latencies over one hour
 Mean latency = latency_sum_ms / latency_count; a quantile is estimated as the upper bound of the
 bucket holding it (histograms of several rows add up column by column).
 
+``delivery_stats_minutely`` — one row per (minute, provider, channel), kept by its own projection
+(so an older database gets it filled from the whole log on first start). The same event counters
+as ``delivery_stats_hourly``, for the minute of their event, and five columns that count
+*messages* — each message in exactly one of them, in the row of the minute it was **received**,
+under the provider that handles it: of its **latest attempt**; before its first, the provider it
+was held for (``Held``), else the one requested, else ''. A message moves between them as it goes
+(a later batch subtracts it from one and adds it to another), so these may go down:
+
+=====================  =====  =================================================================
+msg_delivered_first    int    delivered on its first attempt (attempt 1)
+msg_delivered_retried  int    delivered on a later attempt (after a retry, a redrive included)
+msg_failed_permanent   int    its latest outcome is a permanent Failed (the provider refused it)
+msg_failed_exhausted   int    its latest outcome is Failed after its attempts ran out
+msg_pending            int    not finished: not attempted yet, in flight, backed off or held
+=====================  =====  =================================================================
+
+A RetryRequested moves a failed message back to msg_pending; Archived leaves it failed. Minute
+rows are kept like the hourly ones (they exist only for minutes with events, a small fraction of
+the log they derive from): a window in the past is reported to the minute as well.
+
 ``failures_by_reason`` — one row per (day, provider, reason):
 
 =================  =======  ===================================================================
@@ -49,22 +73,19 @@ exhausted          int      … of which not permanent (attempts exhausted)
 backed_off         int      BackedOff events with this reason (transient failures)
 =================  =======  ===================================================================
 
-What a counter needs to know about an event's message — its channel, when it was received, the
-provider of its latest attempt — comes from the message's own earlier events: kept in memory
-while the message is in progress and read back from the event store after a restart (see
-``_MessageFacts``). The history is immutable, so no table of our own has to keep it.
+Canary messages (``domain.canary``) are left out of every table.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from itertools import islice
-from typing import Any, Self
-from uuid import UUID
+from functools import partial
+from operator import mul
+from typing import Any, ClassVar, Self
 
 from eventsourcing.domain import DomainEvent
 from sqlalchemy import (
@@ -77,12 +98,21 @@ from sqlalchemy import (
     String,
     Table,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
+from adapters.message_facts import (
+    ATTEMPTED,
+    BACKED_OFF,
+    DELIVERED,
+    FAILED,
+    KINDS,
+    OUTCOMES,
+    RECEIVED,
+    MessageFacts,
+    kind_of,
+    utc,
+)
 from adapters.projections import History, Projection, Write
-from adapters.sql import execute_many, metadata
-from domain.canary import is_canary
-from domain.message import Message
+from adapters.sql import add_counts, metadata
 
 #: Histogram columns and their upper bounds in ms (the last bucket is unbounded).
 LATENCY_BUCKETS: tuple[tuple[str, float], ...] = (
@@ -101,6 +131,9 @@ LATENCY_BUCKETS: tuple[tuple[str, float], ...] = (
     ("lat_gt_3600s", math.inf),
 )
 HISTOGRAM_COLUMNS = tuple(name for name, _ in LATENCY_BUCKETS)
+#: The buckets' upper bounds in µs (a latency equal to a bound falls in its bucket).
+_BOUNDS_US = tuple(bound * 1000 for _, bound in LATENCY_BUCKETS)
+_MICROSECOND = timedelta(microseconds=1)
 COUNTER_COLUMNS = (
     "received",
     "attempts",
@@ -110,10 +143,28 @@ COUNTER_COLUMNS = (
     "failed_permanent",
     "failed_exhausted",
 )
+#: The message columns of ``delivery_stats_minutely``, in the order the reports stack them.
+OUTCOME_COLUMNS = OUTCOMES
+#: The columns a row of ``delivery_stats_hourly`` counts events in, in order.
+EVENT_COLUMNS = (*COUNTER_COLUMNS, "latency_sum_ms", "latency_count", *HISTOGRAM_COLUMNS)
 HOURLY_KEY = ("hour", "provider", "channel")
+MINUTELY_KEY = ("minute", "provider", "channel")
 REASON_KEY = ("day", "provider", "reason")
 REASON_COUNTERS = ("failed", "permanent", "exhausted", "backed_off")
 REASON_LENGTH = 128
+
+
+def _counters(*names: str) -> list[Column[Any]]:
+    return [Column(name, Integer, nullable=False, default=0) for name in names]
+
+
+def _event_counters() -> list[Column[Any]]:
+    return [
+        *_counters(*COUNTER_COLUMNS),
+        Column("latency_sum_ms", BigInteger, nullable=False, default=0),
+        *_counters("latency_count", *HISTOGRAM_COLUMNS),
+    ]
+
 
 delivery_stats_hourly = Table(
     "delivery_stats_hourly",
@@ -121,10 +172,17 @@ delivery_stats_hourly = Table(
     Column("hour", DateTime(timezone=True), primary_key=True),
     Column("provider", String(64), primary_key=True),
     Column("channel", String(8), primary_key=True),
-    *(Column(name, Integer, nullable=False, default=0) for name in COUNTER_COLUMNS),
-    Column("latency_sum_ms", BigInteger, nullable=False, default=0),
-    Column("latency_count", Integer, nullable=False, default=0),
-    *(Column(name, Integer, nullable=False, default=0) for name in HISTOGRAM_COLUMNS),
+    *_event_counters(),
+)
+
+delivery_stats_minutely = Table(
+    "delivery_stats_minutely",
+    metadata,
+    Column("minute", DateTime(timezone=True), primary_key=True),
+    Column("provider", String(64), primary_key=True),
+    Column("channel", String(8), primary_key=True),
+    *_event_counters(),
+    *_counters(*OUTCOME_COLUMNS),
 )
 
 failures_by_reason = Table(
@@ -133,18 +191,29 @@ failures_by_reason = Table(
     Column("day", Date, primary_key=True),
     Column("provider", String(64), primary_key=True),
     Column("reason", String(REASON_LENGTH), primary_key=True),
-    *(Column(name, Integer, nullable=False, default=0) for name in REASON_COUNTERS),
+    *_counters(*REASON_COUNTERS),
 )
+
+#: A row of sums: one int per counter column, in ``EVENT_COLUMNS`` (+ ``OUTCOME_COLUMNS``) order.
+Row = list[int]
+#: Rows keyed by (period number since the epoch, provider, channel).
+Sums = dict[tuple[int, str, str], Row]
+_RECEIVED, _ATTEMPTS, _DELIVERED, _RETRIED, _BACKED_OFF, _PERMANENT, _EXHAUSTED = range(7)
+_LATENCY_SUM, _LATENCY_COUNT, _HISTOGRAM = range(7, 10)
+#: Where each message of a batch stood before it: (handler, outcome), None if nowhere yet.
+Standing = dict[int, tuple[str, str] | None]
+#: Each outcome's place in a row of ``delivery_stats_minutely``.
+_OUTCOME_AT = {name: len(EVENT_COLUMNS) + n for n, name in enumerate(OUTCOME_COLUMNS)}
 
 
 class _CountingProjection:
-    """What both projections share: a counters table (retargetable for a rebuild) and message facts."""
+    """What the projections share: a counters table (retargetable for a rebuild) and message facts."""
 
     name: str
 
     def __init__(self, table: Table) -> None:
         self.table = table
-        self.facts = _MessageFacts()
+        self.facts = MessageFacts()
 
     @property
     def tables(self) -> list[Table]:
@@ -164,41 +233,50 @@ class DeliveryStatsProjection(_CountingProjection):
     """Keeps ``delivery_stats_hourly`` (or a shadow copy, for a rebuild) in step with the log."""
 
     name = "delivery_stats_hourly"
+    key: ClassVar[tuple[str, ...]] = HOURLY_KEY
+    #: How long a row's period is, in seconds.
+    period: ClassVar[int] = 3600
+    #: The counter columns, in the order of a ``Row``.
+    columns: ClassVar[tuple[str, ...]] = EVENT_COLUMNS
+    #: Whether messages are counted by outcome too (``OUTCOME_COLUMNS``).
+    outcomes: ClassVar[bool] = False
 
     def __init__(self, table: Table = delivery_stats_hourly) -> None:
         super().__init__(table)
 
     def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
-        """Sum the batch's counts per hour; the write adds them to the hourly rows."""
-        self.facts.load(events, history)
-        sums: dict[tuple[datetime, str, str], Counter[str]] = defaultdict(Counter)
-        for event in events:
-            row = self.facts.observe(event)
-            if row.canary:
-                continue
-            hour = _utc(event.timestamp).replace(minute=0, second=0, microsecond=0)
-            if isinstance(event, Message.Received):
-                sums[hour, event.provider or "", event.channel]["received"] += 1
-            elif isinstance(event, Message.Attempted):
-                sums[hour, event.provider, row.channel]["attempts"] += 1
-            elif isinstance(event, Message.BackedOff):
-                sums[hour, row.provider, row.channel]["backed_off"] += 1
-            elif isinstance(event, Message.Failed):
-                kind = "failed_permanent" if event.permanent else "failed_exhausted"
-                sums[hour, row.provider, row.channel][kind] += 1
-            elif isinstance(event, Message.Delivered):
-                counts = sums[hour, event.provider, row.channel]
-                counts["delivered"] += 1
-                counts["delivered_retried"] += int(event.attempt > 1)
-                if row.received_at is not None:
-                    _count_latency(counts, _utc(event.timestamp) - row.received_at)
-        table = self.table
-        columns = [c.name for c in table.columns if c.name not in HOURLY_KEY]
+        """Sum the batch's counts per row; the write adds them to the stored rows."""
+        first = self.facts.load(events, history)
+        sums = self.sums(events, self.facts.standing(first) if self.outcomes else None)
+        table, key, columns, period = self.table, self.key, self.columns, self.period
 
         def write(connection: Connection) -> None:
-            _add(connection, table, HOURLY_KEY, columns, sums)
+            add_counts(connection, table, key, columns, _dated(sums, period))
 
         return write
+
+    def sums(self, events: Sequence[DomainEvent], before: Standing | None = None) -> Sums:
+        """The batch's counts, keyed by (period number since the epoch, provider, channel); with
+        ``before`` (where each message of the batch stood before it), messages by outcome too."""
+        sums: Sums = defaultdict(partial(mul, [0], len(self.columns)))
+        _count_events(sums, events, self.facts, self.period)
+        if before:
+            _move(sums, before, self.facts)
+        return sums
+
+
+class DeliveryStatsMinutelyProjection(DeliveryStatsProjection):
+    """Keeps ``delivery_stats_minutely`` (or a shadow copy) in step with the log: the hourly
+    counters per minute, and each message under its outcome so far."""
+
+    name = "delivery_stats_minutely"
+    key = MINUTELY_KEY
+    period = 60
+    columns = (*EVENT_COLUMNS, *OUTCOME_COLUMNS)
+    outcomes = True
+
+    def __init__(self, table: Table = delivery_stats_minutely) -> None:
+        super().__init__(table)
 
 
 class FailureReasonsProjection(_CountingProjection):
@@ -212,155 +290,95 @@ class FailureReasonsProjection(_CountingProjection):
     def prepare(self, connection: Connection, events: Sequence[DomainEvent], history: History) -> Write:
         """Sum the batch's Failed / BackedOff counts per reason; the write adds them."""
         self.facts.load(events, history)
-        sums: dict[tuple[date, str, str], Counter[str]] = defaultdict(Counter)
+        sums: dict[tuple[date, str, str], Row] = {}
+        observe = self.facts.observe
         for event in events:
-            row = self.facts.observe(event)
-            if row.canary:
-                continue
-            if isinstance(event, Message.Failed | Message.BackedOff):
-                key = (_utc(event.timestamp).date(), row.provider, event.reason[:REASON_LENGTH])
-                if isinstance(event, Message.BackedOff):
-                    sums[key]["backed_off"] += 1
+            kind = kind_of(event)
+            facts = observe(event, kind)
+            if kind in (FAILED, BACKED_OFF) and not facts.canary:
+                fields: Any = event
+                key = (utc(event.timestamp).date(), facts.provider, fields.reason[:REASON_LENGTH])
+                row = _row(sums, key, len(REASON_COUNTERS))
+                if kind == BACKED_OFF:
+                    row[3] += 1
                 else:
-                    sums[key]["failed"] += 1
-                    sums[key]["permanent" if event.permanent else "exhausted"] += 1
+                    row[0] += 1
+                    row[1 if fields.permanent else 2] += 1
         table = self.table
 
         def write(connection: Connection) -> None:
-            _add(connection, table, REASON_KEY, REASON_COUNTERS, sums)
+            add_counts(connection, table, REASON_KEY, REASON_COUNTERS, sums)
 
         return write
 
 
 def stats_projections() -> list[Projection]:
-    """Both statistics projections (give each its own ``ProjectionRunner``, named after it)."""
-    return [DeliveryStatsProjection(), FailureReasonsProjection()]
+    """The statistics projections (give each its own ``ProjectionRunner``, named after it)."""
+    return [DeliveryStatsProjection(), DeliveryStatsMinutelyProjection(), FailureReasonsProjection()]
 
 
-@dataclass(slots=True)
-class _Facts:
-    """A message as a counter sees it, as of its event ``version``."""
-
-    version: int
-    channel: str
-    received_at: datetime | None
-    provider: str
-    ended: bool = False
-    #: A synthetic request of the canary: the reports leave it out.
-    canary: bool = False
+def _row(sums: dict[Any, Row], key: Any, width: int) -> Row:
+    """The row of ``key``, a new one of zeros if missing."""
+    row = sums.get(key)
+    if row is None:
+        row = sums[key] = [0] * width
+    return row
 
 
-class _MessageFacts:
-    """Each in-progress message's facts, in memory; recovered from its own history when missing.
-
-    An entry is trusted only if it is as of the version just before the message's first event in
-    the batch. Otherwise — after a restart, an eviction, or a batch that was folded and then
-    rolled back — the message's earlier events are read from the store (``history``) and folded.
-    Between batches, entries of messages that ended (Delivered, or Failed: only a rare
-    RetryRequested can follow, and then the history is read) are dropped, and the oldest go when
-    more than ``capacity`` remain; never during a batch, whose entries were checked by ``load``.
+def _count_events(sums: Sums, events: Sequence[DomainEvent], facts: MessageFacts, period: int) -> None:
+    """Fold each event into its message's facts and add it to the event counters of its row
+    (``period``: the rows' length in seconds). The hot path of the read side: one pass, one
+    dict lookup per event to tell its kind, rows in a defaultdict of lists.
     """
-
-    def __init__(self, capacity: int = 200_000) -> None:
-        self.known: dict[UUID, _Facts] = {}
-        self.ended: list[UUID] = []
-        self.capacity = capacity
-
-    def load(self, events: Sequence[DomainEvent], history: History) -> None:
-        """Make sure every message of ``events`` is known as of just before its first event here."""
-        self._evict()
-        first: dict[UUID, int] = {}
-        for event in events:
-            first.setdefault(event.originator_id, event.originator_version)
-        known = self.known
-        missing = [
-            key
-            for key, version in first.items()
-            if version > 1 and ((facts := known.get(key)) is None or facts.version != version - 1)
-        ]
-        if missing:
-            for key in missing:
-                known.pop(key, None)
-            for key, earlier in history(missing).items():
-                for event in earlier:
-                    if event.originator_version >= first[key]:
-                        break
-                    self.observe(event)
-
-    def observe(self, event: DomainEvent) -> _Facts:
-        """Fold the event into its message's facts; return them as of that event."""
-        key = event.originator_id
-        if isinstance(event, Message.Received):
-            received = _Facts(
-                event.originator_version,
-                event.channel,
-                _utc(event.timestamp),
-                "",
-                canary=is_canary(event.metadata),
-            )
-            self.known[key] = received
-            return received
-        facts = self.known.get(key)
-        if facts is None:  # no Received in its history (cannot happen while the log is whole)
-            facts = self.known[key] = _Facts(event.originator_version, "", None, "")
-        facts.version = event.originator_version
-        if isinstance(event, Message.Attempted):
-            facts.provider = event.provider
-        elif isinstance(event, Message.Delivered | Message.Failed):
-            facts.ended = True
-            self.ended.append(key)
-        elif isinstance(event, Message.RetryRequested):
-            facts.ended = False
-        return facts
-
-    def _evict(self) -> None:
-        known = self.known
-        for key in self.ended:
-            facts = known.get(key)
-            if facts is not None and facts.ended:
-                del known[key]
-        self.ended.clear()
-        if len(known) > self.capacity:
-            for key in list(islice(known, len(known) - self.capacity // 2)):
-                del known[key]
+    observe, kinds = facts.observe, KINDS
+    for event in events:
+        kind = kinds.get(type(event)) or kind_of(event)
+        message = observe(event, kind)
+        if message.canary:
+            continue
+        moment = event.timestamp
+        at = int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()) // period
+        fields: Any = event  # its class is known from ``kind``
+        if kind == ATTEMPTED:
+            sums[at, fields.provider, message.channel][_ATTEMPTS] += 1
+        elif kind == DELIVERED:
+            row = sums[at, fields.provider, message.channel]
+            row[_DELIVERED] += 1
+            if fields.attempt > 1:
+                row[_RETRIED] += 1
+            if message.received_at is not None:
+                micros = max(0, (utc(event.timestamp) - message.received_at) // _MICROSECOND)
+                row[_LATENCY_SUM] += round(micros / 1000)
+                row[_LATENCY_COUNT] += 1
+                row[_HISTOGRAM + bisect_left(_BOUNDS_US, micros)] += 1
+        elif kind == RECEIVED:
+            sums[at, fields.provider or "", fields.channel][_RECEIVED] += 1
+        elif kind == BACKED_OFF:
+            sums[at, message.provider, message.channel][_BACKED_OFF] += 1
+        elif kind == FAILED:
+            sums[at, message.provider, message.channel][_PERMANENT if fields.permanent else _EXHAUSTED] += 1
 
 
-def _count_latency(counts: Counter[str], latency: timedelta) -> None:
-    micros = max(0, latency // timedelta(microseconds=1))
-    counts["latency_sum_ms"] += round(micros / 1000)
-    counts["latency_count"] += 1
-    for column, bound_ms in LATENCY_BUCKETS:
-        if micros <= bound_ms * 1000:
-            counts[column] += 1
-            return
+def _move(sums: Sums, standing: Standing, facts: MessageFacts) -> None:
+    """Move each message of a batch from where it stood before it (``standing``) to where it
+    stands now, in the row of the minute it was received: −1 in the old cell, +1 in the new."""
+    for key, before in standing.items():
+        message = facts.known[key]
+        if message.canary or message.received_at is None or before == (message.handler, message.outcome):
+            continue
+        minute = _epoch(message.received_at) // 60
+        if before is not None:
+            sums[minute, before[0], message.channel][_OUTCOME_AT[before[1]]] -= 1
+        sums[minute, message.handler, message.channel][_OUTCOME_AT[message.outcome]] += 1
 
 
-def _add(
-    connection: Connection,
-    table: Table,
-    key: Sequence[str],
-    columns: Sequence[str],
-    sums: dict[Any, Counter[str]],
-) -> None:
-    """One upsert adding ``sums`` (key tuple → column counts) to the stored counters."""
-    if not sums:
-        return
-
-    def upsert() -> Any:
-        statement = _insert(connection, table)
-        return statement.on_conflict_do_update(
-            index_elements=[table.c[k] for k in key],
-            set_={c: table.c[c] + statement.excluded[c] for c in columns},
-        )
-
-    rows = [dict(zip(key, k, strict=True)) | {c: sums[k][c] for c in columns} for k in sorted(sums)]
-    execute_many(connection, (table, "add", tuple(columns)), upsert, rows)
+def _epoch(moment: datetime) -> int:
+    """Whole seconds since the epoch (a naive moment is UTC)."""
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())
 
 
-def _insert(connection: Connection, table: Table) -> Any:
-    module: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
-    return module.insert(table)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+def _dated(sums: Sums, period: int) -> dict[tuple[Any, ...], Row]:
+    """``sums`` keyed by the start of each period (UTC) instead of its number."""
+    return {
+        (datetime.fromtimestamp(key[0] * period, timezone.utc), *key[1:]): row for key, row in sums.items()
+    }

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from adapters.fleet_view import STATUSES
 from adapters.schedule_view import oldest_backoff_due
-from adapters.stats_view import delivery_stats_hourly
+from adapters.stats_queries import HOUR, event_sums, window
 from adapters.status_view import status_counts
 from domain.audit import describe, public_record
 from domain.message import ARCHIVED, BACKED_OFF, DELIVERED, FAILED, HELD, IN_FLIGHT, RECEIVED
@@ -67,7 +67,7 @@ def overview(settings: Settings) -> dict[str, Any]:
 
 
 def _numbers(settings: Settings, now: datetime) -> dict[str, Any]:
-    from smeg_actors.cli.report import build_report
+    from smeg_actors.cli.report_data import build_report
 
     engine = read_models_engine(settings)
     try:
@@ -90,28 +90,22 @@ def _numbers(settings: Settings, now: datetime) -> dict[str, Any]:
 def failures_by_hour(
     engine: Engine, now: datetime
 ) -> tuple[list[datetime], dict[str, list[tuple[int, int]]]]:
-    """The last ``HOURS`` hours (UTC) and, per provider, (failed, heat 0-4) in each: messages that
-    ended ``Failed`` (permanent or exhausted), from ``delivery_stats_hourly``."""
-    table = delivery_stats_hourly
+    """The last ``HOURS`` hours (UTC) and, per provider, (failed, heat 0-4) in each: ``Failed``
+    events (permanent or exhausted) in that hour, as the reports count them
+    (``adapters.stats_queries``, per hour)."""
     first = (now - timedelta(hours=HOURS - 1)).replace(minute=0, second=0, microsecond=0)
-    hours = [first + timedelta(hours=n) for n in range(HOURS)]
+    span = window(first, first + timedelta(hours=HOURS), HOUR)
+    hours = span.starts()
     slot = {hour: n for n, hour in enumerate(hours)}
-    failed = func.sum(table.c.failed_permanent + table.c.failed_exhausted)
-    query = select(table.c.hour, table.c.provider, failed).where(table.c.hour >= first)
     counts: dict[str, list[int]] = {}
-    with engine.connect() as connection:
-        for hour, provider, count in connection.execute(query.group_by(table.c.hour, table.c.provider)):
-            at = slot.get(_utc(hour))
-            if count and at is not None:
-                counts.setdefault(provider or "(none)", [0] * HOURS)[at] += int(count)
+    for (hour, provider), sums in event_sums(engine, span, None, "bin_provider").items():
+        failed, at = sums["failed_permanent"] + sums["failed_exhausted"], slot.get(hour)
+        if failed and at is not None:
+            counts.setdefault(provider or "(no provider yet)", [0] * HOURS)[at] += failed
     most = max((max(row) for row in counts.values()), default=0)
     return hours, {
         name: [(n, math.ceil(4 * n / most) if n else 0) for n in row] for name, row in sorted(counts.items())
     }
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def timeline(settings: Settings, message_id: str, *, pii: bool) -> dict[str, Any]:

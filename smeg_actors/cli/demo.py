@@ -11,6 +11,7 @@ import json
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,6 +46,9 @@ SIMULATED = {
     "permanent_rate": 0.02,
     "outages": [[1.0, 4.0]],
     "seed": 7,
+    # The breaker scaled down like the backoff: open for 0.5 s (at most 2 s), not 30 s (600 s),
+    # or the outage's held messages outlast the demo.
+    "circuit": {"window": 5.0, "open_for": 0.5, "max_open_for": 2.0},
 }
 
 
@@ -68,7 +72,7 @@ def run_demo(database: Path, messages: int, deadline_s: float = 50.0) -> int:
     runtime = build_runtime(settings, store=store, providers=build_providers(settings, {}), broker=broker)
     intake, publisher = cast(MemoryIntake, broker.intake), cast(MemoryFailurePublisher, broker.publisher)
     configure_logging(fmt="console", level="critical")  # its failures are simulated and in the table
-    started = time.monotonic()
+    started, began = time.monotonic(), utc_now()
     runtime.start()
     ids = _publish(intake, messages, over_s=3.0)
     redriven = 0
@@ -82,7 +86,7 @@ def run_demo(database: Path, messages: int, deadline_s: float = 50.0) -> int:
         runtime.stop(timeout=5)
     _report(runtime, intake, publisher, redriven, time.monotonic() - started)
     _show_history(runtime, ids)
-    _chart(runtime, database.with_name(f"{database.stem}-report.png"))
+    _chart(runtime, database.with_name(f"{database.stem}-report.png"), began)
     store.close()
     return 0 if finished else 1
 
@@ -183,15 +187,13 @@ def _show_history(runtime: Runtime, ids: list[str]) -> None:
     sys.stdout.flush()
 
 
-def _chart(runtime: Runtime, path: Path) -> None:
-    """Draw the report chart of the run, when matplotlib (the ``chart`` extra) is installed."""
-    from datetime import timedelta
-
+def _chart(runtime: Runtime, path: Path, began: datetime) -> None:
+    """Draw the report chart of the run (its own minutes: the finest bins the read models keep),
+    when matplotlib (the ``chart`` extra) is installed."""
     from smeg_actors.cli.report import ChartUnavailableError, draw_chart
 
-    end = utc_now() + timedelta(minutes=1)
     try:
-        draw_chart(runtime.engine, end - timedelta(hours=3), end, None, path)
+        draw_chart(runtime.engine, began, utc_now(), None, path)
     except ChartUnavailableError as exc:
         click.echo(f"\n(no chart: {exc})")
         return

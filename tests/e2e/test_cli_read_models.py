@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tests.e2e.conftest import run_cli, smeg_env
 from tests.e2e.test_cli import at, opened, seed_delivered_after_one_backoff, seed_failed
+from tests.unit.test_report import LINE_KEYS, TOP_KEYS
 
 
 def seeded(tmp_path: Path) -> dict[str, str]:
@@ -47,6 +48,7 @@ def test_projections_rebuild_and_status_report_positions_without_lag(tmp_path: P
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "rebuilt message_status: 8 events" in rebuilt.stdout
     assert "rebuilt delivery_stats_hourly: 8 events" in rebuilt.stdout
+    assert "rebuilt delivery_stats_minutely: 8 events" in rebuilt.stdout
     status = run_cli(env, "projections", "status")
     lines = {line.split()[0]: line.split() for line in status.stdout.splitlines()[1:]}
     assert lines["message_status"][1:4] == ["8", "8", "0"]
@@ -74,9 +76,51 @@ def test_report_totals_formats_and_chart(tmp_path: Path) -> None:
     data = json.loads(report.stdout)
     text = json.dumps(data)
     assert '"delivered": 1' in text and '"received": 2' in text
+    assert set(data) >= {*TOP_KEYS, "window", "top_reasons_days"}
+    assert all(set(line) >= {*LINE_KEYS, "messages"} for line in [*data["lines"], data["total"]])
+    assert data["window"]["bin"] == "minute" and not data["window"]["rounded"]
+    [line] = data["lines"]  # both messages went to prov-a: no '(none)' line for what was received
+    assert (line["provider"], line["received"], line["attempts"], line["failed_permanent"]) == (
+        "prov-a",
+        2,
+        3,
+        1,
+    )
+    assert line["messages"] == {
+        "received": 2,
+        "delivered_first_try": 0,
+        "delivered_after_retry": 1,
+        "failed_permanent": 1,
+        "failed_exhausted": 0,
+        "pending": 0,
+    }
     csv = run_cli(env, "report", *window, "--format", "csv")
-    assert csv.stdout.splitlines()[0].startswith("provider,channel")
+    assert csv.stdout.splitlines()[0].startswith("provider,channel,received,attempts,delivered")
     chart = tmp_path / "r.png"
     drawn = run_cli(env, "report", *window, "--chart", str(chart))
     assert drawn.returncode == 0, drawn.stderr
-    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(chart.read_bytes()) > 20_000
+    assert f"chart written to {chart}" in drawn.stderr
+    assert "Columns:" in drawn.stdout
+
+
+def test_report_inside_an_hour_covers_that_window_to_the_minute_and_explains_its_columns(
+    tmp_path: Path,
+) -> None:
+    env = seeded(tmp_path)
+
+    # 10:01:00 – 10:01:30: ok-1's second attempt (10:01:02) and its delivery (10:01:03), nothing else
+    result = run_cli(env, "report", "--since", at(60).isoformat(), "--until", at(90).isoformat())
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == (
+        "Window: 2026-01-01 10:01 – 10:02 UTC, in one-minute bins"
+        " (asked for 10:01:00 – 10:01:30: rounded out to whole minutes)"
+    )
+    events = lines.index("What happened in the window (events, whenever their message was received):")
+    assert lines[events + 2].split()[:6] == ["prov-a", "sms", "1", "0", "1", "0"]
+    assert lines[events + 3].split()[:6] == ["all", "all", "1", "0", "1", "0"]
+    legend = "\n".join(lines[lines.index("Columns:") :])
+    for column in ("received", "after retry", "refused", "gave up", "pending", "retried %", "p50, p95"):
+        assert f"\n  {column} " in legend

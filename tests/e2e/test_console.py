@@ -202,6 +202,10 @@ def test_an_operator_retries_a_failure_group_watches_it_delivered_then_pauses_an
     page.screenshot(path=shots / "failures.png", full_page=True)
     page.goto(deployment.page("/"))
     assert page.locator(".card.bad b").inner_text() == "3"  # failed, on the overview
+    # the report's numbers: the three messages, each once, refused under gateway; failures per hour
+    total = [cell.inner_text() for cell in page.locator("tr.total td").all()]
+    assert total[:6] == ["all", "all", "3", "0", "3", "0"]  # received, delivered, failed, pending
+    assert page.locator("table.heat tbody th").all_inner_texts() == ["gateway"]
     page.screenshot(path=shots / "overview.png", full_page=True)
 
     # And retries it once the provider is fixed, after a confirmation with the dry-run count

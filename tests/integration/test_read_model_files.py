@@ -42,7 +42,8 @@ def test_read_models_kept_in_the_store_file_move_once_with_their_positions(tmp_p
     with old.begin() as connection:
         assert advance_tracking(connection, TRACKING_NAME, 0, head)
         connection.execute(text("CREATE TABLE stats_message_info (id TEXT PRIMARY KEY)"))
-    before = {name: rows(old, name) for name in ("message_status", "delivery_stats_hourly", "smeg_tracking")}
+    names = ("message_status", "delivery_stats_hourly", "delivery_stats_minutely", "smeg_tracking")
+    before = {name: rows(old, name) for name in names}
     old.dispose()
 
     # When
@@ -52,7 +53,7 @@ def test_read_models_kept_in_the_store_file_move_once_with_their_positions(tmp_p
 
     # Then: every row moved once, positions included (nothing replayed, nothing republished)
     new = make_engine(read_url)
-    assert copied["message_status"] == 300 and copied["smeg_tracking"] == 4
+    assert copied["message_status"] == 300 and copied["smeg_tracking"] == 5
     assert again == {}
     assert {name: rows(new, name) for name in before} == before
     with new.connect() as connection:
@@ -62,7 +63,8 @@ def test_read_models_kept_in_the_store_file_move_once_with_their_positions(tmp_p
     for runner in runners(store, new):
         assert runner.catch_up() == 0
     # and the store's file keeps its events but no stale copies of the read models
-    moved = {"message_status", "delivery_stats_hourly", "failures_by_reason", "smeg_tracking"}
+    moved = {"message_status", "delivery_stats_hourly", "delivery_stats_minutely", "failures_by_reason"}
+    moved.add("smeg_tracking")
     assert tables(tmp_path / "smeg.db").isdisjoint({*moved, "stats_message_info"})
     assert store.max_position() == head
     new.dispose()
