@@ -18,10 +18,10 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
-from adapters.fleet_view import MessageQuery
+from adapters.fleet_view import STATUSES, MessageQuery
 from domain.audit import event_record, public_record
 from domain.ports import MessageNotFoundError
-from domain.request import one_line_text
+from domain.request import CHANNELS, one_line_text
 from smeg_actors.admin.auth import OPERATOR, PII, VIEWER, Token, authenticate
 from smeg_actors.admin.console import install as install_console
 from smeg_actors.admin.flags_api import add_flag_routes
@@ -82,6 +82,9 @@ def create_app(settings: Settings, tokens: list[Token]) -> Flask:
     def list_messages() -> Any:
         args = request.args
         limit = _int(args.get("limit"), 50, 1, 1000, "limit")
+        for name, known in (("status", STATUSES), ("channel", CHANNELS)):
+            if args.get(name) and args[name] not in known:
+                raise Problem(400, f"{name} must be one of: {', '.join(known)}")
         query = MessageQuery(
             status=args.get("status") or None,
             provider=args.get("provider") or None,

@@ -206,7 +206,8 @@ def ops_server(
         where = f"{settings.http_host}:{settings.http_port}"
         click.echo(f"smeg: ops HTTP server cannot listen on {where}: {exc.strerror or exc}", err=True)
         return exiting(EXIT_UNHEALTHY, f"ops HTTP port {where} unavailable")
-    log.info("ops_http_listening", host=settings.http_host, port=server.port, endpoints=ENDPOINTS)
+    endpoints = [*ENDPOINTS, *(("/api", "/console/") if admin is not None else ())]
+    log.info("ops_http_listening", host=settings.http_host, port=server.port, endpoints=endpoints)
     if queues:
         QueueWatch(settings.amqp_url, settings.queue_prefix).start()
     ProjectionWatch.of(settings).start()

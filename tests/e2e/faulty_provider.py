@@ -35,9 +35,12 @@ class FaultyProvider:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                sent = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 status, headers = provider.answer(self.headers["Idempotency-Key"])
-                body = json.dumps({"id": f"faulty-{time.monotonic_ns()}"}).encode()
+                answer: dict[str, Any] = {"id": f"faulty-{time.monotonic_ns()}"}
+                if status == 400:  # says why, quoting the number as real gateways do
+                    answer = {"error": {"message": f"Number {sent['to']} is not a mobile number"}}
+                body = json.dumps(answer).encode()
                 self.send_response(status)
                 for name, value in {**headers, "Content-Type": "application/json"}.items():
                     self.send_header(name, value)

@@ -71,6 +71,9 @@ def test_lists_carry_the_cli_keys_and_page_with_a_cursor(api: tuple[Any, str]) -
     assert groups["next"] is None and groups["items"][0]["count"] == 12
     assert call(client, "GET", "/api/messages?limit=0", "ann").status_code == 400
     assert call(client, "GET", "/api/messages?cursor=nonsense", "ann").status_code == 400
+    bogus = call(client, "GET", "/api/messages?status=bogus", "ann")  # not an empty list: a mistake
+    assert bogus.status_code == 400 and "failed" in bogus.get_json()["error"]
+    assert call(client, "GET", "/api/messages?channel=fax", "ann").status_code == 400
 
 
 def test_a_message_with_its_timeline_masked_unless_pii(api: tuple[Any, str]) -> None:
@@ -194,6 +197,8 @@ def test_smeg_run_serves_the_api_on_its_ops_port_only_with_tokens(
     status, spec = get("/api/openapi.json", SECRETS["ann"])
     assert status == 200 and "/api/failures/{group_id}/retry" in spec["paths"]
     assert SECRETS["bob"] not in smeg.output()  # secrets are never logged
+    [listening] = logged(smeg, "ops_http_listening")
+    assert listening["endpoints"] == ["/healthz", "/readyz", "/metrics", "/api", "/console/"]
     smeg.process.send_signal(signal.SIGTERM)
     assert smeg.wait(timeout=60) == 0
     off = start_smeg(env, "run")

@@ -37,6 +37,7 @@ from smeg_actors.runtime.config import Settings, SettingsError
 from tests.e2e.conftest import AMQP_URL, publish_requests, smeg_env
 from tests.e2e.faulty_provider import OK, REFUSING, FaultyProvider
 from tests.e2e.test_admin_api import SECRETS, TOKENS, free_port
+from tests.e2e.test_cli import opened, seed_failed
 from tests.e2e.test_run_processes import consumers, logged
 from tests.waiting import wait_until
 
@@ -199,6 +200,9 @@ def test_an_operator_retries_a_failure_group_watches_it_delivered_then_pauses_an
     reload_until(page, deployment.page("/failures"), "tr[id^=group-] td", "3")
     row = page.locator("tr[id^=group-]")
     assert row.count() == 1 and "gateway" in row.inner_text() and "permanent" in row.inner_text()
+    # why, in the gateway's own words, the number masked
+    assert "http 400: Number <to> is not a mobile number" in row.inner_text()
+    assert ADDRESS not in page.content()
     page.screenshot(path=shots / "failures.png", full_page=True)
     page.goto(deployment.page("/"))
     assert page.locator(".card.bad b").inner_text() == "3"  # failed, on the overview
@@ -207,6 +211,11 @@ def test_an_operator_retries_a_failure_group_watches_it_delivered_then_pauses_an
     assert total[:6] == ["all", "all", "3", "0", "3", "0"]  # received, delivered, failed, pending
     assert page.locator("table.heat tbody th").all_inner_texts() == ["gateway"]
     page.screenshot(path=shots / "overview.png", full_page=True)
+
+    # (a page left open on one of them while it is failed)
+    watching = browser.new_page(viewport={"width": 1280, "height": 800})
+    log_in(watching, deployment, "ann", f"/messages/{ids[2]}")
+    assert watching.locator("#status").inner_text() == "failed"
 
     # And retries it once the provider is fixed, after a confirmation with the dry-run count
     deployment.provider.mode = OK
@@ -234,6 +243,8 @@ def test_an_operator_retries_a_failure_group_watches_it_delivered_then_pauses_an
     assert page.evaluate("typeof htmx") == "object"  # the vendored script, served by smeg
     page.screenshot(path=shots / "message.png", full_page=True)
     wait_until(lambda: all(deployment.status(m) == DELIVERED for m in ids), 60, 0.2)
+    # and the page left open while it was failed turned delivered by itself, without a reload
+    watching.locator("#status").filter(has_text="delivered").wait_for(timeout=15 * SECONDS)
     retried = [e for e in deployment.history(ids[1]) if type(e).__name__ == "RetryRequested"]
     assert [(e.requested_by, e.reason, e.bulk_id) for e in retried] == [("bob", "gateway fixed", bulk_id)]
     page.goto(deployment.page("/messages?status=delivered"))
@@ -400,6 +411,8 @@ def test_sessions_end_with_their_token_or_key_and_login_leads_to_console_pages_o
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path}/smeg.db")
+    with opened(settings.database_url) as store:
+        seed_failed(store, "m-1", permanent=True)  # a retry's confirmation page needs a failed message
     tokens = tokens_from({"SMEG_ADMIN_TOKENS": TOKENS}, {})
     app = create_app(settings, tokens)
     client = logged_in(app, "bob", "/console/messages/m-1/retry")
