@@ -173,6 +173,13 @@ def create_app(settings: Settings, tokens: list[Token]) -> Flask:
             next=None,
         )
 
+    @app.post("/api/alerts/<alert_id>/ack")
+    def acknowledge(alert_id: str) -> Any:
+        found = ops_views.acknowledge_alert(settings, alert_id, g.token.name, open_store=open_checked_store)
+        if found is None:
+            raise Problem(404, f"no alert {alert_id[:80]}")
+        return jsonify(alert_id=alert_id, rule=found[0], key=found[1], acknowledged_by=g.token.name)
+
     add_flag_routes(app, settings, Problem)
     return app
 

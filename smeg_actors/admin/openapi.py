@@ -160,6 +160,19 @@ def document() -> dict[str, Any]:
             ),
             "/api/providers": _get("Each provider's state", _list({"type": "object"})),
             "/api/alerts": _get("Open alerts (all=true: resolved too)", _list({"type": "object"}), ("all",)),
+            "/api/alerts/{alert_id}/ack": {
+                "post": {
+                    "summary": "Record that a person has seen an alert (role operator; by: the token name)",
+                    "parameters": [
+                        {"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": _json({"type": "object"}),
+                        "404": {"description": "no such alert"},
+                        **_ERRORS,
+                    },
+                }
+            },
             "/api/flags": _get(
                 "The flags in force, with who set them, why and until when", _list(_FLAG_ITEM)
             ),

@@ -7,17 +7,11 @@ has seen one (recorded with who). An alert is one rule for one key: a provider f
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from datetime import datetime
-from typing import TYPE_CHECKING
 
 import click
 
 from smeg_actors.cli.support import MAX_BY, CommandError, one_line, open_store, operator, settings_of
 from smeg_actors.runtime.ops_views import alert_rows
-
-if TYPE_CHECKING:
-    from domain.alert import Alert
 
 
 @click.group("alerts", invoke_without_command=True)
@@ -45,30 +39,11 @@ def alerts(ctx: click.Context, everything: bool, as_json: bool) -> None:
 @click.pass_context
 def ack(ctx: click.Context, alert_id: str, by: str | None) -> None:
     """Record that a person has seen alert ALERT_ID (as `smeg alerts` lists it)."""
-    from adapters.alert_store import AlertStore
-    from smeg_actors.runtime.clock import utc_now
+    from smeg_actors.runtime.ops_views import acknowledge_alert
 
-    settings = settings_of(ctx)
     who = by or operator()
-    store = open_store(settings)
-    try:
-        repository = AlertStore(store)
-        index = repository.index()
-        for rule, key in index.keys if index is not None else []:
-            alert = repository.get(rule, key)
-            if alert is not None and alert.episode and alert.alert_id == alert_id:
-                now = utc_now()
-                repository.change(rule, key, _acknowledge(who, now), now=now)
-                click.echo(f"alert {alert_id} ({rule} {key}) acknowledged by {who}")
-                return
-    finally:
-        store.close()
+    found = acknowledge_alert(settings_of(ctx), alert_id, who, open_store=open_store)
+    if found is not None:
+        click.echo(f"alert {alert_id} ({found[0]} {found[1]}) acknowledged by {who}")
+        return
     raise CommandError(f"no alert {alert_id} (see smeg alerts --all)")
-
-
-def _acknowledge(who: str, now: datetime) -> Callable[[Alert], bool]:
-    def record(alert: Alert) -> bool:
-        alert.acknowledge(who, now=now)
-        return True
-
-    return record

@@ -93,6 +93,37 @@ def alert_rows(
     return sorted((_alert_row(a) for a in found), key=lambda r: r["raised_at"] or "", reverse=True)
 
 
+def acknowledge_alert(
+    settings: Settings, alert_id: str, who: str, *, open_store: StoreOpener | None = None
+) -> tuple[str, str] | None:
+    """Record that ``who`` has seen the alert ``alert_id`` (as the lists show it): its (rule,
+    key), or None when no recorded episode has that id."""
+    from adapters.alert_store import AlertStore
+    from smeg_actors.runtime.clock import utc_now
+
+    store = _opener(open_store)(settings)
+    try:
+        repository = AlertStore(store)
+        index = repository.index()
+        for rule, key in index.keys if index is not None else []:
+            alert = repository.get(rule, key)
+            if alert is not None and alert.episode and alert.alert_id == alert_id:
+                now = utc_now()
+                repository.change(rule, key, _acknowledging(who, now), now=now)
+                return rule, key
+    finally:
+        store.close()
+    return None
+
+
+def _acknowledging(who: str, now: datetime) -> Callable[[Alert], bool]:
+    def record(alert: Alert) -> bool:
+        alert.acknowledge(who, now=now)
+        return True
+
+    return record
+
+
 def _recorded_alerts(settings: Settings, open_store: StoreOpener | None) -> list[Alert]:
     from adapters.alert_store import AlertStore
 

@@ -9,11 +9,14 @@ import signal
 import socket
 import urllib.error
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from adapters.alert_store import AlertStore
+from domain.alert import AlertRule, Observation
 from domain.message import Message
 from smeg_actors.admin.api import create_app
 from smeg_actors.admin.auth import Token, authenticate, digest, tokens_from
@@ -273,3 +276,30 @@ def test_a_filter_retries_or_archives_only_the_failed_messages_it_selects(api: t
         assert "filter" in refused.get_json()["error"] or "since" in refused.get_json()["error"]
     paths = call(client, "GET", "/api/openapi.json", "ann").get_json()["paths"]
     assert {"/api/messages/retry", "/api/messages/archive", "/api/flags", "/api/flags/{name}"} <= set(paths)
+
+
+def test_an_operator_acknowledges_an_alert_recorded_with_the_token_name(api: tuple[Any, str]) -> None:
+    client, url = api
+    # Given a firing alert
+    rule = AlertRule("provider_down", threshold=1, for_=0)
+    seen = Observation("provider_down", "prov-b", 90.0, True, "prov-b down 90 s", {"provider": "prov-b"})
+    with opened(url) as store:
+        now = datetime.now(timezone.utc)
+        AlertStore(store).change(
+            "provider_down", "prov-b", lambda a: a.observe(seen, rule, now=now, clear_since=None), now=now
+        )
+    [alert] = call(client, "GET", "/api/alerts", "ann").get_json()["items"]
+    assert alert["status"] == "firing" and alert["acknowledged_by"] is None
+    path = f"/api/alerts/{alert['alert_id']}/ack"
+    # When a viewer tries, then an operator acknowledges it
+    assert call(client, "POST", path, "ann").status_code == 403
+    acked = call(client, "POST", path, "bob")
+    # Then it is recorded with the token's name, and the lists say so; an unknown id is 404
+    assert acked.get_json() == {
+        "alert_id": alert["alert_id"],
+        "rule": "provider_down",
+        "key": "prov-b",
+        "acknowledged_by": "bob",
+    }
+    assert call(client, "GET", "/api/alerts", "ann").get_json()["items"][0]["acknowledged_by"] == "bob"
+    assert call(client, "POST", "/api/alerts/nope-1/ack", "bob").status_code == 404
