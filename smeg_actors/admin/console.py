@@ -42,8 +42,8 @@ from flask import (
 )
 
 from adapters.fleet_view import STATUSES, MessageQuery
-from domain.ports import ConflictError, MessageNotFoundError, StoreError
-from domain.request import CHANNELS, one_line_text
+from domain.ports import MessageNotFoundError, StoreError
+from domain.request import CHANNELS
 from smeg_actors.admin import console_data as data
 from smeg_actors.admin.auth import OPERATOR, PII, Token, authenticate
 from smeg_actors.cli.support import CommandError
@@ -97,6 +97,8 @@ def install(
         SESSION_REFRESH_EACH_REQUEST=False,  # SESSION_HOURS from logging in, however busy
     )
     app.extensions["smeg_console"] = Console(settings, tokens)
+    from smeg_actors.admin import console_actions  # noqa: F401  (its routes join the blueprint)
+
     app.register_blueprint(blueprint)
 
 
@@ -123,7 +125,7 @@ def _console() -> Console:
     return found
 
 
-def _settings() -> Settings:
+def current_settings() -> Settings:
     return _console().settings
 
 
@@ -207,7 +209,7 @@ def store_error(exc: Exception) -> Any:
     return render_template("error.html", code=503, description=f"The store did not answer: {exc}"), 503
 
 
-def _require(role: str) -> Token:
+def require(role: str) -> Token:
     token: Token = g.token
     if not token.may(role):
         abort(403, f"Your token ({token.name}) may look but not act: an operator token is needed.")
@@ -245,77 +247,13 @@ def logout() -> Any:
 
 @blueprint.get("/")
 def overview() -> Any:
-    return render_template("overview.html", **data.overview(_settings()))
+    return render_template("overview.html", **data.overview(current_settings()))
 
 
 @blueprint.get("/failures")
 def failures() -> Any:
-    groups = fleet.failure_groups(_settings())
+    groups = fleet.failure_groups(current_settings())
     return render_template("failures.html", groups=groups)
-
-
-def _group(group_id: str) -> tuple[list[str], Any]:
-    for group in fleet.failure_groups(_settings()):
-        if group.group_id == group_id:
-            return group.message_ids, group
-    abort(404, f"There is no failure group {group_id} now: its messages were retried or archived.")
-
-
-@blueprint.get("/failures/<group_id>/<any(retry, archive):verb>")
-def confirm_group(group_id: str, verb: str) -> Any:
-    _require(OPERATOR)
-    ids, group = _group(group_id)
-    return render_template("confirm.html", verb=verb, count=len(ids), group=group, message_id=None)
-
-
-@blueprint.post("/failures/<group_id>/<any(retry, archive):verb>")
-def act_on_group(group_id: str, verb: str) -> Any:
-    token = _require(OPERATOR)
-    ids, group = _group(group_id)
-    reason = _reason()
-    if request.form.get("expected") != str(len(ids)):
-        changed = f"The group changed since you looked: it holds {len(ids)} now."
-        return render_template(
-            "confirm.html", verb=verb, count=len(ids), group=group, message_id=None, notice=changed
-        )
-    return _act(token, ids, verb, reason, group=group)
-
-
-@blueprint.get("/messages/<message_id>/<any(retry, archive):verb>")
-def confirm_message(message_id: str, verb: str) -> Any:
-    token = _require(OPERATOR)
-    change = fleet.retrying(token.name, "", None) if verb == "retry" else fleet.archiving(token.name, "")
-    why = fleet.refusal(_settings(), message_id, change)
-    if why is not None:
-        abort(404 if why == "unknown message id" else 409, f"Cannot {verb} {message_id}: {why}.")
-    return render_template("confirm.html", verb=verb, count=1, group=None, message_id=message_id)
-
-
-@blueprint.post("/messages/<message_id>/<any(retry, archive):verb>")
-def act_on_message(message_id: str, verb: str) -> Any:
-    token = _require(OPERATOR)
-    return _act(token, [message_id], verb, _reason(), group=None)
-
-
-def _reason() -> str:
-    try:
-        return one_line_text(request.form.get("reason", ""))
-    except ValueError as exc:
-        abort(400, f"The reason {exc}.")
-
-
-def _act(token: Token, ids: list[str], verb: str, reason: str, *, group: Any) -> Any:
-    bulk_id = secrets.token_hex(6) if group is not None and verb == "retry" else None
-    change = (
-        fleet.retrying(token.name, reason, bulk_id)
-        if verb == "retry"
-        else fleet.archiving(token.name, reason)
-    )
-    done, refused = fleet.apply_each(_settings(), ids, change)
-    log.info("console_" + verb, by=token.name, count=len(done), refused=len(refused), bulk_id=bulk_id)
-    return render_template(
-        "done.html", verb=verb, done=done, refused=refused, bulk_id=bulk_id, group=group, reason=reason
-    )
 
 
 @blueprint.get("/messages")
@@ -335,7 +273,7 @@ def messages() -> Any:
     )
     try:
         items, following = fleet.message_items(
-            _settings(), query, limit=PAGE, cursor=args.get("cursor") or None, pii=g.token.may(PII)
+            current_settings(), query, limit=PAGE, cursor=args.get("cursor") or None, pii=g.token.may(PII)
         )
     except ValueError as exc:
         abort(400, str(exc))
@@ -347,14 +285,14 @@ def messages() -> Any:
         filters=filters,
         statuses=STATUSES,
         channels=CHANNELS,
-        providers=sorted(_settings().provider_configs()),
+        providers=sorted(current_settings().provider_configs()),
     )
 
 
 @blueprint.get("/messages/<message_id>")
 def message(message_id: str) -> Any:
     try:
-        found = data.timeline(_settings(), message_id, pii=g.token.may(PII))
+        found = data.timeline(current_settings(), message_id, pii=g.token.may(PII))
     except MessageNotFoundError:
         abort(404, f"No message has the id {message_id[:200]!r}.")
     return render_template("message.html", **found)
@@ -366,8 +304,8 @@ def schedule() -> Any:
     if within not in data.WINDOWS:
         within = "10m"
     provider = request.args.get("provider") or None
-    found = data.schedule(_settings(), data.WINDOWS[within], provider)
-    providers = sorted(_settings().provider_configs())
+    found = data.schedule(current_settings(), data.WINDOWS[within], provider)
+    providers = sorted(current_settings().provider_configs())
     return render_template(
         "schedule.html", windows=data.WINDOWS, within=within, provider=provider, providers=providers, **found
     )
@@ -375,25 +313,4 @@ def schedule() -> Any:
 
 @blueprint.get("/flags")
 def flags() -> Any:
-    return render_template("flags.html", rows=data.flag_rows(_settings()))
-
-
-@blueprint.post("/flags/<name>")
-def set_flag(name: str) -> Any:
-    token = _require(OPERATOR)
-    reason = _reason()
-    try:
-        data.set_flag(
-            _settings(),
-            name,
-            request.form.get("value", ""),
-            by=token.name,
-            reason=reason,
-            lasting=request.form.get("for", "").strip() or None,
-        )
-    except ValueError as exc:
-        abort(400, str(exc))
-    except ConflictError as exc:
-        abort(409, str(exc))
-    log.info("console_flag_set", by=token.name, flag=name, value=request.form.get("value"))
-    return redirect(url_for("console.flags"))
+    return render_template("flags.html", rows=data.flag_rows(current_settings()))

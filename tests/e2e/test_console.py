@@ -21,6 +21,7 @@ import signal
 import threading
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 import pika
 import pytest
 
+from adapters.alert_store import AlertStore
 from adapters.event_store import MessageStore
+from domain.alert import AlertRule, Observation
 from domain.message import DELIVERED, FAILED, Message
 from smeg_actors.admin.api import create_app
 from smeg_actors.admin.auth import tokens_from
@@ -446,3 +449,30 @@ def test_sessions_end_with_their_token_or_key_and_login_leads_to_console_pages_o
     monkeypatch.setenv("SMEG_ADMIN_SESSION_KEY", "short")
     with pytest.raises(SettingsError, match="at least 32"):
         create_app(settings, tokens)
+
+
+def test_an_operator_acknowledges_an_open_alert_from_the_overview_and_a_viewer_cannot(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/smeg.db")
+    rule = AlertRule("provider_down", threshold=1, for_=0)
+    seen = Observation("provider_down", "gateway", 90.0, True, "gateway down 90 s", {"provider": "gateway"})
+    with opened(settings.database_url) as store:
+        now = datetime.now(UTC)
+        AlertStore(store).change(
+            "provider_down", "gateway", lambda a: a.observe(seen, rule, now=now, clear_since=None), now=now
+        )
+    app = create_app(settings, tokens_from({"SMEG_ADMIN_TOKENS": TOKENS}, {}))
+    viewer, operator = logged_in(app, "ann"), logged_in(app, "bob")
+    assert "Acknowledge" not in viewer.get("/console/").get_data(as_text=True)
+    page = operator.get("/console/").get_data(as_text=True)
+    action = re.search(r'action="(/console/alerts/[^"]+/ack)"', page)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert action is not None and csrf is not None
+    # A viewer's session may not, even with its own CSRF token; an operator's may
+    viewer_csrf = re.search(
+        r'name="csrf_token" value="([^"]+)"', viewer.get("/console/flags").get_data(as_text=True)
+    )
+    assert viewer_csrf is not None
+    assert viewer.post(action[1], data={"csrf_token": viewer_csrf[1]}).status_code == 403
+    assert operator.post(action[1], data={"csrf_token": csrf[1]}).status_code == 302
+    acked = operator.get("/console/").get_data(as_text=True)
+    assert "Acknowledge" not in acked and '<td class="acked">bob</td>' in acked
