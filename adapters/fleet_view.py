@@ -35,6 +35,7 @@ class MessageQuery:
     reason: str | None = None  # a substring of the last error
     since: datetime | None = None  # received at or after
     until: datetime | None = None  # received before
+    failed_since: datetime | None = None  # failed at or after (whatever became of it since)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ def list_messages(
         conditions.append(table.c.received_at >= query.since)
     if query.until:
         conditions.append(table.c.received_at < query.until)
+    if query.failed_since:
+        conditions.append(table.c.failed_at >= query.failed_since)
     if cursor:
         at, last = decode_cursor(cursor)
         conditions.append(or_(table.c.received_at < at, and_(table.c.received_at == at, table.c.id < last)))

@@ -196,7 +196,7 @@ def _fold(row: dict[str, Any], event: DomainEvent) -> None:
         row.update(status=FAILED, failed_at=event.timestamp, last_error=event.reason[:256])
         row.update(permanent=event.permanent, retry_at=None)
     elif isinstance(event, Message.RetryRequested):
-        row.update(status=RECEIVED, failed_at=None, permanent=False, retry_at=event.timestamp)
+        row.update(status=RECEIVED, permanent=False, retry_at=event.timestamp)  # failed_at kept
     elif isinstance(event, Message.Archived):  # failed_at kept: when it failed
         row.update(status=ARCHIVED)
     elif isinstance(event, Message.Held):  # last_provider: the one it waits for

@@ -92,6 +92,7 @@ def create_app(settings: Settings, tokens: list[Token]) -> Flask:
             reason=args.get("reason") or None,
             since=_time(args.get("since"), "since"),
             until=_time(args.get("until"), "until"),
+            failed_since=_time(args.get("failed_since"), "failed_since"),
         )
         try:
             items, following = fleet.message_items(

@@ -23,7 +23,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -48,6 +48,7 @@ from smeg_actors.admin import console_data as data
 from smeg_actors.admin.auth import OPERATOR, PII, Token, authenticate
 from smeg_actors.cli.support import CommandError
 from smeg_actors.runtime import fleet
+from smeg_actors.runtime.clock import utc_now
 from smeg_actors.runtime.config import Settings, SettingsError
 
 log = structlog.get_logger(__name__)
@@ -270,6 +271,7 @@ def messages() -> Any:
         provider=args.get("provider") or None,
         channel=args.get("channel") or None,
         reason=args.get("reason") or None,
+        failed_since=_failed_within(args.get("failed_within")),
     )
     try:
         items, following = fleet.message_items(
@@ -314,3 +316,17 @@ def schedule() -> Any:
 @blueprint.get("/flags")
 def flags() -> Any:
     return render_template("flags.html", rows=data.flag_rows(current_settings()))
+
+
+#: The console's "failed within" choices: what failed in that time, whatever became of it since.
+FAILED_WITHIN = {"1h": timedelta(hours=1), "today": None, "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+
+
+def _failed_within(choice: str | None) -> datetime | None:
+    if not choice:
+        return None
+    if choice not in FAILED_WITHIN:
+        abort(400, f"Unknown failed-within choice {choice[:20]!r}.")
+    now = utc_now()
+    span = FAILED_WITHIN[choice]
+    return now - span if span is not None else now.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -143,7 +143,17 @@ def document() -> dict[str, Any]:
             "/api/messages": _get(
                 "Messages, newest first (cursor pages on)",
                 _list(_ITEM_MESSAGE),
-                ("status", "provider", "channel", "reason", "since", "until", "limit", "cursor"),
+                (
+                    "status",
+                    "provider",
+                    "channel",
+                    "reason",
+                    "since",
+                    "until",
+                    "failed_since",
+                    "limit",
+                    "cursor",
+                ),
             ),
             "/api/messages/{message_id}": _get(
                 "One message with its events (the smeg history --json list)", {"type": "object"}

@@ -47,6 +47,9 @@ def who() -> str:
 @click.option("--reason", default=None, help="Only messages whose last error contains TEXT.")
 @click.option("--since", default=None, help="ISO 8601: received at or after.")
 @click.option("--until", default=None, help="ISO 8601: received before.")
+@click.option(
+    "--failed-since", default=None, help="ISO 8601: failed at or after, whatever became of it since."
+)
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="A page of N.")
 @click.option("--cursor", default=None, help="The next page (printed after a full page).")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, one object per message.")
@@ -86,6 +89,7 @@ def _query(filters: dict[str, Any]) -> MessageQuery:
         reason=filters.get("reason") or filters.get("reason_filter"),
         since=parse_time(filters.get("since"), "--since"),
         until=parse_time(filters.get("until"), "--until"),
+        failed_since=parse_time(filters.get("failed_since"), "--failed-since"),
     )
 
 

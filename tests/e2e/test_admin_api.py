@@ -22,7 +22,7 @@ from smeg_actors.admin.api import create_app
 from smeg_actors.admin.auth import Token, authenticate, digest, tokens_from
 from smeg_actors.runtime.config import Settings
 from tests.e2e.conftest import run_cli, smeg_env
-from tests.e2e.test_cli import opened
+from tests.e2e.test_cli import at, opened
 from tests.e2e.test_fleet_cli import catch_up, fleet  # noqa: F401 - the fixture
 from tests.e2e.test_run_processes import logged
 from tests.waiting import wait_until
@@ -106,6 +106,16 @@ def test_retry_and_archive_record_the_token_name_and_dry_runs_change_nothing(api
         client, "POST", f"/api/failures/{group['group_id']}/retry", "bob", {"reason": "unblocked"}
     ).get_json()
     assert done["count"] == 12 and done["bulk_id"] and done["refused"] == []
+    # "What failed since …" still finds them once retried, whatever became of them
+    catch_up(url)
+    since = at(0).isoformat().replace("+00:00", "Z")
+    found = call(client, "GET", f"/api/messages?failed_since={since}&limit=100", "ann").get_json()["items"]
+    assert {m["message_id"] for m in found if m["message_id"].startswith("blocked-")} == {
+        f"blocked-{n}" for n in range(12)
+    }
+    assert {m["status"] for m in found if m["message_id"].startswith("blocked-")} == {"received"}
+    later = at(3600).isoformat().replace("+00:00", "Z")
+    assert call(client, "GET", f"/api/messages?failed_since={later}", "ann").get_json()["items"] == []
     archived = call(client, "POST", "/api/messages/perm-0/archive", "cyd", {"reason": "test number"})
     assert archived.status_code == 200 and archived.get_json()["count"] == 1
     with opened(url) as store:

@@ -252,6 +252,11 @@ def test_an_operator_retries_a_failure_group_watches_it_delivered_then_pauses_an
     assert [(e.requested_by, e.reason, e.bulk_id) for e in retried] == [("bob", "gateway fixed", bulk_id)]
     page.goto(deployment.page("/messages?status=delivered"))
     assert sorted(page.locator("tbody tr td:first-child").all_inner_texts()) == ids
+    # and "what failed today" still lists them, delivered since
+    page.goto(deployment.page("/messages"))
+    page.select_option("select[name=failed_within]", "today")
+    page.click("button:has-text('Search')")
+    assert sorted(page.locator("tbody tr td:first-child").all_inner_texts()) == ids
     page.screenshot(path=shots / "messages.png", full_page=True)
 
     # When the operator pauses delivery from the flags page
