@@ -2,7 +2,8 @@
 
 Only non-permanent failures that are still Failed in the store get a ``RetryRequested``; one
 already retried or delivered is skipped (the aggregate refuses a second retry) and its entry
-acked. Entries that are not redriven — permanent failures, entries whose message this store does
+acked, as is a permanent failure's entry once its message is no longer Failed (a person retried
+or archived it). Entries that are not redriven — permanent failures, entries whose message this store does
 not know, unreadable ones, and every entry of a dry run — stay on the queue for an operator,
 handed back rather than published again (``FailedQueue.keep``): a run sees each entry
 once, and ``limit`` counts only the messages redriven. The store decides, so two redrives never
@@ -28,7 +29,7 @@ import pykka
 import structlog
 
 from domain.errors import InvalidRequestError, RedriveBudgetSpentError
-from domain.message import DEFAULT_REDRIVE_MAX_CYCLES, Message
+from domain.message import DEFAULT_REDRIVE_MAX_CYCLES, FAILED, Message
 from domain.ports import FailedEntry, FailedQueue, MessageNotFoundError, MessageRepository
 from domain.request import SendRequest, parse_send_request
 from smeg_actors.actors.messages import DeliverMessages, GetRedriven, ProviderRecovered, Tick, WorkItem
@@ -122,6 +123,10 @@ def _redrive_entry(
         reader.keep(entry)
         return None
     if str(entry.headers.get("x-smeg-permanent", "")).lower() == "true":
+        if not dry_run and _settled(store, request.message_id):  # a person retried or archived it
+            reader.ack(entry)
+            report.skipped.append(request.message_id)
+            return None
         report.permanent.append(request.message_id)
         reader.keep(entry)
         return None
@@ -145,6 +150,15 @@ def _redrive_entry(
         return None
     report.redriven.append(request.message_id)
     return outcome.message
+
+
+def _settled(store: MessageRepository, message_id: str) -> bool:
+    """Whether a permanent failure's message is no longer Failed (a person retried it, and it may
+    be delivered by now, or archived it): its entry then tells a person nothing."""
+    try:
+        return store.get(Message.create_id(message_id)).status != FAILED
+    except MessageNotFoundError:
+        return False
 
 
 def _retry(budget: int | None, clock: Clock) -> Callable[[Message], None]:

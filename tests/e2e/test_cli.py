@@ -6,6 +6,7 @@ before the CLI runs, so the CLI reads exactly what a production process would ha
 
 from __future__ import annotations
 
+import getpass
 import json
 import socket
 import subprocess
@@ -731,6 +732,26 @@ def test_redrive_retries_only_the_exhausted_failure_skips_the_delivered_one_and_
     # and only the permanent one is left on the queue, still marked permanent
     assert settle_depth(e2e_prefix, 1) == 1
     assert failed_queue_ids(e2e_prefix) == [("permanent", "true")]
+
+
+def test_a_permanent_failure_a_person_retried_leaves_the_failed_queue_at_the_next_redrive(
+    db: str, e2e_prefix: str, redrive_env: dict[str, str]
+) -> None:
+    # Given two permanent failures on the queue, one of which a person has retried since
+    with opened(db) as store:
+        seed_failed(store, "refused-then-retried", permanent=True)
+        seed_failed(store, "still-refused", permanent=True)
+    publish_failed(e2e_prefix, [("refused-then-retried", True), ("still-refused", True)])
+    assert run_cli(redrive_env, "retry", "refused-then-retried", "--reason", "number fixed").returncode == 0
+    # When a redrive runs
+    result = run_cli(redrive_env, "redrive")
+    # Then the retried one's entry is dropped (it tells a person nothing now); the other stays
+    assert result.returncode == 0, result.stderr
+    assert "skipped (no longer failed): refused-then-retried" in result.stdout.splitlines()
+    assert "kept (permanent failure): still-refused" in result.stdout.splitlines()
+    assert settle_depth(e2e_prefix, 1) == 1
+    assert failed_queue_ids(e2e_prefix) == [("still-refused", "true")]
+    assert history_json(redrive_env, "refused-then-retried")[-1]["requested_by"] == "cli:" + getpass.getuser()
 
 
 def test_redrive_twice_does_not_request_a_second_retry(
