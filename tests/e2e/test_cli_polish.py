@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -94,6 +95,20 @@ def test_rebuild_progress_is_drawn_on_a_terminal_and_left_out_of_a_pipe(tmp_path
     assert "rebuilt message_status: 8 events" in piped.stdout  # the results still are printed
     assert "\r" not in piped.stderr and "events/s" not in piped.stderr
     assert piped.stderr.strip() == ""
+
+
+def test_the_readme_demo_of_400_messages_ends_every_one_and_exits_0(tmp_path: Path) -> None:
+    # the README's first command (scripts/demo.sh runs exactly this), outage and redrive included
+    result = run_cli(smeg_env(), "demo", "--database", str(tmp_path / "demo.db"), timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "smeg demo finished" in result.stdout
+    counts = {
+        label.strip(): int(number)
+        for label, number in re.findall(r"^  ([a-z ,()]+?)\s+(\d+)$", result.stdout, flags=re.M)
+    }
+    final = counts["delivered"] + counts["failed, permanent"] + counts["failed, retries exhausted"]
+    assert final == 400 and counts["redriven after the outage"] >= 0
+    assert (tmp_path / "demo-report.png").stat().st_size > 10_000
 
 
 def test_demo_prints_no_progress_line_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
