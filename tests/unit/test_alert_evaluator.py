@@ -298,33 +298,50 @@ def test_the_backlog_sensor_judges_only_what_it_has_seen() -> None:
     assert sensor(T0 + timedelta(seconds=400))[0].breached is False
 
 
-def test_while_the_store_or_broker_is_away_the_alerts_that_follow_from_it_are_held_back() -> None:
-    repository, world, clock, tick = InMemoryAlerts(), World(), FakeClock(T0), FakeClock(0.0)
-    away: list[str] = ["store unavailable: OperationalError"]
-    actor = AlertEvaluatorActor(
-        "alerts",
-        None,
-        repository=repository,
-        rules=RULES,
-        sensors={"provider_down": world.provider_down, "retries_overdue": world.retries_overdue},
-        sinks=[],
-        clock=clock,
-        monotonic=tick,
-        outage=lambda: away[0] if away else None,
-    )
+class Inhibited:
+    """An evaluator with one inhibiting probe (``outage`` or ``paused``) whose answer is ``cause``
+    while it holds a reason; ``run(s)`` evaluates every 5 s for ``s`` seconds."""
 
-    def run(seconds: int) -> None:
+    def __init__(self, probe: str, reason: str) -> None:
+        self.repository, self.world = InMemoryAlerts(), World()
+        self.clock, self.tick = FakeClock(T0), FakeClock(0.0)
+        self.cause = [reason]
+        self.actor = AlertEvaluatorActor(
+            "alerts",
+            None,
+            repository=self.repository,
+            rules=RULES,
+            sensors={
+                "provider_down": self.world.provider_down,
+                "retries_overdue": self.world.retries_overdue,
+            },
+            sinks=[],
+            clock=self.clock,
+            monotonic=self.tick,
+            outage=self.reason if probe == "outage" else None,
+            paused=self.reason if probe == "paused" else None,
+        )
+
+    def reason(self) -> str | None:
+        return self.cause[0] if self.cause else None
+
+    def run(self, seconds: int) -> None:
         for _ in range(seconds // 5):
-            clock.now += timedelta(seconds=5)
-            tick.now += 5
-            actor.evaluate()
+            self.clock.now += timedelta(seconds=5)
+            self.tick.now += 5
+            self.actor.evaluate()
+
+
+def test_while_the_store_or_broker_is_away_the_alerts_that_follow_from_it_are_held_back() -> None:
+    given = Inhibited("outage", "store unavailable: OperationalError")
+    repository, world, run = given.repository, given.world, given.run
 
     # When the store is away, retries overdue (they follow from it) and a provider down (they do not)
-    world.down_at, world.late = clock.now, 200.0
+    world.down_at, world.late = given.clock.now, 200.0
     run(90)
     assert repository.get("retries_overdue", "all") is None  # held back
     assert repository.get("provider_down", "a").status == FIRING  # type: ignore[union-attr]
-    away.clear()  # the store answers again: still held back while the retries catch up
+    given.cause.clear()  # the store answers again: still held back while the retries catch up
     run(55)
     assert repository.get("retries_overdue", "all") is None
     run(10)  # 60 s after the outage: the retries are still late, so the rule applies again
@@ -334,34 +351,17 @@ def test_while_the_store_or_broker_is_away_the_alerts_that_follow_from_it_are_he
 
 
 def test_while_an_operator_pauses_delivery_overdue_retries_do_not_fire_but_a_provider_down_does() -> None:
-    repository, world, clock, tick = InMemoryAlerts(), World(), FakeClock(T0), FakeClock(0.0)
-    paused: list[str] = ["delivery paused"]
-    actor = AlertEvaluatorActor(
-        "alerts",
-        None,
-        repository=repository,
-        rules=RULES,
-        sensors={"provider_down": world.provider_down, "retries_overdue": world.retries_overdue},
-        sinks=[],
-        clock=clock,
-        monotonic=tick,
-        paused=lambda: paused[0] if paused else None,
-    )
-
-    def run(seconds: int) -> None:
-        for _ in range(seconds // 5):
-            clock.now += timedelta(seconds=5)
-            tick.now += 5
-            actor.evaluate()
+    given = Inhibited("paused", "delivery paused")
+    repository, world, run = given.repository, given.world, given.run
 
     # When delivery is paused for longer than the retries may wait, and a provider goes down
-    world.down_at, world.late = clock.now, 300.0
+    world.down_at, world.late = given.clock.now, 300.0
     run(600)
     # Then the paused retries raise nothing; the provider down fires (a pause does not explain it)
     assert repository.get("retries_overdue", "all") is None
     assert repository.get("provider_down", "a").status == FIRING  # type: ignore[union-attr]
     # And after the resume the retries have a minute to catch up, then the rule applies again
-    paused.clear()
+    given.cause.clear()
     run(55)
     assert repository.get("retries_overdue", "all") is None
     run(70)
