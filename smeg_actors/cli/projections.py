@@ -228,6 +228,7 @@ def projections_run(ctx: click.Context) -> int:
     Alone, it serves /healthz, /readyz and /metrics on SMEG_HTTP_HOST:SMEG_HTTP_PORT (0: off); as
     ``smeg run``'s child it serves nothing (its parent does).
     """
+    import faulthandler
     import signal
 
     from smeg_actors.runtime.ops_http import metrics_directory, remove_directory
@@ -246,6 +247,7 @@ def projections_run(ctx: click.Context) -> int:
     stop = Pulse()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # every thread's stack, on demand
     if parent:
         watch_parent(int(parent), stop.set)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -160,7 +161,17 @@ class Smeg:
         )
 
     def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout)
+        """Its exit code; one that does not exit in time fails the test with its threads' stacks
+        (SIGUSR1: smeg dumps them) and the tail of its log."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            self.kill()
+            command = " ".join(str(a) for a in self.process.args[3:])
+            tail = self.output()[-6000:]
+            raise AssertionError(f"smeg {command} still running {timeout} s on:\n{tail}") from None
 
     def output(self) -> str:
         self.log.flush()

@@ -111,7 +111,7 @@ def test_a_pause_stops_every_process_taking_and_retrying_and_a_resume_delivers_e
     assert all(m.status == DELIVERED for m in final.values())
     assert all(stub.calls[m] == 1 for m in paused) and all(stub.calls[m] == 2 for m in retried)
     assert all(history(store, m) == ["Received", "Attempted", "Delivered"] for m in paused)
-    assert seen(smeg, "delivery_resumed", "delivery.paused") == set(children)
+    wait_until(lambda: seen(smeg, "delivery_resumed", "delivery.paused") == set(children), 5, 0.05)
     wait_until(lambda: consumers(e2e_prefix) == 3, 5, message="all three consume again")
     store.close()
     late.process.send_signal(signal.SIGTERM)
