@@ -20,6 +20,9 @@ from tests.fakes import FakeProvider
 from tests.integration.test_provider_hold import _status, pipeline_settings
 from tests.waiting import wait_until
 
+#: The runtimes a test started, each with its store (the ``running`` fixture stops and closes them).
+Running = list[tuple[Runtime, MessageStore]]
+
 CIRCUIT = {"activation_threshold": 4, "open_for": 1, "max_open_for": 2, "half_open_attempts": 2}
 
 
@@ -51,26 +54,32 @@ def two_providers(
 
 
 @pytest.fixture
-def running(database: tuple[str, str]) -> Iterator[list[Runtime]]:
-    started: list[Runtime] = []
+def running(database: tuple[str, str]) -> Iterator[list[tuple[Runtime, MessageStore]]]:
+    """Each runtime is stopped before its store is closed: an actor still querying a closed SQLite
+    connection can crash the interpreter (it did once in CI: a segfault in the projector's read)."""
+    started: list[tuple[Runtime, MessageStore]] = []
     yield started
-    for runtime in started:
+    for runtime, store in started:
         runtime.stop(timeout=5)
+        store.close()
 
 
 def start(
-    running: list[Runtime], database: tuple[str, str], settings: Settings, *providers: FakeProvider
+    running: list[tuple[Runtime, MessageStore]],
+    database: tuple[str, str],
+    settings: Settings,
+    *providers: FakeProvider,
 ) -> MessageStore:
     url, schema = database
     store = MessageStore(url, schema=schema)
     runtime = build_runtime(settings, store=store, providers={p.name: p for p in providers}, redrive=False)
     runtime.start()
-    running.append(runtime)
+    running.append((runtime, store))
     return store
 
 
 def test_an_outage_of_the_primary_moves_messages_to_the_fallback_within_two_attempts(
-    running: list[Runtime], database: tuple[str, str], amqp_url: str, prefix: str, rabbit: Any
+    running: Running, database: tuple[str, str], amqp_url: str, prefix: str, rabbit: Any
 ) -> None:
     # Given a primary that is down and a healthy fallback
     settings, a, b = two_providers(database, amqp_url, prefix)
@@ -92,11 +101,10 @@ def test_an_outage_of_the_primary_moves_messages_to_the_fallback_within_two_atte
         assert b.keys[message_id] == [message_id]  # the Idempotency-Key stays the message id
     # and once the primary's circuit opened, messages went straight to the fallback
     assert sum(a.calls.values()) < 2 * len(ids)
-    store.close()
 
 
 def test_a_pinned_provider_is_never_moved(
-    running: list[Runtime], database: tuple[str, str], amqp_url: str, prefix: str, rabbit: Any
+    running: Running, database: tuple[str, str], amqp_url: str, prefix: str, rabbit: Any
 ) -> None:
     settings, a, b = two_providers(database, amqp_url, prefix)
     a.down = True
@@ -111,11 +119,10 @@ def test_a_pinned_provider_is_never_moved(
     assert b.calls["pinned"] == 0
     history = store.history(Message.create_id("pinned"))
     assert {e.provider for e in history if type(e).__name__ == "Attempted"} == {"a"}
-    store.close()
 
 
 def test_a_weighted_route_splits_messages_by_weight(
-    running: list[Runtime], database: tuple[str, str], amqp_url: str, prefix: str, rabbit: Any
+    running: Running, database: tuple[str, str], amqp_url: str, prefix: str, rabbit: Any
 ) -> None:
     settings, a, b = two_providers(
         database, amqp_url, prefix, routes={"sms": {"weights": {"a": 80, "b": 20}}}
@@ -131,4 +138,3 @@ def test_a_weighted_route_splits_messages_by_weight(
     split = Counter({"a": sum(a.calls.values()), "b": sum(b.calls.values())})
     assert split.total() == len(ids)  # one attempt each
     assert 0.70 < split["a"] / len(ids) < 0.90, split
-    store.close()
